@@ -1,0 +1,1 @@
+//! Batching of trickled ICE candidates (filled in below).
