@@ -3,7 +3,19 @@
 //! # Layout
 //! - [`protocol`]: the sans-IO wire format: frame header, validated messages,
 //!   SDP compression, ICE batching. Pure, fuzzed, no tokio.
+//! - [`rooms`]: room and name rules as plain data (join/leave/login in,
+//!   notices out). Pure and fuzzable.
+//! - [`routing`]: the sharded routing table and per-peer bounded outboxes,
+//!   behind the [`routing::Router`] trait.
+//! - [`client`]: an async client (used by the tests and the load generator).
+//! - [`config`]: typed configuration and its defaults.
+//! - [`server`]: the I/O layer: accept loop, HTTP, one task per WebSocket.
 //! - `proto`: the prost types generated from `proto/`; only `protocol` sees them.
 
-pub mod protocol;
+pub mod client;
+pub mod config;
 mod proto;
+pub mod protocol;
+pub mod rooms;
+pub mod routing;
+pub mod server;

@@ -1,0 +1,206 @@
+//! An async client for the switchboard protocol.
+//!
+//! [`Connection`] is one WebSocket session: it sends Hello, waits for Welcome,
+//! then sends messages (coalescing a batch into one WebSocket message) and
+//! receives decoded messages, answering the server's Ping by itself.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::protocol::{
+    self, encode_into, CodecLimits, DecodeError, Hello, Message, Welcome, PROTOCOL_VERSION,
+};
+use crate::protocol::{Capabilities, ErrorMessage};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    /// The server sent bytes that do not decode.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server closed the connection.
+    #[error("closed by server: {code} {reason}")]
+    Closed {
+        /// WebSocket close code (0 if none was given).
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// The server answered Hello with something other than Welcome.
+    #[error("handshake refused: {0:?}")]
+    Refused(Option<ErrorMessage>),
+}
+
+/// The socket type of a client connection.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A Hello with this crate's protocol version and every capability.
+pub fn default_hello() -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
+        access_token: None,
+        user_agent: concat!("switchboard-rs/", env!("CARGO_PKG_VERSION")).into(),
+    }
+}
+
+/// One client session.
+pub struct Connection {
+    ws: Socket,
+    seq: u32,
+    limits: CodecLimits,
+    welcome: Welcome,
+    inbox: VecDeque<(u32, Message)>,
+    out: BytesMut,
+}
+
+impl Connection {
+    /// Connects to `url` (`ws://host:port/ws`), sends `hello` and waits for
+    /// Welcome.
+    pub async fn connect(url: &str, hello: Hello) -> Result<Connection, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(WebSocketConfig::default().read_buffer_size(16 * 1024)),
+            true,
+        )
+        .await?;
+        Connection::handshake(ws, hello).await
+    }
+
+    /// Runs the Hello/Welcome exchange on an open WebSocket.
+    pub async fn handshake(ws: Socket, hello: Hello) -> Result<Connection, ClientError> {
+        let mut c = Connection {
+            ws,
+            seq: 0,
+            limits: CodecLimits::default(),
+            welcome: placeholder_welcome(),
+            inbox: VecDeque::new(),
+            out: BytesMut::new(),
+        };
+        c.send(&Message::Hello(hello)).await?;
+        match c.recv().await {
+            Ok(Message::Welcome(w)) => {
+                c.limits.max_payload = w.limits.max_message_bytes as usize;
+                c.limits.max_sdp = w.limits.max_sdp_bytes as usize;
+                c.welcome = w;
+                Ok(c)
+            }
+            Ok(Message::Error(e)) => Err(ClientError::Refused(Some(e))),
+            Ok(_) => Err(ClientError::Refused(None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The server's Welcome.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends one message; returns its sequence number.
+    pub async fn send(&mut self, message: &Message) -> Result<u32, ClientError> {
+        self.seq = self.seq.wrapping_add(1);
+        encode_into(message, self.seq, &mut self.out);
+        let data = self.out.split().freeze();
+        self.ws.send(WsMessage::Binary(data)).await?;
+        Ok(self.seq)
+    }
+
+    /// Sends several messages as one WebSocket message with one flush.
+    pub async fn send_batch(&mut self, messages: &[Message]) -> Result<(), ClientError> {
+        for m in messages {
+            self.seq = self.seq.wrapping_add(1);
+            encode_into(m, self.seq, &mut self.out);
+        }
+        let data = self.out.split().freeze();
+        self.ws.send(WsMessage::Binary(data)).await?;
+        Ok(())
+    }
+
+    /// Sends raw bytes as one binary WebSocket message (for tests of bad input).
+    pub async fn send_raw(&mut self, data: Bytes) -> Result<(), ClientError> {
+        self.ws.send(WsMessage::Binary(data)).await?;
+        Ok(())
+    }
+
+    /// The next message from the server, with its sequence number. Server
+    /// Pings are answered here and not returned.
+    pub async fn recv_with_seq(&mut self) -> Result<(u32, Message), ClientError> {
+        loop {
+            if let Some(m) = self.inbox.pop_front() {
+                if let Message::Ping { nonce } = m.1 {
+                    self.send(&Message::Pong { nonce }).await?;
+                    continue;
+                }
+                return Ok(m);
+            }
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    for item in protocol::decode_message(data, &self.limits) {
+                        self.inbox.push_back(item?);
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((0, String::new()));
+                    return Err(ClientError::Closed { code, reason });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(ClientError::Closed {
+                        code: 0,
+                        reason: "connection closed".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The next message from the server.
+    pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        self.recv_with_seq().await.map(|(_, m)| m)
+    }
+
+    /// The underlying socket, for tests that misbehave on purpose.
+    pub fn socket(&mut self) -> &mut Socket {
+        &mut self.ws
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+}
+
+fn placeholder_welcome() -> Welcome {
+    Welcome {
+        peer_id: protocol::PeerId(0),
+        protocol_version: 0,
+        limits: protocol::Limits {
+            max_message_bytes: 0,
+            max_frames_per_message: 0,
+            max_sdp_bytes: 0,
+            rate_per_second: 0,
+            rate_burst: 0,
+            max_id_bytes: 0,
+            max_room_capacity: 0,
+            default_room_capacity: 0,
+        },
+        heartbeat_interval: std::time::Duration::ZERO,
+        heartbeat_timeout: std::time::Duration::ZERO,
+        ice_servers: Vec::new(),
+        capabilities: Capabilities::empty(),
+        sdp_dictionary: 0,
+    }
+}

@@ -1,0 +1,397 @@
+//! Room and name rules as plain data structures.
+//!
+//! Nothing here locks, awaits or touches a socket: a join, a leave or a login
+//! goes in, and the messages to deliver come out as [`Notice`]s. The routing
+//! table (`crate::routing`) wraps these in sharded locks; the stateful fuzz
+//! target drives them directly.
+
+use std::collections::HashMap;
+
+use crate::protocol::{
+    Joined, LeaveReason, Member, Message, PeerId, PeerJoined, PeerLeft, RoomId, RoomMode, UserName,
+};
+
+/// One message for a list of recipients; encoded once by the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Who receives it.
+    pub to: Vec<PeerId>,
+    /// What they receive.
+    pub message: Message,
+}
+
+/// Capacity rules of a room, from configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// Capacity of a mesh room created without asking.
+    pub default_capacity: u32,
+    /// Largest capacity a mesh room may ask for.
+    pub max_capacity: u32,
+}
+
+/// Why a join was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room is at capacity.
+    #[error("room {room} is full ({capacity} members)")]
+    Full {
+        /// The room.
+        room: RoomId,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// The room exists with the other mode.
+    #[error("room {room} is a {existing:?} room")]
+    ModeMismatch {
+        /// The room.
+        room: RoomId,
+        /// The mode it has.
+        existing: RoomMode,
+    },
+    /// The requested capacity is out of range.
+    #[error("capacity {asked} is outside 2..={max}")]
+    BadCapacity {
+        /// What was asked.
+        asked: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// The peer is already a member.
+    #[error("already in room {room}")]
+    AlreadyMember {
+        /// The room.
+        room: RoomId,
+    },
+}
+
+/// One room: its mode, capacity and members in join order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    mode: RoomMode,
+    capacity: u32,
+    members: Vec<Member>,
+}
+
+impl Room {
+    /// The members in join order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Whether `peer` is a member.
+    pub fn contains(&self, peer: PeerId) -> bool {
+        self.members.iter().any(|m| m.peer_id == peer)
+    }
+
+    /// The room's mode.
+    pub fn mode(&self) -> RoomMode {
+        self.mode
+    }
+
+    /// The room's capacity.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+}
+
+/// What a successful join produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The answer for the joiner.
+    pub joined: Joined,
+    /// `PeerJoined` for the other members.
+    pub notice: Option<Notice>,
+}
+
+/// A set of rooms (one shard of the routing table, or all of them).
+#[derive(Clone, Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<RoomId, Room>,
+}
+
+impl Rooms {
+    /// No rooms.
+    pub fn new() -> Rooms {
+        Rooms::default()
+    }
+
+    /// The room called `id`, if it has members.
+    pub fn get(&self, id: &RoomId) -> Option<&Room> {
+        self.rooms.get(id)
+    }
+
+    /// Number of rooms with members.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether there is no room.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Whether `a` and `b` are both members of `room`.
+    pub fn shares(&self, room: &RoomId, a: PeerId, b: PeerId) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.contains(a) && r.contains(b))
+    }
+
+    /// Adds `member` to `room`, creating it if needed.
+    ///
+    /// Pair rooms hold two; the later joiner is the initiator. Mesh rooms hold
+    /// `capacity` (asked by the creator, else the policy default).
+    pub fn join(
+        &mut self,
+        room: &RoomId,
+        mode: RoomMode,
+        asked_capacity: Option<u32>,
+        member: Member,
+        policy: RoomPolicy,
+    ) -> Result<JoinOutcome, JoinError> {
+        let capacity = match mode {
+            RoomMode::Mesh => match asked_capacity {
+                None => policy.default_capacity,
+                Some(c) if (2..=policy.max_capacity).contains(&c) => c,
+                Some(asked) => {
+                    return Err(JoinError::BadCapacity {
+                        asked,
+                        max: policy.max_capacity,
+                    })
+                }
+            },
+            _ => 2,
+        };
+        let mode = if mode == RoomMode::Mesh {
+            RoomMode::Mesh
+        } else {
+            RoomMode::Pair
+        };
+        let entry = self.rooms.entry(room.clone()).or_insert_with(|| Room {
+            mode,
+            capacity,
+            members: Vec::new(),
+        });
+        if entry.mode != mode {
+            return Err(JoinError::ModeMismatch {
+                room: room.clone(),
+                existing: entry.mode,
+            });
+        }
+        if entry.contains(member.peer_id) {
+            return Err(JoinError::AlreadyMember { room: room.clone() });
+        }
+        if entry.members.len() >= entry.capacity as usize {
+            return Err(JoinError::Full {
+                room: room.clone(),
+                capacity: entry.capacity,
+            });
+        }
+        let others: Vec<PeerId> = entry.members.iter().map(|m| m.peer_id).collect();
+        let joined = Joined {
+            room: room.clone(),
+            mode,
+            capacity: entry.capacity,
+            members: entry.members.clone(),
+            initiator: mode == RoomMode::Pair && !others.is_empty(),
+        };
+        let notice = (!others.is_empty()).then(|| Notice {
+            to: others,
+            message: Message::PeerJoined(PeerJoined {
+                room: room.clone(),
+                member: member.clone(),
+                initiator: false,
+            }),
+        });
+        entry.members.push(member);
+        Ok(JoinOutcome { joined, notice })
+    }
+
+    /// Removes `peer` from `room`; returns the `PeerLeft` notice for the
+    /// remaining members, or `None` if `peer` was not a member. An empty room
+    /// is forgotten.
+    pub fn leave(&mut self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> Option<Notice> {
+        let entry = self.rooms.get_mut(room)?;
+        let index = entry.members.iter().position(|m| m.peer_id == peer)?;
+        entry.members.remove(index);
+        if entry.members.is_empty() {
+            self.rooms.remove(room);
+            return Some(Notice {
+                to: Vec::new(),
+                message: peer_left(room, peer, reason),
+            });
+        }
+        Some(Notice {
+            to: entry.members.iter().map(|m| m.peer_id).collect(),
+            message: peer_left(room, peer, reason),
+        })
+    }
+}
+
+fn peer_left(room: &RoomId, peer: PeerId, reason: LeaveReason) -> Message {
+    Message::PeerLeft(PeerLeft {
+        room: room.clone(),
+        peer_id: peer,
+        reason,
+    })
+}
+
+/// Logged-in user names, unique within the set.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    names: HashMap<UserName, PeerId>,
+}
+
+/// Why a login was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Another peer holds the name.
+    #[error("name is taken")]
+    Taken,
+}
+
+impl Names {
+    /// Claims `name` for `peer`.
+    pub fn login(&mut self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
+        match self.names.get(name) {
+            Some(holder) if *holder != peer => Err(LoginError::Taken),
+            _ => {
+                self.names.insert(name.clone(), peer);
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees `name` if `peer` holds it.
+    pub fn logout(&mut self, name: &UserName, peer: PeerId) -> bool {
+        if self.names.get(name) == Some(&peer) {
+            self.names.remove(name);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The peer holding `name`.
+    pub fn lookup(&self, name: &UserName) -> Option<PeerId> {
+        self.names.get(name).copied()
+    }
+
+    /// Number of names held.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no name is held.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Capabilities;
+
+    const POLICY: RoomPolicy = RoomPolicy {
+        default_capacity: 4,
+        max_capacity: 8,
+    };
+
+    fn m(id: u64) -> Member {
+        Member {
+            peer_id: PeerId(id),
+            display_name: format!("p{id}"),
+            user: None,
+            capabilities: Capabilities::empty(),
+        }
+    }
+
+    fn r(s: &str) -> RoomId {
+        RoomId::new(s).unwrap()
+    }
+
+    #[test]
+    fn pair_room_later_joiner_initiates_and_third_is_refused() {
+        let mut rooms = Rooms::new();
+        let a = rooms
+            .join(&r("1001"), RoomMode::Pair, None, m(1), POLICY)
+            .unwrap();
+        assert!(!a.joined.initiator);
+        assert!(a.joined.members.is_empty());
+        assert!(a.notice.is_none());
+        let b = rooms
+            .join(&r("1001"), RoomMode::Pair, None, m(2), POLICY)
+            .unwrap();
+        assert!(b.joined.initiator);
+        assert_eq!(b.joined.members, vec![m(1)]);
+        let notice = b.notice.unwrap();
+        assert_eq!(notice.to, vec![PeerId(1)]);
+        assert!(matches!(notice.message, Message::PeerJoined(ref p) if p.member == m(2)));
+        assert_eq!(
+            rooms.join(&r("1001"), RoomMode::Pair, None, m(3), POLICY),
+            Err(JoinError::Full {
+                room: r("1001"),
+                capacity: 2
+            })
+        );
+    }
+
+    #[test]
+    fn mesh_room_lists_members_and_honours_capacity() {
+        let mut rooms = Rooms::new();
+        for id in 1..=3 {
+            rooms
+                .join(&r("m"), RoomMode::Mesh, Some(3), m(id), POLICY)
+                .unwrap();
+        }
+        assert_eq!(
+            rooms.get(&r("m")).unwrap().members().len(),
+            3,
+            "capacity 3 reached"
+        );
+        assert!(matches!(
+            rooms.join(&r("m"), RoomMode::Mesh, None, m(4), POLICY),
+            Err(JoinError::Full { capacity: 3, .. })
+        ));
+        assert!(matches!(
+            rooms.join(&r("n"), RoomMode::Mesh, Some(9), m(4), POLICY),
+            Err(JoinError::BadCapacity { asked: 9, max: 8 })
+        ));
+        assert!(matches!(
+            rooms.join(&r("m"), RoomMode::Pair, None, m(4), POLICY),
+            Err(JoinError::ModeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn leave_tells_the_rest_and_forgets_empty_rooms() {
+        let mut rooms = Rooms::new();
+        rooms
+            .join(&r("x"), RoomMode::Mesh, None, m(1), POLICY)
+            .unwrap();
+        rooms
+            .join(&r("x"), RoomMode::Mesh, None, m(2), POLICY)
+            .unwrap();
+        let n = rooms.leave(&r("x"), PeerId(1), LeaveReason::Left).unwrap();
+        assert_eq!(n.to, vec![PeerId(2)]);
+        assert!(rooms.leave(&r("x"), PeerId(1), LeaveReason::Left).is_none());
+        let n = rooms
+            .leave(&r("x"), PeerId(2), LeaveReason::Disconnected)
+            .unwrap();
+        assert!(n.to.is_empty());
+        assert!(rooms.is_empty());
+    }
+
+    #[test]
+    fn names_are_unique_until_freed() {
+        let mut names = Names::default();
+        let alice = UserName::new("alice").unwrap();
+        names.login(&alice, PeerId(1)).unwrap();
+        assert_eq!(names.login(&alice, PeerId(2)), Err(LoginError::Taken));
+        assert!(!names.logout(&alice, PeerId(2)));
+        assert!(names.logout(&alice, PeerId(1)));
+        names.login(&alice, PeerId(2)).unwrap();
+        assert_eq!(names.lookup(&alice), Some(PeerId(2)));
+    }
+}

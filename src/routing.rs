@@ -1,0 +1,501 @@
+//! The routing table: who is connected, which rooms they are in, which names
+//! they hold, and a bounded outbox per peer.
+//!
+//! The room and name rules live in `crate::rooms`; this module wraps them in
+//! sharded `parking_lot` mutexes. A lock guards one shard (rooms hashing to
+//! it, or peers whose id maps to it) and is never held across `.await` (no
+//! function here is async), so a lookup never waits on unrelated rooms.
+//!
+//! [`Router`] is the seam for several nodes: [`LocalRouter`] keeps everything
+//! in this process; a Redis-backed router can implement the same trait by
+//! keeping the directory (rooms, names, peer → node) in Redis and publishing
+//! deliveries for peers of other nodes.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::protocol::{
+    encode, Address, Capabilities, Encoded, ErrorCode, LeaveReason, Member, PeerId, RoomId,
+    RoomMode, UserName,
+};
+use crate::rooms::{JoinError, JoinOutcome, LoginError, Names, Notice, RoomPolicy, Rooms};
+
+/// Why an outbox refused a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The bound was reached: the receiver is a slow consumer and is being
+    /// disconnected.
+    Full,
+    /// The receiver is gone or going.
+    Closed,
+}
+
+/// Why the connection owning an outbox must end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It did not read what was sent to it fast enough.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Bounds of one outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Most frames queued.
+    pub frames: usize,
+    /// Most payload bytes queued.
+    pub bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    frames: VecDeque<Encoded>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// The bounded queue of frames waiting to be written to one connection.
+///
+/// Many senders push; the connection task drains everything queued at once
+/// and writes it as one WebSocket message. The queue allocates nothing until
+/// the first push. Slow-consumer policy: a push past the bound closes the
+/// outbox with [`CloseReason::SlowConsumer`]; the owner then disconnects, so
+/// memory per peer never exceeds the bound.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Notify,
+    limits: OutboxLimits,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new(limits: OutboxLimits) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            ready: Notify::new(),
+            limits,
+        }
+    }
+
+    /// Queues a frame.
+    pub fn push(&self, frame: Encoded) -> Result<(), PushError> {
+        {
+            let mut s = self.state.lock();
+            if s.closed.is_some() {
+                return Err(PushError::Closed);
+            }
+            let bytes = s.bytes + frame.frame_len();
+            if s.frames.len() >= self.limits.frames || bytes > self.limits.bytes {
+                s.closed = Some(CloseReason::SlowConsumer);
+                s.frames = VecDeque::new();
+                s.bytes = 0;
+                drop(s);
+                self.ready.notify_one();
+                return Err(PushError::Full);
+            }
+            s.bytes = bytes;
+            s.frames.push_back(frame);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Closes the outbox; later pushes fail and the owner is woken.
+    pub fn close(&self, reason: CloseReason) {
+        self.state.lock().closed.get_or_insert(reason);
+        self.ready.notify_one();
+    }
+
+    /// Moves every queued frame into `out` (up to `max_bytes` of payload,
+    /// at least one frame); returns why the outbox closed, if it did.
+    pub fn drain(&self, out: &mut Vec<Encoded>, max_bytes: usize) -> Option<CloseReason> {
+        let mut s = self.state.lock();
+        let mut taken = 0;
+        while let Some(f) = s.frames.front() {
+            if taken > 0 && taken + f.frame_len() > max_bytes {
+                break;
+            }
+            taken += f.frame_len();
+            out.push(s.frames.pop_front().expect("front exists"));
+        }
+        s.bytes -= taken;
+        if s.frames.is_empty() && s.frames.capacity() > 64 {
+            // Give a burst's memory back once it has been written out.
+            s.frames = VecDeque::new();
+        }
+        if !s.frames.is_empty() {
+            // More than one message's worth: make sure the owner comes back.
+            self.ready.notify_one();
+        }
+        s.closed
+    }
+
+    /// Waits until something is queued or the outbox is closed.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+}
+
+/// Why a message could not be routed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The target does not exist or shares no room with the sender.
+    #[error("no such peer reachable from you")]
+    UnknownPeer,
+    /// Addressing by name needs the sender to be logged in.
+    #[error("log in before calling by name")]
+    NotLoggedIn,
+    /// The target's outbox is full; it is being disconnected.
+    #[error("peer is not reading its messages")]
+    PeerBusy,
+}
+
+impl RouteError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RouteError::UnknownPeer => ErrorCode::UnknownPeer,
+            RouteError::NotLoggedIn => ErrorCode::NotLoggedIn,
+            RouteError::PeerBusy => ErrorCode::PeerBusy,
+        }
+    }
+}
+
+/// A resolved target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its capabilities (whether it inflates SDP itself).
+    pub capabilities: Capabilities,
+}
+
+/// The routing operations a connection needs; see the module docs.
+pub trait Router: Send + Sync + 'static {
+    /// Makes `peer` reachable through `outbox`.
+    fn register(&self, peer: PeerId, capabilities: Capabilities, outbox: Arc<Outbox>);
+    /// Forgets `peer` (after it has left its rooms and names).
+    fn unregister(&self, peer: PeerId);
+    /// Joins a room. The caller queues `joined` for the joiner first, then
+    /// broadcasts the notice, so the joiner hears of the room before anyone
+    /// in it can address the joiner.
+    fn join(
+        &self,
+        room: &RoomId,
+        mode: RoomMode,
+        capacity: Option<u32>,
+        member: Member,
+    ) -> Result<JoinOutcome, JoinError>;
+    /// Encodes a notice once and queues it for each recipient.
+    fn broadcast(&self, notice: Notice);
+    /// Leaves a room and tells the remaining members; false if not a member.
+    fn leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool;
+    /// Claims a user name.
+    fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError>;
+    /// Frees a user name held by `peer`.
+    fn logout(&self, name: &UserName, peer: PeerId);
+    /// Finds the peer `to` names, checking that `from` may address it: by
+    /// peer id only within a shared room (one of `rooms`, or `hint` alone if
+    /// given), by name only when `from` is logged in.
+    fn resolve(
+        &self,
+        from: PeerId,
+        from_user: Option<&UserName>,
+        rooms: &[RoomId],
+        hint: Option<&RoomId>,
+        to: &Address,
+    ) -> Result<Target, RouteError>;
+    /// Queues an encoded frame for `to`.
+    fn deliver(&self, to: PeerId, frame: Encoded) -> Result<(), RouteError>;
+    /// Closes every outbox (server shutdown).
+    fn close_all(&self, reason: CloseReason);
+    /// Number of connected peers.
+    fn peer_count(&self) -> usize;
+}
+
+struct PeerEntry {
+    capabilities: Capabilities,
+    outbox: Arc<Outbox>,
+}
+
+/// A fixed set of mutex-guarded shards.
+struct Shards<T> {
+    shards: Box<[Mutex<T>]>,
+    mask: usize,
+}
+
+impl<T: Default> Shards<T> {
+    fn new(count: usize) -> Shards<T> {
+        let count = count.max(1).next_power_of_two();
+        Shards {
+            shards: (0..count).map(|_| Mutex::new(T::default())).collect(),
+            mask: count - 1,
+        }
+    }
+
+    fn at(&self, index: u64) -> &Mutex<T> {
+        &self.shards[index as usize & self.mask]
+    }
+}
+
+/// The in-process [`Router`].
+pub struct LocalRouter {
+    peers: Shards<HashMap<PeerId, PeerEntry>>,
+    rooms: Shards<Rooms>,
+    names: Shards<Names>,
+    hasher: std::collections::hash_map::RandomState,
+    policy: RoomPolicy,
+}
+
+impl LocalRouter {
+    /// An empty table with `shards` shards per map.
+    pub fn new(shards: usize, policy: RoomPolicy) -> LocalRouter {
+        LocalRouter {
+            peers: Shards::new(shards),
+            rooms: Shards::new(shards),
+            names: Shards::new(shards),
+            hasher: Default::default(),
+            policy,
+        }
+    }
+
+    fn hash(&self, key: &impl Hash) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn room_shard(&self, room: &RoomId) -> &Mutex<Rooms> {
+        self.rooms.at(self.hash(room))
+    }
+
+    fn outbox(&self, peer: PeerId) -> Option<Arc<Outbox>> {
+        self.peers
+            .at(peer.0)
+            .lock()
+            .get(&peer)
+            .map(|e| e.outbox.clone())
+    }
+}
+
+impl Router for LocalRouter {
+    fn register(&self, peer: PeerId, capabilities: Capabilities, outbox: Arc<Outbox>) {
+        self.peers.at(peer.0).lock().insert(
+            peer,
+            PeerEntry {
+                capabilities,
+                outbox,
+            },
+        );
+    }
+
+    fn unregister(&self, peer: PeerId) {
+        self.peers.at(peer.0).lock().remove(&peer);
+    }
+
+    fn join(
+        &self,
+        room: &RoomId,
+        mode: RoomMode,
+        capacity: Option<u32>,
+        member: Member,
+    ) -> Result<JoinOutcome, JoinError> {
+        self.room_shard(room)
+            .lock()
+            .join(room, mode, capacity, member, self.policy)
+    }
+
+    fn broadcast(&self, notice: Notice) {
+        if notice.to.is_empty() {
+            return;
+        }
+        let frame = encode(&notice.message);
+        for peer in notice.to {
+            if let Some(outbox) = self.outbox(peer) {
+                // Full or Closed: that peer is being disconnected and will
+                // be announced as gone; nothing more to do for it here.
+                let _ = outbox.push(frame.clone());
+            }
+        }
+    }
+
+    fn leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool {
+        let notice = self.room_shard(room).lock().leave(room, peer, reason);
+        match notice {
+            Some(notice) => {
+                self.broadcast(notice);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
+        self.names.at(self.hash(name)).lock().login(name, peer)
+    }
+
+    fn logout(&self, name: &UserName, peer: PeerId) {
+        self.names.at(self.hash(name)).lock().logout(name, peer);
+    }
+
+    fn resolve(
+        &self,
+        from: PeerId,
+        from_user: Option<&UserName>,
+        rooms: &[RoomId],
+        hint: Option<&RoomId>,
+        to: &Address,
+    ) -> Result<Target, RouteError> {
+        let peer = match to {
+            Address::Peer(peer) => {
+                let shared = match hint {
+                    Some(room) => {
+                        rooms.contains(room)
+                            && self.room_shard(room).lock().shares(room, from, *peer)
+                    }
+                    None => rooms
+                        .iter()
+                        .any(|room| self.room_shard(room).lock().shares(room, from, *peer)),
+                };
+                if !shared || *peer == from {
+                    return Err(RouteError::UnknownPeer);
+                }
+                *peer
+            }
+            Address::User(name) => {
+                if from_user.is_none() {
+                    return Err(RouteError::NotLoggedIn);
+                }
+                match self.names.at(self.hash(name)).lock().lookup(name) {
+                    Some(peer) if peer != from => peer,
+                    _ => return Err(RouteError::UnknownPeer),
+                }
+            }
+        };
+        let capabilities = self
+            .peers
+            .at(peer.0)
+            .lock()
+            .get(&peer)
+            .map(|e| e.capabilities)
+            .ok_or(RouteError::UnknownPeer)?;
+        Ok(Target { peer, capabilities })
+    }
+
+    fn deliver(&self, to: PeerId, frame: Encoded) -> Result<(), RouteError> {
+        let outbox = self.outbox(to).ok_or(RouteError::UnknownPeer)?;
+        outbox.push(frame).map_err(|e| match e {
+            PushError::Full => RouteError::PeerBusy,
+            PushError::Closed => RouteError::UnknownPeer,
+        })
+    }
+
+    fn close_all(&self, reason: CloseReason) {
+        for shard in self.peers.shards.iter() {
+            for entry in shard.lock().values() {
+                entry.outbox.close(reason);
+            }
+        }
+    }
+
+    fn peer_count(&self) -> usize {
+        self.peers.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Message, MessageType};
+
+    fn frame(n: u64) -> Encoded {
+        encode(&Message::Ping { nonce: n })
+    }
+
+    #[test]
+    fn outbox_drains_in_order_and_cuts_off_past_its_bound() {
+        let outbox = Outbox::new(OutboxLimits {
+            frames: 3,
+            bytes: 1 << 20,
+        });
+        for n in 0..3 {
+            outbox.push(frame(n)).unwrap();
+        }
+        assert_eq!(outbox.push(frame(3)), Err(PushError::Full));
+        let mut out = Vec::new();
+        assert_eq!(
+            outbox.drain(&mut out, usize::MAX),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert!(out.is_empty(), "a cut-off consumer's queue is dropped");
+        assert_eq!(outbox.push(frame(4)), Err(PushError::Closed));
+
+        let outbox = Outbox::new(OutboxLimits {
+            frames: 8,
+            bytes: 1 << 20,
+        });
+        outbox.push(frame(1)).unwrap();
+        outbox.push(frame(2)).unwrap();
+        assert_eq!(outbox.drain(&mut out, usize::MAX), None);
+        assert_eq!(out, vec![frame(1), frame(2)]);
+        assert!(out.iter().all(|f| f.kind == MessageType::Ping));
+    }
+
+    #[test]
+    fn peers_reach_each_other_only_through_a_shared_room() {
+        let router = LocalRouter::new(
+            4,
+            RoomPolicy {
+                default_capacity: 4,
+                max_capacity: 8,
+            },
+        );
+        let limits = OutboxLimits {
+            frames: 16,
+            bytes: 1 << 16,
+        };
+        let member = |id| Member {
+            peer_id: PeerId(id),
+            display_name: String::new(),
+            user: None,
+            capabilities: Capabilities::empty(),
+        };
+        for id in 1..=3 {
+            router.register(
+                PeerId(id),
+                Capabilities::empty(),
+                Arc::new(Outbox::new(limits)),
+            );
+        }
+        let a = RoomId::new("a").unwrap();
+        let b = RoomId::new("b").unwrap();
+        router.join(&a, RoomMode::Mesh, None, member(1)).unwrap();
+        router.join(&a, RoomMode::Mesh, None, member(2)).unwrap();
+        router.join(&b, RoomMode::Mesh, None, member(3)).unwrap();
+        let rooms = [a.clone()];
+        assert_eq!(
+            router
+                .resolve(PeerId(1), None, &rooms, None, &Address::Peer(PeerId(2)))
+                .unwrap()
+                .peer,
+            PeerId(2)
+        );
+        assert_eq!(
+            router
+                .resolve(PeerId(1), None, &rooms, None, &Address::Peer(PeerId(3)))
+                .unwrap_err(),
+            RouteError::UnknownPeer
+        );
+        assert_eq!(
+            router
+                .resolve(PeerId(1), None, &rooms, Some(&b), &Address::Peer(PeerId(2)))
+                .unwrap_err(),
+            RouteError::UnknownPeer,
+            "a room hint the sender is not in is refused"
+        );
+    }
+}

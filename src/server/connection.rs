@@ -1,0 +1,703 @@
+//! One task per WebSocket connection.
+//!
+//! The task owns the socket. It reads WebSocket messages, cuts them into
+//! frames, and hands each decoded message to its [`Session`], which applies
+//! the room, name and routing rules without awaiting. Everything addressed to
+//! this connection (replies, relayed signals, notices) goes through its
+//! [`Outbox`]; the task drains the outbox in one go and writes one WebSocket
+//! message with one flush.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info_span};
+
+use super::{Admission, Shared};
+use crate::protocol::{
+    self, encode, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
+    Frames, Join, LeaveReason, LoginResult, Member, Message, PeerId, RoomId, RoomMode, Sdp,
+    UserName, Welcome, PROTOCOL_VERSION,
+};
+use crate::rooms::{JoinError, LoginError};
+use crate::routing::{CloseReason, Outbox, RouteError, Router};
+
+/// Why the connection ends, and what the client is told.
+#[derive(Debug)]
+struct Close {
+    code: CloseCode,
+    reason: &'static str,
+    leave: LeaveReason,
+}
+
+impl Close {
+    fn app(code: ErrorCode, reason: &'static str, leave: LeaveReason) -> Close {
+        // Application close codes are 4000 + the protocol error code, so a
+        // client learns the exact reason even if the Error frame was lost.
+        Close {
+            code: CloseCode::from(4000 + code as u16),
+            reason,
+            leave,
+        }
+    }
+}
+
+/// Runs one connection to its end.
+pub(super) async fn run<S>(mut ws: WebSocketStream<S>, shared: Arc<Shared>, admission: Admission)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _admission = admission;
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let hello = match tokio::time::timeout_at(deadline, read_hello(&mut ws, &shared)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(close)) => {
+            let _ = close_with(&mut ws, close).await;
+            return;
+        }
+        Err(_) => {
+            let close = Close::app(
+                ErrorCode::HelloRequired,
+                "no hello before the handshake timeout",
+                LeaveReason::TimedOut,
+            );
+            let _ = close_with(&mut ws, close).await;
+            return;
+        }
+    };
+    let peer_id = shared.next_peer_id();
+    tracing::Span::current().record("peer", tracing::field::display(peer_id));
+    let capabilities = hello
+        .capabilities
+        .intersection(Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH));
+    let outbox = Arc::new(Outbox::new(shared.outbox));
+    shared
+        .router
+        .register(peer_id, capabilities, outbox.clone());
+    let mut session = Session::new(shared.clone(), peer_id, capabilities, outbox.clone());
+    session.reply(&Message::Welcome(Welcome {
+        peer_id,
+        protocol_version: PROTOCOL_VERSION,
+        limits: shared.config.wire_limits(),
+        heartbeat_interval: shared.config.heartbeat_interval,
+        heartbeat_timeout: shared.config.heartbeat_timeout,
+        ice_servers: shared
+            .config
+            .ice_servers
+            .iter()
+            .map(|url| protocol::IceServer {
+                urls: vec![url.clone()],
+                username: String::new(),
+                credential: String::new(),
+            })
+            .collect(),
+        capabilities,
+        sdp_dictionary: sdp::DICTIONARY_ID,
+    }));
+    let close = serve(&mut ws, &mut session, &outbox, &shared).await;
+    debug!(?close, "connection ending");
+    session.leave_reason = close
+        .as_ref()
+        .map_or(LeaveReason::Disconnected, |c| c.leave);
+    // Leave rooms and names first, so the rest of the room hears of it even
+    // if the close handshake below stalls.
+    drop(session);
+    if let Some(close) = close {
+        let _ = tokio::time::timeout(Duration::from_secs(1), close_with(&mut ws, close)).await;
+    }
+}
+
+/// Waits for the client's Hello; any other first frame is an error.
+async fn read_hello<S>(
+    ws: &mut WebSocketStream<S>,
+    shared: &Shared,
+) -> Result<protocol::Hello, Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let refuse = |code, reason| Close::app(code, reason, LeaveReason::Disconnected);
+    loop {
+        let data = match ws.next().await {
+            Some(Ok(WsMessage::Binary(data))) => data,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(_)) => {
+                return Err(refuse(
+                    ErrorCode::Malformed,
+                    "binary protocol frames expected",
+                ))
+            }
+            Some(Err(_)) | None => {
+                return Err(refuse(ErrorCode::HelloRequired, "closed before hello"))
+            }
+        };
+        let mut frames = Frames::new(data, shared.codec.max_payload, 1);
+        let Some(Ok(frame)) = frames.next() else {
+            return Err(refuse(ErrorCode::Malformed, "malformed hello"));
+        };
+        return match protocol::decode(&frame, &shared.codec) {
+            Ok(Message::Hello(hello)) if hello.protocol_version >= PROTOCOL_VERSION => Ok(hello),
+            Ok(Message::Hello(_)) => Err(refuse(
+                ErrorCode::UnsupportedVersion,
+                "protocol version 1 or later required",
+            )),
+            Ok(_) => Err(refuse(
+                ErrorCode::HelloRequired,
+                "the first frame must be hello",
+            )),
+            Err(_) => Err(refuse(ErrorCode::Malformed, "malformed hello")),
+        };
+    }
+}
+
+/// The main loop: returns how the connection should be closed, or `None`
+/// when the client went away by itself.
+async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session,
+    outbox: &Outbox,
+    shared: &Shared,
+) -> Option<Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let interval = shared.config.heartbeat_interval;
+    let timeout = shared.config.heartbeat_timeout;
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    let mut pending: Vec<Encoded> = Vec::new();
+    let mut out = BytesMut::new();
+    loop {
+        let check_at = if pinged {
+            last_heard + timeout
+        } else {
+            last_heard + interval
+        };
+        tokio::select! {
+            biased;
+            () = outbox.ready() => {
+                if let Some(reason) = outbox.drain(&mut pending, shared.config.max_message_bytes) {
+                    return Some(match reason {
+                        CloseReason::SlowConsumer => Close::app(
+                            ErrorCode::SlowConsumer,
+                            "too slow reading messages",
+                            LeaveReason::Disconnected,
+                        ),
+                        CloseReason::Shutdown => {
+                            // Say goodbye in-band too, then close as "going away".
+                            let bye = encode(&Message::Error(ErrorMessage {
+                                code: ErrorCode::ServerShuttingDown,
+                                message: "server is shutting down".into(),
+                                request_seq: 0,
+                            }));
+                            pending.push(bye);
+                            let _ = write(ws, session, &mut pending, &mut out).await;
+                            Close {
+                                code: CloseCode::Away,
+                                reason: "server shutting down",
+                                leave: LeaveReason::ServerShutdown,
+                            }
+                        }
+                    });
+                }
+                if write(ws, session, &mut pending, &mut out).await.is_err() {
+                    return None;
+                }
+            }
+            incoming = ws.next() => {
+                let data = match incoming {
+                    Some(Ok(WsMessage::Binary(data))) => data,
+                    Some(Ok(WsMessage::Close(_))) | None => return None,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                        last_heard = Instant::now();
+                        pinged = false;
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Text(_) | WsMessage::Frame(_))) => {
+                        last_heard = Instant::now();
+                        session.error(ErrorCode::Malformed, "binary protocol frames expected".into(), 0);
+                        continue;
+                    }
+                    Some(Err(tungstenite::Error::Capacity(_))) => {
+                        return Some(Close {
+                            code: CloseCode::Size,
+                            reason: "message too large",
+                            leave: LeaveReason::Disconnected,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        return None;
+                    }
+                };
+                last_heard = Instant::now();
+                pinged = false;
+                if let Some(close) = session.receive(data) {
+                    // Flush what is queued (the error explaining the close).
+                    let _ = outbox.drain(&mut pending, usize::MAX);
+                    let _ = write(ws, session, &mut pending, &mut out).await;
+                    return Some(close);
+                }
+            }
+            () = tokio::time::sleep_until(check_at) => {
+                if pinged {
+                    return Some(Close::app(
+                        ErrorCode::HeartbeatTimeout,
+                        "heartbeat timeout",
+                        LeaveReason::TimedOut,
+                    ));
+                }
+                pinged = true;
+                session.ping_nonce += 1;
+                session.reply(&Message::Ping { nonce: session.ping_nonce });
+            }
+        }
+    }
+}
+
+/// Writes every pending frame as one WebSocket message with one flush.
+async fn write<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session,
+    pending: &mut Vec<Encoded>,
+    out: &mut BytesMut,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let total: usize = pending.iter().map(Encoded::frame_len).sum();
+    out.reserve(total);
+    for frame in pending.drain(..) {
+        session.seq_out = session.seq_out.wrapping_add(1);
+        frame.write(session.seq_out, out);
+    }
+    let message: Bytes = out.split().freeze();
+    ws.send(WsMessage::Binary(message)).await
+}
+
+async fn close_with<S>(ws: &mut WebSocketStream<S>, close: Close) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.close(Some(CloseFrame {
+        code: close.code,
+        reason: close.reason.into(),
+    }))
+    .await
+}
+
+/// The protocol state of one connection: its rooms, its name, its call
+/// partners, its rate limiter. Dropping it leaves every room and frees the
+/// name, so a connection that fails anywhere still cleans up.
+struct Session {
+    shared: Arc<Shared>,
+    router: Arc<dyn Router>,
+    peer_id: PeerId,
+    capabilities: Capabilities,
+    outbox: Arc<Outbox>,
+    rooms: Vec<(RoomId, RoomMode)>,
+    room_ids: Vec<RoomId>,
+    user: Option<UserName>,
+    display_name: String,
+    /// Users this one exchanged SDP with by name; told on hang-up/leave.
+    partners: Vec<UserName>,
+    limiter: DefaultDirectRateLimiter,
+    rate_strikes: u32,
+    seq_out: u32,
+    ping_nonce: u64,
+    leave_reason: LeaveReason,
+}
+
+/// Most named call partners remembered per connection.
+const MAX_PARTNERS: usize = 64;
+
+impl Session {
+    fn new(
+        shared: Arc<Shared>,
+        peer_id: PeerId,
+        capabilities: Capabilities,
+        outbox: Arc<Outbox>,
+    ) -> Session {
+        let rate = NonZeroU32::new(shared.config.rate_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(shared.config.rate_burst).unwrap_or(NonZeroU32::MIN);
+        Session {
+            router: shared.router.clone(),
+            shared,
+            peer_id,
+            capabilities,
+            outbox,
+            rooms: Vec::new(),
+            room_ids: Vec::new(),
+            user: None,
+            display_name: String::new(),
+            partners: Vec::new(),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            rate_strikes: 0,
+            seq_out: 0,
+            ping_nonce: 0,
+            leave_reason: LeaveReason::Disconnected,
+        }
+    }
+
+    /// Queues a message for this connection.
+    fn reply(&self, message: &Message) {
+        // A full own outbox closes the connection as a slow consumer.
+        let _ = self.outbox.push(encode(message));
+    }
+
+    fn error(&self, code: ErrorCode, message: String, request_seq: u32) {
+        self.reply(&Message::Error(ErrorMessage {
+            code,
+            message,
+            request_seq,
+        }));
+    }
+
+    /// Handles one WebSocket message; returns `Some` when the connection
+    /// must close.
+    fn receive(&mut self, data: Bytes) -> Option<Close> {
+        let codec = self.shared.codec;
+        for frame in Frames::new(data, codec.max_payload, codec.max_frames) {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    // The rest of this message cannot be trusted; the
+                    // connection itself is still in sync (one WebSocket
+                    // message is one unit), so it stays open.
+                    self.error(e.code(), e.to_string(), 0);
+                    return None;
+                }
+            };
+            let seq = frame.header.seq;
+            if self.limiter.check().is_err() {
+                self.rate_strikes += 1;
+                if self.rate_strikes >= self.shared.config.rate_abuse_threshold {
+                    self.error(ErrorCode::RateLimited, "rate limit abused".into(), seq);
+                    return Some(Close {
+                        code: CloseCode::Policy,
+                        reason: "rate limit abused",
+                        leave: LeaveReason::Kicked,
+                    });
+                }
+                self.error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "over {} messages/s; message dropped",
+                        self.shared.config.rate_per_second
+                    ),
+                    seq,
+                );
+                continue;
+            }
+            self.rate_strikes = 0;
+            match protocol::decode(&frame, &codec) {
+                Ok(message) => self.handle(seq, message),
+                Err(DecodeError::Compression(e)) => {
+                    self.error(ErrorCode::BadCompression, e.to_string(), seq)
+                }
+                Err(e) => self.error(e.code(), e.to_string(), seq),
+            }
+        }
+        None
+    }
+
+    fn handle(&mut self, seq: u32, message: Message) {
+        match message {
+            Message::Ping { nonce } => self.reply(&Message::Pong { nonce }),
+            Message::Pong { .. } | Message::Ack { .. } => {}
+            Message::Hello(_) => self.error(
+                ErrorCode::HelloRequired,
+                "hello was already sent".into(),
+                seq,
+            ),
+            Message::Join(join) => self.join(seq, join),
+            Message::Leave { room } => {
+                if !self.leave(&room, LeaveReason::Left) {
+                    self.error(ErrorCode::NotJoined, format!("not in room {room}"), seq);
+                    return;
+                }
+                self.reply(&Message::Left { room });
+            }
+            Message::Login { name } => self.login(seq, name),
+            Message::Logout => match self.user.take() {
+                Some(name) => {
+                    self.hang_up_partners(&name);
+                    self.router.logout(&name, self.peer_id);
+                }
+                None => self.error(ErrorCode::NotLoggedIn, "not logged in".into(), seq),
+            },
+            Message::HangUp { peer } => self.hang_up(seq, peer),
+            Message::Offer(d) => self.relay_sdp(seq, d, true),
+            Message::Answer(d) => self.relay_sdp(seq, d, false),
+            Message::Ice(ice) => self.relay_ice(seq, ice),
+            Message::Welcome(_)
+            | Message::Joined(_)
+            | Message::PeerJoined(_)
+            | Message::PeerLeft(_)
+            | Message::RoomFull { .. }
+            | Message::Left { .. }
+            | Message::LoginResult(_)
+            | Message::Error(_) => self.error(
+                ErrorCode::InvalidArgument,
+                "that message is sent by the server only".into(),
+                seq,
+            ),
+        }
+    }
+
+    fn join(&mut self, seq: u32, join: Join) {
+        if self.rooms.iter().any(|(r, _)| *r == join.room) {
+            self.error(
+                ErrorCode::InvalidArgument,
+                format!("already in room {}", join.room),
+                seq,
+            );
+            return;
+        }
+        // A pair room is a call: joining one leaves the previous pair room,
+        // as in the seed's 1:1 server.
+        if join.mode == RoomMode::Pair {
+            if let Some((old, _)) = self
+                .rooms
+                .iter()
+                .find(|(_, m)| *m == RoomMode::Pair)
+                .cloned()
+            {
+                self.leave(&old, LeaveReason::JoinedOtherRoom);
+                self.reply(&Message::Left { room: old });
+            }
+        }
+        if self.rooms.len() >= self.shared.config.max_rooms_per_peer {
+            self.error(
+                ErrorCode::TooManyRooms,
+                format!("at most {} rooms", self.shared.config.max_rooms_per_peer),
+                seq,
+            );
+            return;
+        }
+        if !join.display_name.is_empty() {
+            self.display_name.clone_from(&join.display_name);
+        }
+        let member = Member {
+            peer_id: self.peer_id,
+            display_name: self.display_name.clone(),
+            user: self.user.clone(),
+            capabilities: self.capabilities,
+        };
+        match self
+            .router
+            .join(&join.room, join.mode, join.capacity, member)
+        {
+            Ok(outcome) => {
+                self.rooms.push((join.room.clone(), outcome.joined.mode));
+                self.room_ids.push(join.room);
+                self.reply(&Message::Joined(outcome.joined));
+                if let Some(notice) = outcome.notice {
+                    self.router.broadcast(notice);
+                }
+            }
+            Err(JoinError::Full { room, capacity }) => {
+                self.reply(&Message::RoomFull { room, capacity })
+            }
+            Err(e @ JoinError::ModeMismatch { .. }) => {
+                self.error(ErrorCode::ModeMismatch, e.to_string(), seq)
+            }
+            Err(e) => self.error(ErrorCode::InvalidArgument, e.to_string(), seq),
+        }
+    }
+
+    /// Leaves `room`; false if not a member.
+    fn leave(&mut self, room: &RoomId, reason: LeaveReason) -> bool {
+        let Some(i) = self.rooms.iter().position(|(r, _)| r == room) else {
+            return false;
+        };
+        self.rooms.swap_remove(i);
+        self.room_ids.swap_remove(i);
+        self.router.leave(room, self.peer_id, reason);
+        true
+    }
+
+    fn login(&mut self, seq: u32, name: UserName) {
+        if let Some(current) = &self.user {
+            if *current != name {
+                self.error(
+                    ErrorCode::AlreadyLoggedIn,
+                    format!("already logged in as {current}"),
+                    seq,
+                );
+                return;
+            }
+        }
+        let error = match self.router.login(&name, self.peer_id) {
+            Ok(()) => {
+                self.user = Some(name.clone());
+                None
+            }
+            Err(LoginError::Taken) => Some(ErrorCode::NameTaken),
+        };
+        self.reply(&Message::LoginResult(LoginResult { name, error }));
+    }
+
+    /// The address receivers see for this peer when it writes to `to`.
+    fn own_address(&self, to: &Address) -> Address {
+        match (to, &self.user) {
+            (Address::User(_), Some(me)) => Address::User(me.clone()),
+            _ => Address::Peer(self.peer_id),
+        }
+    }
+
+    fn route_error(&self, seq: u32, e: RouteError) {
+        self.error(e.code(), e.to_string(), seq);
+    }
+
+    fn may_negotiate(&self, seq: u32) -> bool {
+        if self.rooms.is_empty() && self.user.is_none() {
+            self.error(
+                ErrorCode::NotJoined,
+                "join a room or log in before negotiating".into(),
+                seq,
+            );
+            return false;
+        }
+        true
+    }
+
+    fn remember_partner(&mut self, to: &Address) {
+        if let Address::User(name) = to {
+            if !self.partners.contains(name) && self.partners.len() < MAX_PARTNERS {
+                self.partners.push(name.clone());
+            }
+        }
+    }
+
+    fn relay_sdp(&mut self, seq: u32, mut d: protocol::SessionDescription, offer: bool) {
+        if !self.may_negotiate(seq) {
+            return;
+        }
+        let target = match self.router.resolve(
+            self.peer_id,
+            self.user.as_ref(),
+            &self.room_ids,
+            d.room.as_ref(),
+            &d.peer,
+        ) {
+            Ok(t) => t,
+            Err(e) => return self.route_error(seq, e),
+        };
+        if let Sdp::Deflated(data) = &d.sdp {
+            if !target.capabilities.contains(Capabilities::DEFLATE_SDP) {
+                // The receiver cannot inflate: do it for it, within the cap.
+                match sdp::inflate(data, self.shared.codec.max_sdp) {
+                    Ok(plain) if std::str::from_utf8(&plain).is_ok() => {
+                        d.sdp = Sdp::Plain(plain.into())
+                    }
+                    Ok(_) => {
+                        return self.error(
+                            ErrorCode::BadCompression,
+                            "inflated sdp is not UTF-8".into(),
+                            seq,
+                        )
+                    }
+                    Err(e) => return self.error(ErrorCode::BadCompression, e.to_string(), seq),
+                }
+            }
+        }
+        self.remember_partner(&d.peer);
+        d.peer = self.own_address(&d.peer);
+        let message = if offer {
+            Message::Offer(d)
+        } else {
+            Message::Answer(d)
+        };
+        if let Err(e) = self.router.deliver(target.peer, encode(&message)) {
+            self.route_error(seq, e);
+        }
+    }
+
+    fn relay_ice(&mut self, seq: u32, mut ice: protocol::IceCandidates) {
+        if !self.may_negotiate(seq) {
+            return;
+        }
+        let target = match self.router.resolve(
+            self.peer_id,
+            self.user.as_ref(),
+            &self.room_ids,
+            ice.room.as_ref(),
+            &ice.peer,
+        ) {
+            Ok(t) => t,
+            Err(e) => return self.route_error(seq, e),
+        };
+        ice.peer = self.own_address(&ice.peer);
+        if let Err(e) = self.router.deliver(target.peer, encode(&Message::Ice(ice))) {
+            self.route_error(seq, e);
+        }
+    }
+
+    fn hang_up(&mut self, seq: u32, peer: Address) {
+        if !self.may_negotiate(seq) {
+            return;
+        }
+        let target = match self.router.resolve(
+            self.peer_id,
+            self.user.as_ref(),
+            &self.room_ids,
+            None,
+            &peer,
+        ) {
+            Ok(t) => t,
+            Err(e) => return self.route_error(seq, e),
+        };
+        if let Address::User(name) = &peer {
+            self.partners.retain(|p| p != name);
+        }
+        let from = self.own_address(&peer);
+        if let Err(e) = self
+            .router
+            .deliver(target.peer, encode(&Message::HangUp { peer: from }))
+        {
+            self.route_error(seq, e);
+        }
+    }
+
+    /// Tells every named call partner that `me` is gone.
+    fn hang_up_partners(&mut self, me: &UserName) {
+        let frame = encode(&Message::HangUp {
+            peer: Address::User(me.clone()),
+        });
+        for partner in std::mem::take(&mut self.partners) {
+            if let Ok(target) =
+                self.router
+                    .resolve(self.peer_id, Some(me), &[], None, &Address::User(partner))
+            {
+                let _ = self.router.deliver(target.peer, frame.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _span = info_span!("cleanup", peer = %self.peer_id).entered();
+        let reason = self.leave_reason;
+        for (room, _) in std::mem::take(&mut self.rooms) {
+            self.router.leave(&room, self.peer_id, reason);
+        }
+        if let Some(name) = self.user.take() {
+            self.hang_up_partners(&name);
+            self.router.logout(&name, self.peer_id);
+        }
+        self.router.unregister(self.peer_id);
+    }
+}

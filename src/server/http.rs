@@ -1,0 +1,184 @@
+//! Plain HTTP on the WebSocket port: `/healthz`, and the `/ws` upgrade.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, Instrument};
+
+use super::{connection, Admission, Shared};
+
+/// The WebSocket subprotocol name clients may offer.
+pub const SUBPROTOCOL: &str = "switchboard.v1";
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Answers a connection we cannot take with 503 and closes it.
+pub(super) async fn refuse(mut stream: TcpStream, why: &'static str) {
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}",
+        why.len()
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+}
+
+/// Serves HTTP on one accepted connection until it upgrades or closes.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    admission: Admission,
+) {
+    let admission = Arc::new(parking_lot::Mutex::new(Some(admission)));
+    let service = hyper::service::service_fn({
+        let shared = shared.clone();
+        move |req| {
+            let shared = shared.clone();
+            let admission = admission.clone();
+            async move { Ok::<_, Infallible>(route(req, &shared, addr, &admission)) }
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout)
+        .max_buf_size(16 * 1024);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%addr, error = %e, "http connection ended");
+    }
+}
+
+fn route(
+    mut req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    admission: &parking_lot::Mutex<Option<Admission>>,
+) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => {
+            let body = format!(
+                "{{\"status\":\"ok\",\"connections\":{}}}\n",
+                shared.router.peer_count()
+            );
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        "/ws" => {
+            let Some(key) = websocket_key(&req) else {
+                return text(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "expected a WebSocket upgrade (version 13)\n",
+                );
+            };
+            let Some(admission) = admission.lock().take() else {
+                return text(StatusCode::BAD_REQUEST, "one upgrade per connection\n");
+            };
+            let offered_subprotocol = req
+                .headers()
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|p| p.trim() == SUBPROTOCOL);
+            let upgrade = hyper::upgrade::on(&mut req);
+            let shared = shared.clone();
+            let span = tracing::debug_span!("conn", %addr, peer = tracing::field::Empty);
+            tokio::spawn(
+                async move {
+                    let upgraded = match upgrade.await {
+                        Ok(u) => u,
+                        Err(e) => {
+                            debug!(error = %e, "upgrade failed");
+                            return;
+                        }
+                    };
+                    let config = WebSocketConfig::default()
+                        .read_buffer_size(shared.config.read_buffer_bytes)
+                        .write_buffer_size(0)
+                        .max_message_size(Some(shared.config.max_message_bytes))
+                        .max_frame_size(Some(shared.config.max_message_bytes));
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    connection::run(ws, shared, admission).await;
+                }
+                .instrument(span),
+            );
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = r.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+            );
+            if offered_subprotocol {
+                h.insert(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(SUBPROTOCOL),
+                );
+            }
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The `Sec-WebSocket-Accept` value for a valid upgrade request.
+fn websocket_key(req: &Request<Incoming>) -> Option<String> {
+    let h = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return None;
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)? != "13" {
+        return None;
+    }
+    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
+    Some(derive_accept_key(key.as_bytes()))
+}

@@ -1,0 +1,202 @@
+//! The I/O layer: accept loop, HTTP on the same port, WebSocket upgrade.
+//!
+//! Everything protocol-shaped happens in `crate::protocol`, `crate::rooms`
+//! and `crate::routing`; this module only moves bytes and owns tasks.
+//!
+//! - [`run`]: accept connections until `shutdown` resolves, then drain.
+//! - `http`: `/healthz` and the `/ws` upgrade, served by hyper.
+//! - `connection`: one task per WebSocket, owning its socket.
+
+mod connection;
+mod http;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::protocol::{CodecLimits, PeerId};
+use crate::rooms::RoomPolicy;
+use crate::routing::{CloseReason, LocalRouter, OutboxLimits, Router};
+
+/// State shared by every connection of one server.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub codec: CodecLimits,
+    pub router: Arc<dyn Router>,
+    pub outbox: OutboxLimits,
+    next_serial: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    connections: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn new(config: Config, router: Arc<dyn Router>) -> Shared {
+        Shared {
+            codec: config.codec_limits(),
+            outbox: OutboxLimits {
+                frames: config.outbox_frames,
+                bytes: config.outbox_bytes,
+            },
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            router,
+            next_serial: AtomicU64::new(1),
+            per_ip: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    pub fn next_peer_id(&self) -> PeerId {
+        PeerId::new(
+            self.config.node_id,
+            self.next_serial.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a connection from `ip`; `None` when that IP is at its limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        let mut per_ip = self.per_ip.lock();
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpGuard {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Holds one of an IP's connection slots until dropped.
+pub(crate) struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip.lock();
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection holds for its whole life: a global slot and an IP slot.
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _ip: IpGuard,
+}
+
+/// Builds the default in-memory router for `config`.
+pub fn local_router(config: &Config) -> Arc<dyn Router> {
+    Arc::new(LocalRouter::new(
+        config.shards,
+        RoomPolicy {
+            default_capacity: config.default_room_capacity,
+            max_capacity: config.max_room_capacity,
+        },
+    ))
+}
+
+/// Serves `listener` until `shutdown` resolves, then tells every client the
+/// server is going away and waits up to `config.shutdown_grace` for them.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let router = local_router(&config);
+    run_with_router(listener, config, router, shutdown).await
+}
+
+/// [`run`] with a router of the caller's choosing.
+pub async fn run_with_router(
+    listener: TcpListener,
+    config: Config,
+    router: Arc<dyn Router>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared::new(config, router));
+    info!(addr = %listener.local_addr()?, "listening");
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(1);
+                pair
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of
+                // spinning, and keep serving the connections we have.
+                warn!(error = %e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        accept(&shared, stream, addr);
+    }
+    drain(&shared).await;
+    Ok(())
+}
+
+fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        debug!(%addr, "refused: too many connections");
+        tokio::spawn(http::refuse(stream, "too many connections"));
+        return;
+    };
+    let Some(ip) = shared.admit(addr.ip()) else {
+        debug!(%addr, "refused: too many connections from this address");
+        tokio::spawn(http::refuse(
+            stream,
+            "too many connections from your address",
+        ));
+        return;
+    };
+    let admission = Admission {
+        _permit: permit,
+        _ip: ip,
+    };
+    tokio::spawn(http::serve(shared.clone(), stream, addr, admission));
+}
+
+async fn drain(shared: &Arc<Shared>) {
+    info!(
+        connections = shared.router.peer_count(),
+        "shutting down: telling clients"
+    );
+    shared.router.close_all(CloseReason::Shutdown);
+    let all = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
+    let grace = shared.config.shutdown_grace;
+    // Every connection holds a permit until its task ends.
+    if tokio::time::timeout(grace, shared.connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = shared.router.peer_count(),
+            "shutdown grace expired with connections open"
+        );
+    }
+}
