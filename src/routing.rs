@@ -112,15 +112,23 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Moves every queued frame into `out` (up to `max_bytes` of payload,
-    /// at least one frame); returns why the outbox closed, if it did.
-    pub fn drain(&self, out: &mut Vec<Encoded>, max_bytes: usize) -> Option<CloseReason> {
+    /// Moves queued frames into `out`, at most `max_frames` of them and
+    /// `max_bytes` in all (but at least one frame); returns why the outbox
+    /// closed, if it did.
+    pub fn drain(
+        &self,
+        out: &mut Vec<Encoded>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Option<CloseReason> {
         let mut s = self.state.lock();
         let mut taken = 0;
+        let mut count = 0;
         while let Some(f) = s.frames.front() {
-            if taken > 0 && taken + f.frame_len() > max_bytes {
+            if count > 0 && (count == max_frames || taken + f.frame_len() > max_bytes) {
                 break;
             }
+            count += 1;
             taken += f.frame_len();
             out.push(s.frames.pop_front().expect("front exists"));
         }
@@ -129,11 +137,17 @@ impl Outbox {
             // Give a burst's memory back once it has been written out.
             s.frames = VecDeque::new();
         }
-        if !s.frames.is_empty() {
-            // More than one message's worth: make sure the owner comes back.
-            self.ready.notify_one();
-        }
         s.closed
+    }
+
+    /// Whether frames are waiting.
+    pub fn has_pending(&self) -> bool {
+        !self.state.lock().frames.is_empty()
+    }
+
+    /// Why the outbox was closed, if it was.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().closed
     }
 
     /// Waits until something is queued or the outbox is closed.
@@ -428,7 +442,7 @@ mod tests {
         assert_eq!(outbox.push(frame(3)), Err(PushError::Full));
         let mut out = Vec::new();
         assert_eq!(
-            outbox.drain(&mut out, usize::MAX),
+            outbox.drain(&mut out, usize::MAX, usize::MAX),
             Some(CloseReason::SlowConsumer)
         );
         assert!(out.is_empty(), "a cut-off consumer's queue is dropped");
@@ -440,7 +454,7 @@ mod tests {
         });
         outbox.push(frame(1)).unwrap();
         outbox.push(frame(2)).unwrap();
-        assert_eq!(outbox.drain(&mut out, usize::MAX), None);
+        assert_eq!(outbox.drain(&mut out, usize::MAX, usize::MAX), None);
         assert_eq!(out, vec![frame(1), frame(2)]);
         assert!(out.iter().all(|f| f.kind == MessageType::Ping));
     }

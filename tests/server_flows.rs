@@ -19,17 +19,6 @@ async fn healthz_answers_on_the_websocket_port() {
     assert!(body.starts_with("HTTP/1.1 404"), "{body}");
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test]
 async fn welcome_announces_peer_id_heartbeat_and_limits() {
     let server = start_server(test_config()).await;

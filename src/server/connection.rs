@@ -173,6 +173,8 @@ where
     let timeout = shared.config.heartbeat_timeout;
     let mut last_heard = Instant::now();
     let mut pinged = false;
+    let max_frames = shared.config.max_frames_per_message;
+    let max_bytes = shared.config.max_message_bytes;
     let mut pending: Vec<Encoded> = Vec::new();
     let mut out = BytesMut::new();
     loop {
@@ -184,32 +186,20 @@ where
         tokio::select! {
             biased;
             () = outbox.ready() => {
-                if let Some(reason) = outbox.drain(&mut pending, shared.config.max_message_bytes) {
-                    return Some(match reason {
-                        CloseReason::SlowConsumer => Close::app(
-                            ErrorCode::SlowConsumer,
-                            "too slow reading messages",
-                            LeaveReason::Disconnected,
-                        ),
-                        CloseReason::Shutdown => {
-                            // Say goodbye in-band too, then close as "going away".
-                            let bye = encode(&Message::Error(ErrorMessage {
-                                code: ErrorCode::ServerShuttingDown,
-                                message: "server is shutting down".into(),
-                                request_seq: 0,
-                            }));
-                            pending.push(bye);
-                            let _ = write(ws, session, &mut pending, &mut out).await;
-                            Close {
-                                code: CloseCode::Away,
-                                reason: "server shutting down",
-                                leave: LeaveReason::ServerShutdown,
-                            }
-                        }
-                    });
-                }
-                if write(ws, session, &mut pending, &mut out).await.is_err() {
-                    return None;
+                // Drain and write until the outbox is empty, one WebSocket
+                // message (within the announced limits) per write.
+                loop {
+                    let closed = outbox.drain(&mut pending, max_frames, max_bytes);
+                    if let Some(reason) = closed {
+                        return Some(closing(ws, session, &mut pending, &mut out, reason).await);
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                    match write_bounded(ws, session, &mut pending, &mut out, outbox, timeout).await {
+                        Ok(()) => {}
+                        Err(close) => return close,
+                    }
                 }
             }
             incoming = ws.next() => {
@@ -242,7 +232,7 @@ where
                 pinged = false;
                 if let Some(close) = session.receive(data) {
                     // Flush what is queued (the error explaining the close).
-                    let _ = outbox.drain(&mut pending, usize::MAX);
+                    let _ = outbox.drain(&mut pending, max_frames, max_bytes);
                     let _ = write(ws, session, &mut pending, &mut out).await;
                     return Some(close);
                 }
@@ -259,6 +249,77 @@ where
                 session.ping_nonce += 1;
                 session.reply(&Message::Ping { nonce: session.ping_nonce });
             }
+        }
+    }
+}
+
+fn slow_consumer() -> Close {
+    Close::app(
+        ErrorCode::SlowConsumer,
+        "too slow reading messages",
+        LeaveReason::Disconnected,
+    )
+}
+
+/// How to end a connection whose outbox was closed.
+async fn closing<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session,
+    pending: &mut Vec<Encoded>,
+    out: &mut BytesMut,
+    reason: CloseReason,
+) -> Close
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match reason {
+        CloseReason::SlowConsumer => slow_consumer(),
+        CloseReason::Shutdown => {
+            // Say goodbye in-band too, then close as "going away".
+            pending.push(encode(&Message::Error(ErrorMessage {
+                code: ErrorCode::ServerShuttingDown,
+                message: "server is shutting down".into(),
+                request_seq: 0,
+            })));
+            let _ = tokio::time::timeout(Duration::from_secs(1), write(ws, session, pending, out))
+                .await;
+            Close {
+                code: CloseCode::Away,
+                reason: "server shutting down",
+                leave: LeaveReason::ServerShutdown,
+            }
+        }
+    }
+}
+
+/// Writes pending frames, but gives up on a client that stops reading: when
+/// its outbox overflows meanwhile, or the write stalls for `stall`.
+/// `Err(None)`: the socket failed; `Err(Some)`: cut the client off.
+async fn write_bounded<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session,
+    pending: &mut Vec<Encoded>,
+    out: &mut BytesMut,
+    outbox: &Outbox,
+    stall: Duration,
+) -> Result<(), Option<Close>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + stall;
+    let send = write(ws, session, pending, out);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            result = &mut send => return result.map_err(|_| None),
+            () = outbox.ready() => {
+                // More frames or a shutdown are picked up by the caller's
+                // next drain; only an overflow ends the write early.
+                if outbox.closed() == Some(CloseReason::SlowConsumer) {
+                    return Err(Some(slow_consumer()));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Err(Some(slow_consumer())),
         }
     }
 }

@@ -162,3 +162,29 @@ pub async fn join_ok(c: &mut Connection, r: &str, mode: RoomMode) -> switchboard
 pub fn peer(c: &Connection) -> PeerId {
     c.welcome().peer_id
 }
+
+/// Reads raw WebSocket messages until the close frame; returns its code.
+pub async fn wait_close(ws: &mut switchboard::client::Socket) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => panic!("not closed"),
+            Ok(Some(Ok(WsMessage::Close(Some(f))))) => return f.code.into(),
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => return 0,
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

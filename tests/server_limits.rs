@@ -1,0 +1,379 @@
+//! Limits, bad input and misbehaving clients, over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use futures_util::SinkExt;
+use switchboard::client::{default_hello, Connection};
+use switchboard::config::Config;
+use switchboard::protocol::frame::write_frame;
+use switchboard::protocol::{
+    Address, ErrorCode, Flags, LeaveReason, Message, MessageType, RoomMode, Sdp, SessionDescription,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn silent_clients_are_reaped_and_their_rooms_told() {
+    let server = start_server(Config {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(600),
+        ..test_config()
+    })
+    .await;
+    let mut quiet = connect(&server).await;
+    let mut awake = connect(&server).await;
+    join_ok(&mut quiet, "hb", RoomMode::Pair).await;
+    join_ok(&mut awake, "hb", RoomMode::Pair).await;
+    let quiet_id = peer(&quiet);
+    // `quiet` never reads again, so it never answers the server's Ping;
+    // `awake` answers them inside `next`.
+    let started = tokio::time::Instant::now();
+    match next(&mut awake).await {
+        Message::PeerLeft(p) => {
+            assert_eq!(p.peer_id, quiet_id);
+            assert_eq!(p.reason, LeaveReason::TimedOut);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // The answering client is still connected well past the timeout.
+    for nonce in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        awake.send(&Message::Ping { nonce }).await.unwrap();
+        assert_eq!(next(&mut awake).await, Message::Pong { nonce });
+    }
+    assert_eq!(
+        wait_close(quiet.socket()).await,
+        4000 + ErrorCode::HeartbeatTimeout as u16
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_engages_and_sustained_abuse_is_disconnected() {
+    let server = start_server(Config {
+        rate_per_second: 5,
+        rate_burst: 5,
+        rate_abuse_threshold: 40,
+        ..test_config()
+    })
+    .await;
+    let mut c = connect(&server).await;
+    let pings: Vec<Message> = (0..20).map(|n| Message::Ping { nonce: n }).collect();
+    c.send_batch(&pings).await.unwrap();
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..20 {
+        match next(&mut c).await {
+            Message::Pong { .. } => pongs += 1,
+            Message::Error(e) if e.code == ErrorCode::RateLimited => {
+                assert!(e.request_seq > 0, "the error names the dropped frame");
+                limited += 1
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((5..=7).contains(&pongs), "burst of 5 passes, got {pongs}");
+    assert_eq!(pongs + limited, 20, "every dropped frame is reported");
+
+    let flood: Vec<Message> = (0..60).map(|n| Message::Ping { nonce: n }).collect();
+    c.send_batch(&flood).await.unwrap();
+    assert_eq!(expect_closed(&mut c).await, 1008, "policy violation");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_without_harming_others() {
+    let server = start_server(Config {
+        outbox_frames: 16,
+        outbox_bytes: 1 << 20,
+        rate_per_second: 10_000,
+        rate_burst: 10_000,
+        ..test_config()
+    })
+    .await;
+    let mut sender = connect(&server).await;
+    let mut slow = connect(&server).await;
+    join_ok(&mut sender, "slow", RoomMode::Pair).await;
+    join_ok(&mut slow, "slow", RoomMode::Pair).await;
+    assert!(matches!(next(&mut sender).await, Message::PeerJoined(_)));
+    let slow_id = peer(&slow);
+    // A healthy pair elsewhere.
+    let mut c = connect(&server).await;
+    let mut d = connect(&server).await;
+    join_ok(&mut c, "healthy", RoomMode::Pair).await;
+    join_ok(&mut d, "healthy", RoomMode::Pair).await;
+    assert!(matches!(next(&mut c).await, Message::PeerJoined(_)));
+
+    // `slow` never reads. 60 KiB offers fill the kernel buffers, then its
+    // outbox, then it is disconnected.
+    let big = "a".repeat(60 * 1024);
+    let mut busy = false;
+    let mut sent = 0;
+    while sent < 2_000 {
+        sender
+            .send(&offer(Address::Peer(slow_id), &big))
+            .await
+            .unwrap();
+        sent += 1;
+        // Look for the verdict without blocking the flood.
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), sender.recv()).await {
+            match m {
+                Message::Error(e) if e.code == ErrorCode::PeerBusy => busy = true,
+                Message::PeerLeft(p) if p.peer_id == slow_id => break,
+                Message::Error(e) if e.code == ErrorCode::UnknownPeer => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(sent < 2_000, "slow consumer was never cut off");
+    assert!(busy, "the sender is told which message was not delivered");
+    // The healthy pair still completes a negotiation.
+    d.send(&offer(Address::Peer(peer(&c)), "o")).await.unwrap();
+    assert!(matches!(next(&mut c).await, Message::Offer(_)));
+    c.send(&answer(Address::Peer(peer(&d)), "a")).await.unwrap();
+    assert!(matches!(next(&mut d).await, Message::Answer(_)));
+    drop(slow);
+}
+
+fn raw(kind: u8, flags: u8, seq: u32, payload: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[1, kind, flags, 0]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn still_usable(c: &mut Connection) {
+    c.send(&Message::Ping { nonce: 42 }).await.unwrap();
+    assert_eq!(next(c).await, Message::Pong { nonce: 42 });
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors_and_the_connection_stays_usable() {
+    let server = start_server(test_config()).await;
+    let mut c = connect(&server).await;
+
+    c.send_raw(Bytes::from_static(b"\x01\x02garbage"))
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+    still_usable(&mut c).await;
+
+    // An unknown type is skipped; the next frame of the same message runs.
+    let mut m = raw(0x7f, 0, 77, b"\x08\x01");
+    let mut ping = BytesMut::new();
+    write_frame(
+        &mut ping,
+        MessageType::Ping,
+        Flags::default(),
+        78,
+        b"\x08\x05",
+    );
+    m.extend_from_slice(&ping);
+    c.send_raw(m.freeze()).await.unwrap();
+    assert_eq!(expect_error(&mut c, ErrorCode::UnknownType).await, 77);
+    assert_eq!(next(&mut c).await, Message::Pong { nonce: 5 });
+
+    // Unknown flag bits, and DEFLATE_SDP on a Ping.
+    c.send_raw(raw(MessageType::Ping as u8, 0x80, 3, b"").freeze())
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+    c.send_raw(raw(MessageType::Ping as u8, 0x01, 4, b"").freeze())
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+
+    // Negotiation before joining or logging in.
+    c.send(&offer(Address::Peer(switchboard::protocol::PeerId(1)), "x"))
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::NotJoined).await;
+
+    // Over-long room id and user name; invalid UTF-8 in a room id.
+    let long = "r".repeat(65);
+    let mut join_payload = vec![0x0a, long.len() as u8];
+    join_payload.extend_from_slice(long.as_bytes());
+    c.send_raw(raw(MessageType::Join as u8, 0, 5, &join_payload).freeze())
+        .await
+        .unwrap();
+    assert_eq!(expect_error(&mut c, ErrorCode::InvalidArgument).await, 5);
+    let mut login_payload = vec![0x0a, long.len() as u8];
+    login_payload.extend_from_slice(long.as_bytes());
+    c.send_raw(raw(MessageType::Login as u8, 0, 6, &login_payload).freeze())
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::InvalidArgument).await;
+    c.send_raw(raw(MessageType::Join as u8, 0, 7, b"\x0a\x02\xff\xfe").freeze())
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+
+    // Invalid UTF-8 in a plain SDP.
+    join_ok(&mut c, "bad", RoomMode::Pair).await;
+    c.send(&Message::Offer(SessionDescription {
+        peer: Address::Peer(switchboard::protocol::PeerId(1)),
+        sdp: Sdp::Plain(Bytes::from_static(b"\xff\xfe")),
+        room: None,
+    }))
+    .await
+    .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+
+    // Unknown target, server-only messages, a second hello, text frames.
+    c.send(&ice(
+        Address::Peer(switchboard::protocol::PeerId(999_999)),
+        1,
+    ))
+    .await
+    .unwrap();
+    expect_error(&mut c, ErrorCode::UnknownPeer).await;
+    c.send(&Message::Left { room: room("bad") }).await.unwrap();
+    expect_error(&mut c, ErrorCode::InvalidArgument).await;
+    c.send(&Message::Hello(default_hello())).await.unwrap();
+    expect_error(&mut c, ErrorCode::HelloRequired).await;
+    c.socket()
+        .send(WsMessage::Text("{\"type\":\"join\"}".into()))
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::Malformed).await;
+    c.send(&Message::Leave {
+        room: room("never-joined"),
+    })
+    .await
+    .unwrap();
+    expect_error(&mut c, ErrorCode::NotJoined).await;
+
+    // Too many frames in one message.
+    let pings: Vec<Message> = (0..65).map(|n| Message::Ping { nonce: n }).collect();
+    c.send_batch(&pings).await.unwrap();
+    let mut saw_too_large = false;
+    for _ in 0..65 {
+        match next(&mut c).await {
+            Message::Pong { .. } => {}
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::TooLarge);
+                saw_too_large = true;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(saw_too_large);
+    still_usable(&mut c).await;
+}
+
+#[tokio::test]
+async fn oversized_messages_close_the_connection_with_1009() {
+    let server = start_server(Config {
+        max_message_bytes: 16 * 1024,
+        outbox_bytes: 1 << 20,
+        ..test_config()
+    })
+    .await;
+    let mut c = connect(&server).await;
+    c.send_raw(Bytes::from(vec![0u8; 64 * 1024])).await.unwrap();
+    assert_eq!(expect_closed(&mut c).await, 1009);
+    // Others can still connect.
+    let mut d = connect(&server).await;
+    still_usable(&mut d).await;
+}
+
+#[tokio::test]
+async fn the_first_frame_must_be_hello_within_the_handshake_timeout() {
+    let server = start_server(Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..test_config()
+    })
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let code = wait_close(&mut ws).await;
+    assert_eq!(code, 4000 + ErrorCode::HelloRequired as u16);
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let mut ping = BytesMut::new();
+    write_frame(&mut ping, MessageType::Ping, Flags::default(), 1, b"");
+    ws.send(WsMessage::Binary(ping.freeze())).await.unwrap();
+    assert_eq!(
+        wait_close(&mut ws).await,
+        4000 + ErrorCode::HelloRequired as u16
+    );
+
+    // A slowloris that never finishes its HTTP headers is dropped too.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("slow handshake dropped within the timeout");
+    assert!(n.is_ok());
+}
+
+#[tokio::test]
+async fn connections_per_ip_and_overall_are_capped() {
+    let server = start_server(Config {
+        max_connections_per_ip: 3,
+        ..test_config()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&server).await);
+    }
+    let refused = Connection::connect(&server.url(), default_hello()).await;
+    assert!(refused.is_err(), "fourth connection from one IP is refused");
+    drop(held.pop());
+    // The slot comes back once the server has seen the close.
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(c) = Connection::connect(&server.url(), default_hello()).await {
+            ok = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok.is_some());
+
+    let server = start_server(Config {
+        max_connections: 2,
+        ..test_config()
+    })
+    .await;
+    let _a = connect(&server).await;
+    let _b = connect(&server).await;
+    assert!(Connection::connect(&server.url(), default_hello())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn deflate_flag_is_only_valid_on_sdp_messages() {
+    let server = start_server(test_config()).await;
+    let mut a = connect(&server).await;
+    let mut b = connect(&server).await;
+    join_ok(&mut a, "df", RoomMode::Pair).await;
+    join_ok(&mut b, "df", RoomMode::Pair).await;
+    // Corrupt deflate data to a receiver that inflates for itself is
+    // relayed as is (the receiver caps its own inflation); to a receiver
+    // without the capability the server inflates and refuses it.
+    a.send(&Message::Offer(SessionDescription {
+        peer: Address::Peer(peer(&b)),
+        sdp: Sdp::Deflated(Bytes::from_static(b"\x00\x01garbage")),
+        room: None,
+    }))
+    .await
+    .unwrap();
+    match next(&mut b).await {
+        Message::Offer(d) => assert!(matches!(d.sdp, Sdp::Deflated(_))),
+        other => panic!("{other:?}"),
+    }
+}
