@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
-use super::{connection, Admission, Shared};
+use super::{assets, connection, Admission, Shared};
 
 /// The WebSocket subprotocol name clients may offer.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -159,7 +159,17 @@ fn route(
             }
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        path => match assets::get(path) {
+            Some(asset) => {
+                let mut r = Response::new(Full::new(Bytes::from_static(asset.body)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(asset.content_type),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
 }
 

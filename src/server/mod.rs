@@ -4,9 +4,11 @@
 //! and `crate::routing`; this module only moves bytes and owns tasks.
 //!
 //! - [`run`]: accept connections until `shutdown` resolves, then drain.
-//! - `http`: `/healthz` and the `/ws` upgrade, served by hyper.
+//! - `http`: `/healthz`, the `/ws` upgrade and the embedded demo page, served by hyper.
+//! - `assets`: the demo page and SDK bundle compiled into the binary.
 //! - `connection`: one task per WebSocket, owning its socket.
 
+mod assets;
 mod connection;
 mod http;
 
