@@ -10,12 +10,18 @@
 //! - [`client`]: an async client (used by the tests and the load generator).
 //! - [`config`]: typed configuration and its defaults.
 //! - [`server`]: the I/O layer: accept loop, HTTP, one task per WebSocket.
+//! - [`auth`]: access tokens (HS256 JWT): verification, room grants, minting,
+//!   Sec-WebSocket-Protocol parsing. Pure, time passed in.
+//! - [`turn`]: time-limited TURN credentials in coturn's REST scheme. Pure.
 //! - `proto`: the prost types generated from `proto/`; only `protocol` sees them.
 
+pub mod auth;
 pub mod client;
 pub mod config;
+pub mod load;
 mod proto;
 pub mod protocol;
 pub mod rooms;
 pub mod routing;
 pub mod server;
+pub mod turn;
