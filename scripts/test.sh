@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of switchboard: Rust unit, integration, golden, fuzz-corpus
+# and TURN tests, the browser SDK's tests, and the end-to-end test in a real
+# Chromium. Installs the system packages the tests need when run as root
+# (coturn for the TURN test, chromium for the browser test); otherwise says
+# which to install and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if ((${#need[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing system packages: ${need[*]} (install them: sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+echo "==> cargo test"
+cargo test --all-targets
+cargo test --doc
+
+echo "==> browser SDK and end-to-end tests"
+cargo build --bin switchboard
+cd web
+npm ci --no-audit --no-fund
+npm test
+SWITCHBOARD_BIN="$PWD/../target/debug/switchboard" npm run e2e
