@@ -201,9 +201,11 @@ pub fn split_frame(buf: &mut Bytes, max_payload: usize) -> Result<RawFrame, Deco
 /// Iterates over the frames of one WebSocket message.
 ///
 /// A WebSocket message is complete, so a truncated trailing frame is an error
-/// here. After an error that leaves frame boundaries intact (a frame that is
-/// only too large is not one of them) iteration stops: the rest of the
-/// message cannot be trusted.
+/// here ([`DecodeError::Truncated`]). Iteration stops after any error this
+/// layer reports (wrong version, length over the limit, truncation, too many
+/// frames): the rest of the message cannot be trusted. Errors found later by
+/// [`decode`](super::decode) (unknown type, bad flags, bad payload) concern
+/// one frame only, and the frames after it are still yielded.
 #[derive(Debug)]
 pub struct Frames {
     rest: Bytes,
@@ -266,4 +268,217 @@ pub fn write_frame(out: &mut BytesMut, kind: MessageType, flags: Flags, seq: u32
     }
     .write(out);
     out.put_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(seq: u32) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        write_frame(
+            &mut out,
+            MessageType::Ping,
+            Flags::default(),
+            seq,
+            &[0x08, 0x01],
+        );
+        out.to_vec()
+    }
+
+    #[test]
+    fn header_layout() {
+        let header = Header {
+            kind: 0x30,
+            flags: Flags::DEFLATE_SDP,
+            seq: 0x0102_0304,
+            len: 0x0a0b_0c0d,
+        };
+        let mut out = Vec::new();
+        header.write(&mut out);
+        assert_eq!(
+            out,
+            [0x01, 0x30, 0x01, 0x00, 0x01, 0x02, 0x03, 0x04, 0x0a, 0x0b, 0x0c, 0x0d]
+        );
+        assert_eq!(Header::parse(&out), Ok(header));
+    }
+
+    #[test]
+    fn reserved_byte_is_ignored() {
+        let mut bytes = ping(1);
+        bytes[3] = 0xff;
+        let header = Header::parse(&bytes).unwrap();
+        assert_eq!(header.kind, 0x02);
+        assert_eq!(header.len, 2);
+    }
+
+    #[test]
+    fn wrong_version() {
+        for version in [0x00, 0x02, 0xff] {
+            let mut bytes = ping(1);
+            bytes[0] = version;
+            assert_eq!(
+                Header::parse(&bytes),
+                Err(DecodeError::UnsupportedVersion { version })
+            );
+            let mut frames = Frames::new(Bytes::from(bytes), 1024, 64);
+            assert_eq!(
+                frames.next(),
+                Some(Err(DecodeError::UnsupportedVersion { version }))
+            );
+            assert_eq!(frames.next(), None);
+        }
+    }
+
+    #[test]
+    fn message_type_bytes_round_trip() {
+        for kind in MessageType::ALL {
+            assert_eq!(MessageType::from_byte(kind as u8), Some(kind));
+        }
+        let known = (0..=255u8)
+            .filter(|b| MessageType::from_byte(*b).is_some())
+            .count();
+        assert_eq!(known, MessageType::ALL.len());
+        // Reserved ranges stay unknown.
+        for b in (0x05..=0x0f).chain(0xf0..=0xff) {
+            assert_eq!(MessageType::from_byte(b), None, "{b:#04x}");
+        }
+    }
+
+    #[test]
+    fn split_frame_short_header_is_incomplete() {
+        let bytes = ping(1);
+        for have in 0..HEADER_LEN {
+            let mut buf = Bytes::copy_from_slice(&bytes[..have]);
+            assert_eq!(
+                split_frame(&mut buf, 1024),
+                Err(DecodeError::Incomplete {
+                    needed: HEADER_LEN - have
+                })
+            );
+            assert_eq!(buf.len(), have, "nothing is consumed");
+        }
+    }
+
+    #[test]
+    fn split_frame_short_payload_is_incomplete() {
+        let mut bytes = Vec::new();
+        Header {
+            kind: 0x02,
+            flags: Flags::default(),
+            seq: 1,
+            len: 3,
+        }
+        .write(&mut bytes);
+        bytes.push(0x08);
+        let mut buf = Bytes::from(bytes);
+        assert_eq!(
+            split_frame(&mut buf, 1024),
+            Err(DecodeError::Incomplete { needed: 2 })
+        );
+        assert_eq!(buf.len(), HEADER_LEN + 1);
+    }
+
+    #[test]
+    fn split_frame_checks_length_before_waiting_for_payload() {
+        let mut bytes = Vec::new();
+        Header {
+            kind: 0x02,
+            flags: Flags::default(),
+            seq: 1,
+            len: 1025,
+        }
+        .write(&mut bytes);
+        let mut buf = Bytes::from(bytes);
+        assert_eq!(
+            split_frame(&mut buf, 1024),
+            Err(DecodeError::TooLarge {
+                size: 1025,
+                max: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn split_frame_takes_exactly_one_frame() {
+        let mut bytes = ping(7);
+        bytes.extend(ping(8));
+        let mut buf = Bytes::from(bytes);
+        let first = split_frame(&mut buf, 1024).unwrap();
+        assert_eq!(first.header.seq, 7);
+        assert_eq!(&first.payload[..], &[0x08, 0x01]);
+        let second = split_frame(&mut buf, 1024).unwrap();
+        assert_eq!(second.header.seq, 8);
+        assert!(buf.is_empty());
+        assert_eq!(
+            split_frame(&mut buf, 1024),
+            Err(DecodeError::Incomplete { needed: HEADER_LEN })
+        );
+    }
+
+    #[test]
+    fn payload_of_exactly_max_is_accepted() {
+        let mut out = BytesMut::new();
+        write_frame(
+            &mut out,
+            MessageType::Offer,
+            Flags::default(),
+            1,
+            &[0u8; 100],
+        );
+        let mut buf = out.freeze();
+        assert_eq!(split_frame(&mut buf, 100).unwrap().payload.len(), 100);
+    }
+
+    #[test]
+    fn frames_truncated_trailing_frame() {
+        let mut bytes = ping(1);
+        bytes.extend(&ping(2)[..13]);
+        let mut frames = Frames::new(Bytes::from(bytes), 1024, 64);
+        assert_eq!(frames.next().unwrap().unwrap().header.seq, 1);
+        assert_eq!(frames.next(), Some(Err(DecodeError::Truncated)));
+        assert_eq!(frames.next(), None);
+    }
+
+    #[test]
+    fn frames_too_many() {
+        let mut bytes = Vec::new();
+        for seq in 0..4 {
+            bytes.extend(ping(seq));
+        }
+        let mut frames = Frames::new(Bytes::from(bytes.clone()), 1024, 3);
+        for seq in 0..3 {
+            assert_eq!(frames.next().unwrap().unwrap().header.seq, seq);
+        }
+        assert_eq!(
+            frames.next(),
+            Some(Err(DecodeError::TooManyFrames { max: 3 }))
+        );
+        assert_eq!(frames.next(), None);
+        // Exactly at the limit is fine.
+        let frames = Frames::new(Bytes::from(bytes), 1024, 4);
+        assert_eq!(frames.filter(Result::is_ok).count(), 4);
+    }
+
+    #[test]
+    fn frames_stop_after_an_oversized_frame() {
+        let mut bytes = ping(1);
+        bytes.extend(ping(2));
+        let mut frames = Frames::new(Bytes::from(bytes), 1, 64);
+        assert_eq!(
+            frames.next(),
+            Some(Err(DecodeError::TooLarge { size: 2, max: 1 }))
+        );
+        assert_eq!(frames.next(), None);
+    }
+
+    #[test]
+    fn frames_share_the_message_buffer() {
+        let bytes = Bytes::from(ping(1));
+        let frame = Frames::new(bytes.clone(), 1024, 64)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.payload.as_ptr(), bytes[HEADER_LEN..].as_ptr());
+    }
 }

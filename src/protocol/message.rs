@@ -670,7 +670,7 @@ impl From<&Limits> for pb::Limits {
 }
 
 /// Most ICE servers a Welcome may list.
-const MAX_ICE_SERVERS: usize = 16;
+pub const MAX_ICE_SERVERS: usize = 16;
 
 impl TryFrom<pb::Welcome> for Welcome {
     type Error = FieldError;

@@ -23,9 +23,9 @@ use crate::proto as pb;
 pub use frame::{Flags, Frames, Header, MessageType, RawFrame, HEADER_LEN};
 pub use ids::{IdError, PeerId, RoomId, UserName, MAX_ID_BYTES};
 pub use message::{
-    Address, Capabilities, ErrorCode, ErrorMessage, FieldError, Hello, IceCandidate,
-    IceCandidates, IceServer, Join, Joined, LeaveReason, Limits, LoginResult, Member, Message,
-    PeerJoined, PeerLeft, RoomMode, Sdp, SessionDescription, Welcome, PROTOCOL_VERSION,
+    Address, Capabilities, ErrorCode, ErrorMessage, FieldError, Hello, IceCandidate, IceCandidates,
+    IceServer, Join, Joined, LeaveReason, Limits, LoginResult, Member, Message, PeerJoined,
+    PeerLeft, RoomMode, Sdp, SessionDescription, Welcome, PROTOCOL_VERSION,
 };
 
 /// Size limits the decoder enforces before it allocates.
@@ -121,9 +121,7 @@ impl DecodeError {
             | DecodeError::Protobuf(_) => ErrorCode::Malformed,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
-            DecodeError::TooLarge { .. } | DecodeError::TooManyFrames { .. } => {
-                ErrorCode::TooLarge
-            }
+            DecodeError::TooLarge { .. } | DecodeError::TooManyFrames { .. } => ErrorCode::TooLarge,
             DecodeError::Field(FieldError::TooLong { .. } | FieldError::TooMany { .. }) => {
                 ErrorCode::TooLarge
             }
@@ -196,7 +194,12 @@ pub fn decode(frame: &RawFrame, limits: &CodecLimits) -> Result<Message, DecodeE
     let deflated = flags.contains(Flags::DEFLATE_SDP);
     Ok(match ty {
         MessageType::Hello => Message::Hello(pb::Hello::decode(p)?.try_into()?),
-        MessageType::Welcome => Message::Welcome(pb::Welcome::decode(p)?.try_into()?),
+        MessageType::Welcome => {
+            // Counted first, like Joined's members: an empty IceServer is two
+            // bytes on the wire and a 72-byte struct once decoded.
+            check_count(&p, 6, "ice_servers", message::MAX_ICE_SERVERS)?;
+            Message::Welcome(pb::Welcome::decode(p)?.try_into()?)
+        }
         MessageType::Ping => Message::Ping {
             nonce: pb::Ping::decode(p)?.nonce,
         },
@@ -229,9 +232,7 @@ pub fn decode(frame: &RawFrame, limits: &CodecLimits) -> Result<Message, DecodeE
         MessageType::Login => Message::Login {
             name: message::user_field("name", &pb::Login::decode(p)?.name)?,
         },
-        MessageType::LoginResult => {
-            Message::LoginResult(pb::LoginResult::decode(p)?.try_into()?)
-        }
+        MessageType::LoginResult => Message::LoginResult(pb::LoginResult::decode(p)?.try_into()?),
         MessageType::Logout => {
             pb::Logout::decode(p)?;
             Message::Logout
@@ -328,10 +329,7 @@ pub fn encode(msg: &Message) -> Encoded {
                 name: name.as_str().to_owned(),
             }),
         ),
-        Message::LoginResult(l) => (
-            MessageType::LoginResult,
-            payload(&pb::LoginResult::from(l)),
-        ),
+        Message::LoginResult(l) => (MessageType::LoginResult, payload(&pb::LoginResult::from(l))),
         Message::Logout => (MessageType::Logout, Bytes::new()),
         Message::HangUp { peer } => (
             MessageType::HangUp,
@@ -346,10 +344,7 @@ pub fn encode(msg: &Message) -> Encoded {
             } else {
                 MessageType::Answer
             };
-            (
-                kind,
-                payload(&message::session_description_to_wire(d)),
-            )
+            (kind, payload(&message::session_description_to_wire(d)))
         }
         Message::Ice(i) => (
             MessageType::Ice,
@@ -379,4 +374,735 @@ pub fn decode_message(
 ) -> impl Iterator<Item = Result<(u32, Message), DecodeError>> + '_ {
     Frames::new(message, limits.max_payload, limits.max_frames)
         .map(move |frame| frame.and_then(|f| Ok((f.header.seq, decode(&f, limits)?))))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Byte-literal tests: every literal below was written by hand from the
+    //! protobuf encoding rules (tag byte = field number << 3 | wire type,
+    //! varints little-endian in 7-bit groups, proto3 defaults omitted), not
+    //! copied from the encoder's output.
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Parses whitespace-separated hex bytes; `|` is a visual separator.
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .filter(|b| *b != "|")
+            .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+            .collect()
+    }
+
+    fn room(s: &str) -> RoomId {
+        RoomId::new(s).unwrap()
+    }
+
+    fn user(s: &str) -> UserName {
+        UserName::new(s).unwrap()
+    }
+
+    /// A small concrete message of type `kind`, its sequence number and its
+    /// frame as hex. The match is exhaustive, so a new type without a literal
+    /// does not compile.
+    fn literal(kind: MessageType) -> (Message, u32, &'static str) {
+        match kind {
+            // 08 01: protocol_version = 1; 12 02 01 02: capabilities, packed
+            // [DEFLATE_SDP, ICE_BATCH]; 1a 01 "k": access_token; 22 01 "t": user_agent.
+            MessageType::Hello => (
+                Message::Hello(Hello {
+                    protocol_version: 1,
+                    capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
+                    access_token: Some("k".into()),
+                    user_agent: "t".into(),
+                }),
+                1,
+                "01 01 00 00 00 00 00 01 00 00 00 0c | 08 01 12 02 01 02 1a 01 6b 22 01 74",
+            ),
+            // 300 = 0b10_0101100 -> varint ac 02.
+            MessageType::Ping => (
+                Message::Ping { nonce: 300 },
+                2,
+                "01 02 00 00 00 00 00 02 00 00 00 03 | 08 ac 02",
+            ),
+            MessageType::Pong => (
+                Message::Pong { nonce: 300 },
+                3,
+                "01 03 00 00 00 00 00 03 00 00 00 03 | 08 ac 02",
+            ),
+            MessageType::Ack => (
+                Message::Ack { seq: 5 },
+                4,
+                "01 04 00 00 00 00 00 04 00 00 00 02 | 08 05",
+            ),
+            // 0a 02 "r1": room; 10 02: MESH; 18 04: capacity; 22 01 "a": display_name.
+            MessageType::Join => (
+                Message::Join(Join {
+                    room: room("r1"),
+                    mode: RoomMode::Mesh,
+                    capacity: Some(4),
+                    display_name: "a".into(),
+                }),
+                5,
+                "01 10 00 00 00 00 00 05 00 00 00 0b | 0a 02 72 31 10 02 18 04 22 01 61",
+            ),
+            MessageType::Leave => (
+                Message::Leave { room: room("r1") },
+                6,
+                "01 11 00 00 00 00 00 06 00 00 00 04 | 0a 02 72 31",
+            ),
+            MessageType::Login => (
+                Message::Login { name: user("bob") },
+                7,
+                "01 20 00 00 00 00 00 07 00 00 00 05 | 0a 03 62 6f 62",
+            ),
+            // Empty message, empty payload.
+            MessageType::Logout => (
+                Message::Logout,
+                8,
+                "01 21 00 00 00 00 00 08 00 00 00 00",
+            ),
+            // 0a 05: peer = Address { 12 03 "bob": user }.
+            MessageType::HangUp => (
+                Message::HangUp {
+                    peer: Address::User(user("bob")),
+                },
+                9,
+                "01 22 00 00 00 00 00 09 00 00 00 07 | 0a 05 12 03 62 6f 62",
+            ),
+            // 0a 02 08 02: peer = Address { peer_id: 2 }; 1a 05 "v=0\r\n": sdp.
+            MessageType::Offer => (
+                Message::Offer(SessionDescription {
+                    peer: Address::Peer(PeerId(2)),
+                    sdp: Sdp::Plain(Bytes::from_static(b"v=0\r\n")),
+                    room: None,
+                }),
+                10,
+                "01 30 00 00 00 00 00 0a 00 00 00 0b | 0a 02 08 02 1a 05 76 3d 30 0d 0a",
+            ),
+            // Flag 01 = DEFLATE_SDP; the sequence number is big-endian;
+            // 1a 02 03 00: the (opaque) compressed sdp; 22 02 "r1": room.
+            MessageType::Answer => (
+                Message::Answer(SessionDescription {
+                    peer: Address::Peer(PeerId(3)),
+                    sdp: Sdp::Deflated(Bytes::from_static(&[0x03, 0x00])),
+                    room: Some(room("r1")),
+                }),
+                0x0102_0304,
+                "01 31 01 00 01 02 03 04 00 00 00 0c | 0a 02 08 03 1a 02 03 00 22 02 72 31",
+            ),
+            // 1a 08: one candidate { 0a 01 "c", 12 01 "0": sdp_mid,
+            // 18 00: sdp_m_line_index = 0, present because it is optional };
+            // 20 01: end_of_candidates.
+            MessageType::Ice => (
+                Message::Ice(IceCandidates {
+                    peer: Address::Peer(PeerId(2)),
+                    candidates: vec![IceCandidate {
+                        candidate: "c".into(),
+                        sdp_mid: Some("0".into()),
+                        sdp_m_line_index: Some(0),
+                        username_fragment: None,
+                    }],
+                    end_of_candidates: true,
+                    room: None,
+                }),
+                12,
+                "01 32 00 00 00 00 00 0c 00 00 00 10 | 0a 02 08 02 1a 08 0a 01 63 12 01 30 18 00 20 01",
+            ),
+            // 08 05: peer_id; 10 01: version; 1a 12: limits (18 bytes, 65536 =
+            // 80 80 04); 20 98 75: 15000 ms; 28 c8 df 02: 45000 ms;
+            // 32 08: ice server { 0a 06 "stun:x" }; 3a 02 01 02: capabilities;
+            // 48 01: sdp_dictionary (field 9).
+            MessageType::Welcome => (
+                Message::Welcome(Welcome {
+                    peer_id: PeerId(5),
+                    protocol_version: 1,
+                    limits: Limits {
+                        max_message_bytes: 100,
+                        max_frames_per_message: 16,
+                        max_sdp_bytes: 65536,
+                        rate_per_second: 10,
+                        rate_burst: 20,
+                        max_id_bytes: 64,
+                        max_room_capacity: 8,
+                        default_room_capacity: 4,
+                    },
+                    heartbeat_interval: Duration::from_millis(15000),
+                    heartbeat_timeout: Duration::from_millis(45000),
+                    ice_servers: vec![IceServer {
+                        urls: vec!["stun:x".into()],
+                        username: String::new(),
+                        credential: String::new(),
+                    }],
+                    capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
+                    sdp_dictionary: 1,
+                }),
+                1,
+                "01 81 00 00 00 00 00 01 00 00 00 2f | 08 05 10 01 \
+                 1a 12 08 64 10 10 18 80 80 04 20 0a 28 14 30 40 38 08 40 04 \
+                 20 98 75 28 c8 df 02 32 08 0a 06 73 74 75 6e 3a 78 3a 02 01 02 48 01",
+            ),
+            // 10 01: PAIR; 18 02: capacity; 22 08: member { 08 02: peer_id,
+            // 12 01 "a": display_name, 22 01 01: [DEFLATE_SDP] }; 28 01: initiator.
+            MessageType::Joined => (
+                Message::Joined(Joined {
+                    room: room("r1"),
+                    mode: RoomMode::Pair,
+                    capacity: 2,
+                    members: vec![Member {
+                        peer_id: PeerId(2),
+                        display_name: "a".into(),
+                        user: None,
+                        capabilities: Capabilities::DEFLATE_SDP,
+                    }],
+                    initiator: true,
+                }),
+                2,
+                "01 90 00 00 00 00 00 02 00 00 00 14 | 0a 02 72 31 10 01 18 02 \
+                 22 08 08 02 12 01 61 22 01 01 28 01",
+            ),
+            // 12 07: member { 08 03: peer_id, 1a 03 "bob": user }; initiator
+            // false is the default and omitted.
+            MessageType::PeerJoined => (
+                Message::PeerJoined(PeerJoined {
+                    room: room("r1"),
+                    member: Member {
+                        peer_id: PeerId(3),
+                        display_name: String::new(),
+                        user: Some(user("bob")),
+                        capabilities: Capabilities::empty(),
+                    },
+                    initiator: false,
+                }),
+                3,
+                "01 91 00 00 00 00 00 03 00 00 00 0d | 0a 02 72 31 12 07 08 03 1a 03 62 6f 62",
+            ),
+            // 10 03: peer_id; 18 02: DISCONNECTED.
+            MessageType::PeerLeft => (
+                Message::PeerLeft(PeerLeft {
+                    room: room("r1"),
+                    peer_id: PeerId(3),
+                    reason: LeaveReason::Disconnected,
+                }),
+                4,
+                "01 92 00 00 00 00 00 04 00 00 00 08 | 0a 02 72 31 10 03 18 02",
+            ),
+            MessageType::RoomFull => (
+                Message::RoomFull {
+                    room: room("r1"),
+                    capacity: 2,
+                },
+                5,
+                "01 93 00 00 00 00 00 05 00 00 00 06 | 0a 02 72 31 10 02",
+            ),
+            MessageType::Left => (
+                Message::Left { room: room("r1") },
+                6,
+                "01 94 00 00 00 00 00 06 00 00 00 04 | 0a 02 72 31",
+            ),
+            // success = false is omitted; 18 0c: error = NAME_TAKEN (12).
+            MessageType::LoginResult => (
+                Message::LoginResult(LoginResult {
+                    name: user("bob"),
+                    error: Some(ErrorCode::NameTaken),
+                }),
+                7,
+                "01 a0 00 00 00 00 00 07 00 00 00 07 | 0a 03 62 6f 62 18 0c",
+            ),
+            // 08 02: UNKNOWN_TYPE; 12 01 "x": message; 18 07: request_seq.
+            MessageType::Error => (
+                Message::Error(ErrorMessage {
+                    code: ErrorCode::UnknownType,
+                    message: "x".into(),
+                    request_seq: 7,
+                }),
+                u32::MAX,
+                "01 e0 00 00 ff ff ff ff 00 00 00 07 | 08 02 12 01 78 18 07",
+            ),
+        }
+    }
+
+    fn check_literal(kind: MessageType) {
+        let (msg, seq, expected) = literal(kind);
+        let expected = hex(expected);
+        let mut out = BytesMut::new();
+        encode_into(&msg, seq, &mut out);
+        assert_eq!(&out[..], &expected[..], "{kind:?} encodes to its literal");
+        assert_eq!(out[1], kind as u8, "{kind:?} type byte");
+        assert_eq!(encode(&msg).frame_len(), expected.len());
+
+        let decoded: Vec<_> =
+            decode_message(Bytes::from(expected), &CodecLimits::default()).collect();
+        assert_eq!(decoded, vec![Ok((seq, msg))], "{kind:?} decodes back");
+    }
+
+    macro_rules! literal_tests {
+        ($($name:ident => $kind:ident,)*) => {
+            $(
+                #[test]
+                fn $name() {
+                    check_literal(MessageType::$kind);
+                }
+            )*
+        };
+    }
+
+    literal_tests! {
+        literal_hello => Hello,
+        literal_ping => Ping,
+        literal_pong => Pong,
+        literal_ack => Ack,
+        literal_join => Join,
+        literal_leave => Leave,
+        literal_login => Login,
+        literal_logout => Logout,
+        literal_hang_up => HangUp,
+        literal_offer => Offer,
+        literal_answer_deflated => Answer,
+        literal_ice => Ice,
+        literal_welcome => Welcome,
+        literal_joined => Joined,
+        literal_peer_joined => PeerJoined,
+        literal_peer_left => PeerLeft,
+        literal_room_full => RoomFull,
+        literal_left => Left,
+        literal_login_result => LoginResult,
+        literal_error => Error,
+    }
+
+    #[test]
+    fn every_type_has_a_literal() {
+        for kind in MessageType::ALL {
+            check_literal(kind);
+        }
+    }
+
+    #[test]
+    fn login_result_success() {
+        // 10 01: success = true; error UNSPECIFIED is omitted.
+        let msg = Message::LoginResult(LoginResult {
+            name: user("bob"),
+            error: None,
+        });
+        let mut out = BytesMut::new();
+        encode_into(&msg, 1, &mut out);
+        assert_eq!(
+            &out[..],
+            &hex("01 a0 00 00 00 00 00 01 00 00 00 07 | 0a 03 62 6f 62 10 01")[..]
+        );
+    }
+
+    /// The two-frame example of docs/PROTOCOL.md, byte for byte.
+    #[test]
+    fn protocol_md_worked_example() {
+        let join = Message::Join(Join {
+            room: room("1001"),
+            mode: RoomMode::Pair,
+            capacity: None,
+            display_name: "Ann".into(),
+        });
+        let ping = Message::Ping { nonce: 1 };
+        let mut out = BytesMut::new();
+        encode_into(&join, 1, &mut out);
+        encode_into(&ping, 2, &mut out);
+        let expected = hex(
+            "01 10 00 00 00 00 00 01 00 00 00 0d | 0a 04 31 30 30 31 10 01 22 03 41 6e 6e \
+             01 02 00 00 00 00 00 02 00 00 00 02 | 08 01",
+        );
+        assert_eq!(&out[..], &expected[..]);
+        let decoded: Vec<_> = decode_message(out.freeze(), &CodecLimits::default()).collect();
+        assert_eq!(decoded, vec![Ok((1, join)), Ok((2, ping))]);
+    }
+
+    fn frame(kind: u8, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Header {
+            kind,
+            flags: Flags(flags),
+            seq,
+            len: payload.len() as u32,
+        }
+        .write(&mut out);
+        out.extend_from_slice(payload);
+        out.to_vec()
+    }
+
+    fn decode_all(
+        bytes: Vec<u8>,
+        limits: &CodecLimits,
+    ) -> Vec<Result<(u32, Message), DecodeError>> {
+        decode_message(Bytes::from(bytes), limits).collect()
+    }
+
+    #[test]
+    fn wrong_version_rejects_the_whole_message() {
+        let mut bytes = hex("02 02 00 00 00 00 00 01 00 00 00 02 08 01");
+        bytes.extend(frame(0x02, 0, 2, &[0x08, 0x01]));
+        let decoded = decode_all(bytes, &CodecLimits::default());
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::UnsupportedVersion { version: 2 })]
+        );
+        assert_eq!(
+            DecodeError::UnsupportedVersion { version: 2 }.code(),
+            ErrorCode::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_skipped_and_the_next_frame_decodes() {
+        // 0x05 is reserved for session resume; 0x7f is simply unassigned.
+        let mut bytes = frame(0x05, 0, 1, &[0x08, 0x01]);
+        bytes.extend(frame(0x7f, 0, 2, &[0xff, 0xff]));
+        bytes.extend(frame(0x02, 0, 3, &[0x08, 0x01]));
+        let limits = CodecLimits::default();
+        let frames: Vec<_> = Frames::new(
+            Bytes::from(bytes.clone()),
+            limits.max_payload,
+            limits.max_frames,
+        )
+        .collect::<Result<_, _>>()
+        .unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].header.seq, 1);
+        assert_eq!(
+            decode(&frames[0], &limits),
+            Err(DecodeError::UnknownType { kind: 0x05 })
+        );
+        assert_eq!(
+            decode(&frames[1], &limits),
+            Err(DecodeError::UnknownType { kind: 0x7f })
+        );
+        assert_eq!(decode(&frames[2], &limits), Ok(Message::Ping { nonce: 1 }));
+        assert_eq!(
+            decode_all(bytes, &limits),
+            vec![
+                Err(DecodeError::UnknownType { kind: 0x05 }),
+                Err(DecodeError::UnknownType { kind: 0x7f }),
+                Ok((3, Message::Ping { nonce: 1 })),
+            ]
+        );
+        assert_eq!(
+            DecodeError::UnknownType { kind: 5 }.code(),
+            ErrorCode::UnknownType
+        );
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_rejected() {
+        for flags in [0x02u8, 0x80, 0xfe, 0x03] {
+            let mut bytes = frame(0x02, flags, 1, &[0x08, 0x01]);
+            bytes.extend(frame(0x02, 0, 2, &[0x08, 0x02]));
+            let decoded = decode_all(bytes, &CodecLimits::default());
+            assert_eq!(
+                decoded,
+                vec![
+                    Err(DecodeError::BadFlags { kind: 0x02, flags }),
+                    Ok((2, Message::Ping { nonce: 2 })),
+                ],
+                "flags {flags:#04x}"
+            );
+        }
+        assert_eq!(
+            DecodeError::BadFlags { kind: 2, flags: 2 }.code(),
+            ErrorCode::Malformed
+        );
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_rejected_on_sdp_types_too() {
+        let (_, _, offer) = literal(MessageType::Offer);
+        let mut bytes = hex(offer);
+        bytes[2] = 0x03;
+        assert_eq!(
+            decode_all(bytes, &CodecLimits::default()),
+            vec![Err(DecodeError::BadFlags {
+                kind: 0x30,
+                flags: 0x03
+            })]
+        );
+    }
+
+    #[test]
+    fn deflate_sdp_flag_only_on_offer_and_answer() {
+        let limits = CodecLimits::default();
+        for kind in MessageType::ALL {
+            let (_, _, literal) = literal(kind);
+            let mut bytes = hex(literal);
+            bytes[2] = Flags::DEFLATE_SDP.0;
+            let decoded = decode_all(bytes, &limits);
+            if matches!(kind, MessageType::Offer | MessageType::Answer) {
+                assert!(decoded[0].is_ok(), "{kind:?}: {decoded:?}");
+            } else {
+                assert_eq!(
+                    decoded,
+                    vec![Err(DecodeError::BadFlags {
+                        kind: kind as u8,
+                        flags: 0x01
+                    })],
+                    "{kind:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn deflated_offer_is_kept_compressed() {
+        let sdp = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+        let compressed = Bytes::from(sdp::deflate(sdp));
+        let msg = Message::Offer(SessionDescription {
+            peer: Address::Peer(PeerId(9)),
+            sdp: Sdp::Deflated(compressed.clone()),
+            room: None,
+        });
+        let encoded = encode(&msg);
+        assert_eq!(encoded.flags, Flags::DEFLATE_SDP);
+        let mut out = BytesMut::new();
+        encoded.write(1, &mut out);
+        let decoded = decode_all(out.to_vec(), &CodecLimits::default());
+        assert_eq!(decoded, vec![Ok((1, msg))]);
+        assert_eq!(sdp::inflate(&compressed, 64 * 1024).unwrap(), sdp);
+    }
+
+    #[test]
+    fn plain_sdp_must_be_utf8() {
+        // Offer literal with the sdp "v=0\r\n" changed to "v=\xff\r\n".
+        let (_, _, offer) = literal(MessageType::Offer);
+        let mut bytes = hex(offer);
+        let at = bytes.len() - 3;
+        bytes[at] = 0xff;
+        let decoded = decode_all(bytes, &CodecLimits::default());
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::SdpNotUtf8))]
+        );
+        assert_eq!(
+            decoded[0].as_ref().unwrap_err().code(),
+            ErrorCode::Malformed
+        );
+    }
+
+    #[test]
+    fn length_over_limit_is_rejected_before_the_payload_is_read() {
+        let limits = CodecLimits::default();
+        // Only the header: a declared length of max_payload + 1 is refused
+        // at once, not reported as "incomplete, send more".
+        let too_long = (limits.max_payload + 1) as u32;
+        let mut bytes = hex("01 02 00 00 00 00 00 01");
+        bytes.extend(too_long.to_be_bytes());
+        let decoded = decode_all(bytes.clone(), &limits);
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::TooLarge {
+                size: limits.max_payload + 1,
+                max: limits.max_payload
+            })]
+        );
+        assert_eq!(decoded[0].as_ref().unwrap_err().code(), ErrorCode::TooLarge);
+        // Even u32::MAX.
+        bytes[8..12].copy_from_slice(&[0xff; 4]);
+        assert!(matches!(
+            decode_all(bytes, &limits)[..],
+            [Err(DecodeError::TooLarge {
+                size: 0xffff_ffff,
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn payload_over_limit_in_decode() {
+        let limits = CodecLimits {
+            max_payload: 1,
+            ..CodecLimits::default()
+        };
+        let raw = RawFrame {
+            header: Header {
+                kind: 0x02,
+                flags: Flags::default(),
+                seq: 1,
+                len: 2,
+            },
+            payload: Bytes::from_static(&[0x08, 0x01]),
+        };
+        assert_eq!(
+            decode(&raw, &limits),
+            Err(DecodeError::TooLarge { size: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn truncated_trailing_frame() {
+        let whole = frame(0x02, 0, 1, &[0x08, 0x01]);
+        for cut in 1..whole.len() {
+            let mut bytes = whole.clone();
+            bytes.extend_from_slice(&whole[..cut]);
+            assert_eq!(
+                decode_all(bytes, &CodecLimits::default()),
+                vec![
+                    Ok((1, Message::Ping { nonce: 1 })),
+                    Err(DecodeError::Truncated)
+                ],
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(DecodeError::Truncated.code(), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn too_many_frames() {
+        let limits = CodecLimits {
+            max_frames: 2,
+            ..CodecLimits::default()
+        };
+        let mut bytes = Vec::new();
+        for seq in 1..=4 {
+            bytes.extend(frame(0x02, 0, seq, &[0x08, seq as u8]));
+        }
+        assert_eq!(
+            decode_all(bytes, &limits),
+            vec![
+                Ok((1, Message::Ping { nonce: 1 })),
+                Ok((2, Message::Ping { nonce: 2 })),
+                Err(DecodeError::TooManyFrames { max: 2 }),
+            ]
+        );
+        assert_eq!(
+            DecodeError::TooManyFrames { max: 2 }.code(),
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn exactly_max_frames_is_fine() {
+        let limits = CodecLimits::default();
+        let mut bytes = Vec::new();
+        for seq in 0..limits.max_frames as u32 {
+            bytes.extend(frame(0x21, 0, seq, &[]));
+        }
+        let decoded = decode_all(bytes, &limits);
+        assert_eq!(decoded.len(), limits.max_frames);
+        assert!(decoded
+            .iter()
+            .all(|d| matches!(d, Ok((_, Message::Logout)))));
+    }
+
+    #[test]
+    fn empty_message_has_no_frames() {
+        assert!(decode_all(Vec::new(), &CodecLimits::default()).is_empty());
+    }
+
+    #[test]
+    fn malformed_protobuf_is_malformed() {
+        // Field 1 as a length-delimited value claiming 5 bytes, with 1 present.
+        let decoded = decode_all(
+            frame(0x10, 0, 1, &[0x0a, 0x05, 0x31]),
+            &CodecLimits::default(),
+        );
+        assert!(
+            matches!(decoded[..], [Err(DecodeError::Protobuf(_))]),
+            "{decoded:?}"
+        );
+        assert_eq!(
+            decoded[0].as_ref().unwrap_err().code(),
+            ErrorCode::Malformed
+        );
+    }
+
+    #[test]
+    fn invalid_fields_are_invalid_arguments() {
+        let limits = CodecLimits::default();
+        // Join with an empty room.
+        let decoded = decode_all(frame(0x10, 0, 1, &[0x10, 0x01]), &limits);
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::Id {
+                field: "room",
+                source: IdError::Empty
+            }))]
+        );
+        assert_eq!(
+            decoded[0].as_ref().unwrap_err().code(),
+            ErrorCode::InvalidArgument
+        );
+        // Join with mode 9.
+        let decoded = decode_all(frame(0x10, 0, 1, &[0x0a, 0x01, 0x72, 0x10, 0x09]), &limits);
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::UnknownEnum {
+                field: "mode",
+                value: 9
+            }))]
+        );
+        // Offer without a peer.
+        let decoded = decode_all(frame(0x30, 0, 1, &[0x1a, 0x00]), &limits);
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::Missing {
+                field: "peer"
+            }))]
+        );
+    }
+
+    #[test]
+    fn join_without_mode_means_pair() {
+        let decoded = decode_all(
+            frame(0x10, 0, 1, &[0x0a, 0x01, 0x72]),
+            &CodecLimits::default(),
+        );
+        assert_eq!(
+            decoded,
+            vec![Ok((
+                1,
+                Message::Join(Join {
+                    room: room("r"),
+                    mode: RoomMode::Pair,
+                    capacity: None,
+                    display_name: String::new(),
+                })
+            ))]
+        );
+    }
+
+    #[test]
+    fn ice_servers_are_counted_before_decoding() {
+        // 100 empty ice servers (32 00), then one that is not valid protobuf
+        // inside: the count refuses before prost would see it.
+        let mut payload = Vec::new();
+        for _ in 0..100 {
+            payload.extend([0x32, 0x00]);
+        }
+        payload.extend([0x32, 0x01, 0xff]);
+        let decoded = decode_all(frame(0x81, 0, 1, &payload), &CodecLimits::default());
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::TooMany {
+                field: "ice_servers",
+                count: 101,
+                max: message::MAX_ICE_SERVERS
+            }))]
+        );
+    }
+
+    #[test]
+    fn ice_candidates_are_counted_before_decoding() {
+        let limits = CodecLimits::default();
+        // Address { peer_id: 1 }, then max_candidates + 1 empty candidates
+        // (1a 00 each).
+        let mut payload = vec![0x0a, 0x02, 0x08, 0x01];
+        for _ in 0..=limits.max_candidates {
+            payload.extend([0x1a, 0x00]);
+        }
+        let decoded = decode_all(frame(0x32, 0, 1, &payload), &limits);
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::Field(FieldError::TooMany {
+                field: "candidates",
+                count: limits.max_candidates + 1,
+                max: limits.max_candidates
+            }))]
+        );
+        assert_eq!(decoded[0].as_ref().unwrap_err().code(), ErrorCode::TooLarge);
+    }
 }

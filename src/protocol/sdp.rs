@@ -176,7 +176,10 @@ mod tests {
             })
             .collect();
         samples.sort();
-        assert!(samples.len() >= 5, "expected the browser samples in {dir:?}");
+        assert!(
+            samples.len() >= 5,
+            "expected the browser samples in {dir:?}"
+        );
         samples
     }
 
@@ -271,7 +274,10 @@ mod tests {
         // A plain-text SDP is not DEFLATE.
         assert!(inflate(b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n", MAX).is_err());
         // A stored block whose length check does not match.
-        assert_eq!(inflate(&[0x01, 0x05, 0x00, 0x00, 0x00], MAX), Err(SdpError::Corrupt));
+        assert_eq!(
+            inflate(&[0x01, 0x05, 0x00, 0x00, 0x00], MAX),
+            Err(SdpError::Corrupt)
+        );
     }
 
     #[test]
