@@ -1,8 +1,16 @@
 //! An async client for the switchboard protocol.
 //!
-//! [`Connection`] is one WebSocket session: it sends Hello, waits for Welcome,
-//! then sends messages (coalescing a batch into one WebSocket message) and
-//! receives decoded messages, answering the server's Ping by itself.
+//! - [`Client`] (in `session`): what an application uses. A background task
+//!   keeps one session alive across reconnects, compresses SDP, batches ICE
+//!   and hands out typed [`Event`]s.
+//! - [`Connection`]: one WebSocket session, message by message: it sends
+//!   Hello, waits for Welcome, then sends messages (coalescing a batch into
+//!   one WebSocket message) and receives decoded messages, answering the
+//!   server's Ping by itself. Tests use it to speak the protocol exactly.
+
+mod session;
+
+pub use session::{backoff, Client, ClientConfig, Event};
 
 use std::collections::VecDeque;
 

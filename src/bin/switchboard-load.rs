@@ -1,0 +1,207 @@
+//! `switchboard-load`: a load generator for the switchboard server.
+//!
+//! ```text
+//! switchboard-load relay --pairs 100 --window 16 --duration 10 --server-pid $(pgrep -n switchboard)
+//! switchboard-load handshake --size 2 --concurrency 64 --duration 10
+//! switchboard-load idle --connections 15000 --source-ips 4 --server-pid PID
+//! switchboard-load churn --workers 32 --duration 10
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use switchboard::load::{self, churn, handshake, idle, relay, Common, LoadError};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Load generator for the switchboard signaling server")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// The server's WebSocket URL.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Spread client sockets over 127.0.0.1..=127.0.0.N (N > 1 binds each
+    /// socket with IP_BIND_ADDRESS_NO_PORT).
+    #[arg(long, global = true, default_value_t = 1)]
+    source_ips: u8,
+    /// Runtime threads; 1 runs on a current-thread runtime.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// The server's pid, to report its CPU share and RSS.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Pairs in 1:1 rooms bounce ICE-sized messages with a window in flight.
+    Relay {
+        /// Pairs of connections.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages each side keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Rooms of K peers run offer/answer/ICE with real SDP.
+    Handshake {
+        /// Stop after this many rooms (0: run for the duration).
+        #[arg(long, default_value_t = 0)]
+        rooms: usize,
+        /// Peers per room.
+        #[arg(long, default_value_t = 2)]
+        size: usize,
+        /// Rooms negotiating at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Keep connections open from room to room (join, negotiate, leave).
+        #[arg(long)]
+        reuse_connections: bool,
+    },
+    /// Many logged-in, joined connections holding still.
+    Idle {
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Connects in progress at once.
+        #[arg(long, default_value_t = 128)]
+        connect_concurrency: usize,
+        /// Seconds to hold after the last one joined.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
+    /// Connect/join/leave/disconnect loops.
+    Churn {
+        /// Concurrent loops.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = load::raise_fd_limit() {
+        eprintln!("warning: cannot raise the open-file limit: {e}");
+    }
+    let runtime = if cli.common.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.common.threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    let common = Common {
+        url: cli.common.url.clone(),
+        source_ips: cli.common.source_ips,
+        server_pid: cli.common.server_pid,
+        progress: !cli.common.quiet,
+    };
+    let json = cli.common.json;
+    let result = runtime.block_on(async move {
+        let secs = Duration::from_secs_f64;
+        match cli.scenario {
+            Scenario::Relay {
+                pairs,
+                window,
+                duration,
+            } => {
+                let o = relay::Options {
+                    pairs,
+                    window,
+                    duration: secs(duration),
+                };
+                print(json, &relay::run(&common, &o).await?);
+            }
+            Scenario::Handshake {
+                rooms,
+                size,
+                concurrency,
+                duration,
+                reuse_connections,
+            } => {
+                if size < 2 {
+                    return Err(LoadError::Unexpected("--size must be at least 2".into()));
+                }
+                let o = handshake::Options {
+                    size,
+                    concurrency,
+                    rooms,
+                    reuse_connections,
+                    duration: secs(duration),
+                };
+                print(json, &handshake::run(&common, &o).await?);
+            }
+            Scenario::Idle {
+                connections,
+                connect_concurrency,
+                hold,
+            } => {
+                let o = idle::Options {
+                    connections,
+                    connect_concurrency,
+                    hold: secs(hold),
+                };
+                print(json, &idle::run(&common, &o).await?);
+            }
+            Scenario::Churn { workers, duration } => {
+                let o = churn::Options {
+                    workers,
+                    duration: secs(duration),
+                };
+                print(json, &churn::run(&common, &o).await?);
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(json: bool, report: &impl Serialize) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("reports serialize")
+        );
+    } else {
+        print!("{}", load::table(report));
+    }
+}

@@ -1,0 +1,548 @@
+//! The load generator behind `switchboard-load`.
+//!
+//! Each scenario is a module with an options struct and an async
+//! `run(&Common, &Options) -> Result<Report, LoadError>`, so the binary and
+//! the smoke tests drive the same code:
+//!
+//! - [`relay`]: pairs in 1:1 rooms bounce ICE-sized messages with a window
+//!   in flight; relayed messages/s and round-trip percentiles.
+//! - [`handshake`]: rooms of K peers run offer/answer/ICE with real SDP;
+//!   negotiations/s and time to complete.
+//! - [`idle`]: many logged-in, joined connections; server RSS per connection.
+//! - [`churn`]: connect/join/leave/disconnect loops; operations/s.
+//!
+//! The load generator talks the wire protocol directly over
+//! tokio-tungstenite ([`Peer`]) instead of [`crate::client::Client`]: it
+//! coalesces its replies and never inflates SDP, so that it stays cheaper
+//! than the server it measures. [`ServerProbe`] reads the server's CPU time
+//! and RSS from `/proc`, so a report shows whether the server was the
+//! bottleneck.
+
+pub mod churn;
+pub mod handshake;
+pub mod idle;
+pub mod relay;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::client::default_hello;
+use crate::protocol::{self, encode_into, CodecLimits, DecodeError, Message, PeerId};
+
+/// Why a load run failed before it could report.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The URL is not `ws://host:port/path`.
+    #[error("bad url {url}: {why}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A socket operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    /// The server sent bytes that do not decode.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server closed the connection.
+    #[error("closed by the server")]
+    Closed,
+    /// The server answered with something the scenario did not expect.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// A setup step did not finish in time.
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+}
+
+/// Options every scenario shares.
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// The server's WebSocket URL, `ws://host:port/path`.
+    pub url: String,
+    /// Spread client sockets over 127.0.0.1..=127.0.0.N; 1 (or 0) leaves the
+    /// source address to the kernel.
+    pub source_ips: u8,
+    /// The server's process id, for CPU share and RSS.
+    pub server_pid: Option<u32>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Common {
+    /// Options for `url` with no source spreading, no probe and no bar.
+    pub fn new(url: impl Into<String>) -> Common {
+        Common {
+            url: url.into(),
+            source_ips: 1,
+            server_pid: None,
+            progress: false,
+        }
+    }
+}
+
+/// Where to connect: the resolved address and the URL for the handshake.
+#[derive(Clone, Debug)]
+pub struct Target {
+    addr: SocketAddr,
+    url: String,
+    source_ips: u8,
+    next_source: Arc<AtomicUsize>,
+}
+
+impl Target {
+    /// Resolves the host of `common.url` once, up front.
+    pub async fn resolve(common: &Common) -> Result<Target, LoadError> {
+        let url = common.url.clone();
+        let bad = |why| LoadError::BadUrl {
+            url: url.clone(),
+            why,
+        };
+        // Only ws:// for now: wss:// needs a TLS connector between the TCP
+        // socket and the WebSocket handshake.
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| bad("only ws:// is supported"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        let host_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = tokio::net::lookup_host(host_port)
+            .await?
+            .next()
+            .ok_or_else(|| bad("host does not resolve"))?;
+        Ok(Target {
+            addr,
+            url,
+            source_ips: common.source_ips,
+            next_source: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Opens a TCP connection, bound round-robin to one of the source
+    /// addresses, and runs the WebSocket client handshake over it.
+    pub async fn open(&self) -> Result<WebSocketStream<TcpStream>, LoadError> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if self.source_ips > 1 && self.addr.is_ipv4() {
+            let n = self.next_source.fetch_add(1, Ordering::Relaxed) % self.source_ips as usize;
+            let ip = Ipv4Addr::new(127, 0, 0, 1 + n as u8);
+            bind_no_port(&socket, IpAddr::V4(ip))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        // Small buffers: an idle run holds tens of thousands of these.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
+                .await?;
+        Ok(ws)
+    }
+
+    /// Opens a connection and completes Hello/Welcome.
+    pub async fn peer(&self) -> Result<Peer, LoadError> {
+        let ws = self.open().await?;
+        let mut peer = Peer {
+            ws,
+            seq: 0,
+            out: BytesMut::with_capacity(256),
+            limits: CodecLimits::default(),
+            id: PeerId(0),
+            backlog: VecDeque::new(),
+        };
+        peer.push(&Message::Hello(default_hello()));
+        peer.flush().await?;
+        let mut welcome = None;
+        peer.recv_batch(|m| welcome = Some(m)).await?;
+        match welcome {
+            Some(Message::Welcome(w)) => {
+                peer.id = w.peer_id;
+                peer.limits.max_payload = w.limits.max_message_bytes as usize;
+                peer.limits.max_sdp = w.limits.max_sdp_bytes as usize;
+                Ok(peer)
+            }
+            other => Err(LoadError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Binds `socket` to `ip` with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
+/// the port at connect time per (source, destination) pair and 127.0.0.x
+/// addresses each get a full ephemeral-port range.
+fn bind_no_port(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd and a pointer to a c_int of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    socket.bind(SocketAddr::new(ip, 0))
+}
+
+/// One load-generator connection: frames are queued with [`Peer::push`] and
+/// leave as one WebSocket message on [`Peer::flush`].
+pub struct Peer {
+    ws: WebSocketStream<TcpStream>,
+    seq: u32,
+    out: BytesMut,
+    limits: CodecLimits,
+    id: PeerId,
+    /// Frames [`Peer::expect`] read past the one it wanted.
+    backlog: VecDeque<Message>,
+}
+
+impl Peer {
+    /// The id the server gave this connection.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Queues a frame.
+    pub fn push(&mut self, message: &Message) {
+        self.seq = self.seq.wrapping_add(1);
+        encode_into(message, self.seq, &mut self.out);
+    }
+
+    /// Sends the queued frames as one WebSocket message.
+    pub async fn flush(&mut self) -> Result<(), LoadError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let data = self.out.split().freeze();
+        self.ws.send(WsMessage::Binary(data)).await?;
+        Ok(())
+    }
+
+    /// Reads one WebSocket message and hands each decoded frame to `each`;
+    /// server Pings are answered (on the next flush) and not handed over.
+    pub async fn recv_batch(&mut self, mut each: impl FnMut(Message)) -> Result<(), LoadError> {
+        if !self.backlog.is_empty() {
+            self.backlog.drain(..).for_each(each);
+            return Ok(());
+        }
+        loop {
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    for item in protocol::decode_message(data, &self.limits) {
+                        match item? {
+                            (_, Message::Ping { nonce }) => {
+                                self.seq = self.seq.wrapping_add(1);
+                                encode_into(&Message::Pong { nonce }, self.seq, &mut self.out);
+                            }
+                            (_, m) => each(m),
+                        }
+                    }
+                    return Ok(());
+                }
+                Some(Ok(WsMessage::Close(_))) | None => return Err(LoadError::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads until a message matching `want` arrives; other frames are
+    /// dropped. For setup steps, with a timeout.
+    pub async fn expect<T>(
+        &mut self,
+        step: &'static str,
+        mut want: impl FnMut(Message) -> Option<T>,
+    ) -> Result<T, LoadError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut found = None;
+            let mut unexpected = None;
+            let mut rest = VecDeque::new();
+            tokio::time::timeout_at(
+                deadline,
+                self.recv_batch(|m| {
+                    if found.is_some() {
+                        rest.push_back(m);
+                        return;
+                    }
+                    if let Message::Error(e) = &m {
+                        unexpected = Some(format!("{step}: {e:?}"));
+                        return;
+                    }
+                    found = want(m);
+                }),
+            )
+            .await
+            .map_err(|_| LoadError::Timeout(step))??;
+            rest.append(&mut self.backlog);
+            self.backlog = rest;
+            self.flush().await?;
+            if let Some(t) = found {
+                return Ok(t);
+            }
+            if let Some(u) = unexpected {
+                return Err(LoadError::Unexpected(u));
+            }
+        }
+    }
+
+    /// Closes the WebSocket politely.
+    pub async fn close(mut self) -> Result<(), LoadError> {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+}
+
+/// CPU time and memory of a process, from `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcSample {
+    /// utime + stime, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, in KiB.
+    pub rss_kib: u64,
+    /// When it was taken.
+    pub at: Instant,
+}
+
+/// Reads CPU time and RSS of a process (`None` for the load generator itself).
+pub fn sample_process(pid: Option<u32>) -> Option<ProcSample> {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}"),
+        None => "/proc/self".to_string(),
+    };
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Some(ProcSample {
+        cpu_seconds: ticks as f64 / hz,
+        rss_kib,
+        at: Instant::now(),
+    })
+}
+
+/// CPU shares of the server and of the load generator over one interval.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuProbe {
+    server: Option<ProcSample>,
+    server_pid: Option<u32>,
+    own: Option<ProcSample>,
+}
+
+/// What a [`CpuProbe`] measured.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CpuShare {
+    /// Server CPU time / wall time, in percent of one core (None without
+    /// `--server-pid`).
+    pub server_cpu_percent: Option<f64>,
+    /// This load generator's CPU time / wall time, in percent of one core.
+    pub loadgen_cpu_percent: Option<f64>,
+}
+
+impl CpuProbe {
+    /// Starts measuring.
+    pub fn start(server_pid: Option<u32>) -> CpuProbe {
+        CpuProbe {
+            server: server_pid.and_then(|p| sample_process(Some(p))),
+            server_pid,
+            own: sample_process(None),
+        }
+    }
+
+    /// CPU shares since [`CpuProbe::start`].
+    pub fn finish(&self) -> CpuShare {
+        let share = |a: Option<ProcSample>, b: Option<ProcSample>| {
+            let (a, b) = (a?, b?);
+            let wall = b.at.duration_since(a.at).as_secs_f64();
+            (wall > 0.0).then(|| round1(100.0 * (b.cpu_seconds - a.cpu_seconds) / wall))
+        };
+        CpuShare {
+            server_cpu_percent: share(
+                self.server,
+                self.server_pid.and_then(|p| sample_process(Some(p))),
+            ),
+            loadgen_cpu_percent: share(self.own, sample_process(None)),
+        }
+    }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit; returns the
+/// new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill in and then read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of a latency histogram, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+impl Latency {
+    /// Summarises `h`.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// A progress bar on stderr, or a hidden one.
+pub fn progress_bar(show: bool, len: u64, template: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Shows elapsed seconds of a timed run, with `status()` as the message,
+/// until `duration` has passed.
+pub async fn timed_run(show: bool, duration: Duration, status: impl Fn() -> String) {
+    let bar = progress_bar(
+        show,
+        duration.as_millis() as u64,
+        "{spinner} [{elapsed_precise}] {wide_bar} {msg}",
+    );
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            _ = tick.tick() => {
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(status());
+            }
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// Turns a report into `key  value` lines, nested objects flattened with
+/// dots, for humans.
+pub fn table(report: &impl Serialize) -> String {
+    fn walk(prefix: &str, v: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, rows);
+                }
+            }
+            serde_json::Value::Null => rows.push((prefix.to_string(), "-".into())),
+            serde_json::Value::String(s) => rows.push((prefix.to_string(), s.clone())),
+            other => rows.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let value = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
+    let mut rows = Vec::new();
+    walk("", &value, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<width$}  {v}\n"));
+    }
+    out
+}
+
+/// A name unique to this process run, to keep room ids and user names of
+/// runs against the same server apart.
+pub fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
