@@ -62,7 +62,9 @@ pub struct Config {
     pub outbox_frames: usize,
     /// Bytes waiting to be written to one client before it is cut off.
     pub outbox_bytes: usize,
-    /// Read buffer per WebSocket connection, in bytes.
+    /// Read buffer per WebSocket connection, in bytes. Socket reads go
+    /// through a per-thread 64 KiB buffer, so this only bounds how much
+    /// tungstenite copies per call; small keeps idle connections small.
     pub read_buffer_bytes: usize,
     /// STUN/TURN URLs handed to clients in Welcome (without credentials).
     pub ice_servers: Vec<String>,
@@ -93,7 +95,7 @@ impl Default for Config {
             max_rooms_per_peer: 16,
             outbox_frames: 1_024,
             outbox_bytes: 1024 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 256,
             ice_servers: vec!["stun:stun.l.google.com:19302".into()],
             shards: 64,
         }

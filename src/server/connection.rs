@@ -8,6 +8,7 @@
 //! message with one flush.
 
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -52,67 +53,101 @@ impl Close {
 }
 
 /// Runs one connection to its end.
-pub(super) async fn run<S>(mut ws: WebSocketStream<S>, shared: Arc<Shared>, admission: Admission)
+///
+/// The connection's long-lived state is boxed and the future borrows it:
+/// an `async fn` taking the socket by value would store it twice (as the
+/// argument and as the local it is moved into), and this future lives as
+/// long as the connection.
+pub(super) fn run<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    admission: Admission,
+) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _admission = admission;
-    let deadline = Instant::now() + shared.config.handshake_timeout;
-    let hello = match tokio::time::timeout_at(deadline, read_hello(&mut ws, &shared)).await {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(close)) => {
-            let _ = close_with(&mut ws, close).await;
-            return;
+    let mut conn = Box::new(Conn {
+        ws,
+        shared,
+        _admission: admission,
+    });
+    async move { conn.run().await }
+}
+
+struct Conn<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    _admission: Admission,
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) {
+        let ws = &mut self.ws;
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.config.handshake_timeout;
+        // The handshake and closing phases are boxed: they run once, and their
+        // state would otherwise stay in every idle connection's task.
+        let hello = Box::pin(tokio::time::timeout_at(deadline, read_hello(ws, shared))).await;
+        let hello = match hello {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(close)) => {
+                let _ = Box::pin(close_with(ws, close)).await;
+                return;
+            }
+            Err(_) => {
+                let close = Close::app(
+                    ErrorCode::HelloRequired,
+                    "no hello before the handshake timeout",
+                    LeaveReason::TimedOut,
+                );
+                let _ = Box::pin(close_with(ws, close)).await;
+                return;
+            }
+        };
+        let peer_id = shared.next_peer_id();
+        tracing::Span::current().record("peer", tracing::field::display(peer_id));
+        let capabilities = hello
+            .capabilities
+            .intersection(Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH));
+        let outbox = Arc::new(Outbox::new(shared.outbox));
+        shared
+            .router
+            .register(peer_id, capabilities, outbox.clone());
+        let mut session = Session::new(shared.clone(), peer_id, capabilities, outbox.clone());
+        session.reply(&Message::Welcome(Welcome {
+            peer_id,
+            protocol_version: PROTOCOL_VERSION,
+            limits: shared.config.wire_limits(),
+            heartbeat_interval: shared.config.heartbeat_interval,
+            heartbeat_timeout: shared.config.heartbeat_timeout,
+            ice_servers: shared
+                .config
+                .ice_servers
+                .iter()
+                .map(|url| protocol::IceServer {
+                    urls: vec![url.clone()],
+                    username: String::new(),
+                    credential: String::new(),
+                })
+                .collect(),
+            capabilities,
+            sdp_dictionary: sdp::DICTIONARY_ID,
+        }));
+        let close = serve(ws, &mut session, &outbox, shared).await;
+        debug!(?close, "connection ending");
+        session.leave_reason = close
+            .as_ref()
+            .map_or(LeaveReason::Disconnected, |c| c.leave);
+        // Leave rooms and names first, so the rest of the room hears of it even
+        // if the close handshake below stalls.
+        drop(session);
+        if let Some(close) = close {
+            let closing = tokio::time::timeout(Duration::from_secs(1), close_with(ws, close));
+            let _ = Box::pin(closing).await;
         }
-        Err(_) => {
-            let close = Close::app(
-                ErrorCode::HelloRequired,
-                "no hello before the handshake timeout",
-                LeaveReason::TimedOut,
-            );
-            let _ = close_with(&mut ws, close).await;
-            return;
-        }
-    };
-    let peer_id = shared.next_peer_id();
-    tracing::Span::current().record("peer", tracing::field::display(peer_id));
-    let capabilities = hello
-        .capabilities
-        .intersection(Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH));
-    let outbox = Arc::new(Outbox::new(shared.outbox));
-    shared
-        .router
-        .register(peer_id, capabilities, outbox.clone());
-    let mut session = Session::new(shared.clone(), peer_id, capabilities, outbox.clone());
-    session.reply(&Message::Welcome(Welcome {
-        peer_id,
-        protocol_version: PROTOCOL_VERSION,
-        limits: shared.config.wire_limits(),
-        heartbeat_interval: shared.config.heartbeat_interval,
-        heartbeat_timeout: shared.config.heartbeat_timeout,
-        ice_servers: shared
-            .config
-            .ice_servers
-            .iter()
-            .map(|url| protocol::IceServer {
-                urls: vec![url.clone()],
-                username: String::new(),
-                credential: String::new(),
-            })
-            .collect(),
-        capabilities,
-        sdp_dictionary: sdp::DICTIONARY_ID,
-    }));
-    let close = serve(&mut ws, &mut session, &outbox, &shared).await;
-    debug!(?close, "connection ending");
-    session.leave_reason = close
-        .as_ref()
-        .map_or(LeaveReason::Disconnected, |c| c.leave);
-    // Leave rooms and names first, so the rest of the room hears of it even
-    // if the close handshake below stalls.
-    drop(session);
-    if let Some(close) = close {
-        let _ = tokio::time::timeout(Duration::from_secs(1), close_with(&mut ws, close)).await;
     }
 }
 
@@ -177,12 +212,18 @@ where
     let max_bytes = shared.config.max_message_bytes;
     let mut pending: Vec<Encoded> = Vec::new();
     let mut out = BytesMut::new();
+    // One timer serves the heartbeat and the write-stall deadline.
+    let timer = tokio::time::sleep_until(last_heard + interval);
+    tokio::pin!(timer);
     loop {
         let check_at = if pinged {
             last_heard + timeout
         } else {
             last_heard + interval
         };
+        if timer.deadline() != check_at {
+            timer.as_mut().reset(check_at);
+        }
         tokio::select! {
             biased;
             () = outbox.ready() => {
@@ -191,12 +232,13 @@ where
                 loop {
                     let closed = outbox.drain(&mut pending, max_frames, max_bytes);
                     if let Some(reason) = closed {
-                        return Some(closing(ws, session, &mut pending, &mut out, reason).await);
+                        return Some(Box::pin(closing(ws, session, &mut pending, &mut out, reason)).await);
                     }
                     if pending.is_empty() {
                         break;
                     }
-                    match write_bounded(ws, session, &mut pending, &mut out, outbox, timeout).await {
+                    let stalled = Instant::now() + timeout;
+                    match write_bounded(ws, session, &mut pending, &mut out, outbox, timer.as_mut(), stalled).await {
                         Ok(()) => {}
                         Err(close) => return close,
                     }
@@ -233,11 +275,11 @@ where
                 if let Some(close) = session.receive(data) {
                     // Flush what is queued (the error explaining the close).
                     let _ = outbox.drain(&mut pending, max_frames, max_bytes);
-                    let _ = write(ws, session, &mut pending, &mut out).await;
+                    let _ = Box::pin(write(ws, session, &mut pending, &mut out)).await;
                     return Some(close);
                 }
             }
-            () = tokio::time::sleep_until(check_at) => {
+            () = &mut timer => {
                 if pinged {
                     return Some(Close::app(
                         ErrorCode::HeartbeatTimeout,
@@ -293,7 +335,8 @@ where
 }
 
 /// Writes pending frames, but gives up on a client that stops reading: when
-/// its outbox overflows meanwhile, or the write stalls for `stall`.
+/// its outbox overflows meanwhile, or the write is still stuck at `stalled`
+/// (measured on the caller's `timer`, which the caller resets afterwards).
 /// `Err(None)`: the socket failed; `Err(Some)`: cut the client off.
 async fn write_bounded<S>(
     ws: &mut WebSocketStream<S>,
@@ -301,14 +344,19 @@ async fn write_bounded<S>(
     pending: &mut Vec<Encoded>,
     out: &mut BytesMut,
     outbox: &Outbox,
-    stall: Duration,
+    mut timer: Pin<&mut Sleep>,
+    stalled: Instant,
 ) -> Result<(), Option<Close>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + stall;
     let send = write(ws, session, pending, out);
     tokio::pin!(send);
+    // Most writes complete at once: only arm the timer when one does not.
+    if let Some(result) = futures_util::FutureExt::now_or_never(&mut send) {
+        return result.map_err(|_| None);
+    }
+    timer.as_mut().reset(stalled);
     loop {
         tokio::select! {
             result = &mut send => return result.map_err(|_| None),
@@ -319,7 +367,7 @@ where
                     return Err(Some(slow_consumer()));
                 }
             }
-            () = tokio::time::sleep_until(deadline) => return Err(Some(slow_consumer())),
+            () = &mut timer => return Err(Some(slow_consumer())),
         }
     }
 }

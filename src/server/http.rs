@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
+use super::readahead::ReadAhead;
 use super::{assets, connection, Admission, Shared};
 
 /// The WebSocket subprotocol name clients may offer.
@@ -118,30 +119,31 @@ fn route(
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = shared.clone();
             let span = tracing::debug_span!("conn", %addr, peer = tracing::field::Empty);
-            tokio::spawn(
-                async move {
-                    let upgraded = match upgrade.await {
-                        Ok(u) => u,
-                        Err(e) => {
-                            debug!(error = %e, "upgrade failed");
-                            return;
-                        }
-                    };
-                    let config = WebSocketConfig::default()
-                        .read_buffer_size(shared.config.read_buffer_bytes)
-                        .write_buffer_size(0)
-                        .max_message_size(Some(shared.config.max_message_bytes))
-                        .max_frame_size(Some(shared.config.max_message_bytes));
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    connection::run(ws, shared, admission).await;
-                }
-                .instrument(span),
-            );
+            let fut = async move {
+                let upgraded = match upgrade.await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        debug!(error = %e, "upgrade failed");
+                        return;
+                    }
+                };
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(shared.config.read_buffer_bytes)
+                    .write_buffer_size(0)
+                    .max_message_size(Some(shared.config.max_message_bytes))
+                    .max_frame_size(Some(shared.config.max_message_bytes));
+                let ws = WebSocketStream::from_raw_socket(
+                    ReadAhead::new(TokioIo::new(upgraded)),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                // A task of its own, so the long-lived task holds only
+                // the connection's state, not the upgrade's.
+                let f = connection::run(ws, shared, admission);
+                tokio::spawn(f.in_current_span());
+            };
+            tokio::spawn(fut.instrument(span));
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = r.headers_mut();

@@ -7,10 +7,13 @@
 //! - `http`: `/healthz`, the `/ws` upgrade and the embedded demo page, served by hyper.
 //! - `assets`: the demo page and SDK bundle compiled into the binary.
 //! - `connection`: one task per WebSocket, owning its socket.
+//! - `readahead`: socket reads through a per-thread buffer, so idle
+//!   connections hold almost no read buffer.
 
 mod assets;
 mod connection;
 mod http;
+mod readahead;
 
 use std::collections::HashMap;
 use std::future::Future;
