@@ -4,8 +4,9 @@
 //! options and environment variables (see `main.rs`), each overriding the one
 //! before.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -70,6 +71,84 @@ pub struct Config {
     pub ice_servers: Vec<String>,
     /// Number of routing-table shards (rounded up to a power of two).
     pub shards: usize,
+    /// Whether clients must present an access token.
+    pub auth: AuthMode,
+    /// The HS256 secret access tokens are signed with. Never read from the
+    /// TOML file or a plain command-line value: `main.rs` takes it from
+    /// `--jwt-secret-file` or `SWITCHBOARD_JWT_SECRET`.
+    #[serde(skip)]
+    pub jwt_secret: Option<Secret>,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set; tokens with an `aud` are refused
+    /// without it.
+    pub jwt_audience: Option<String>,
+    /// `Origin` values accepted on WebSocket upgrades; empty accepts all.
+    /// Upgrades without an `Origin` header (non-browser clients) are always
+    /// accepted.
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain; with `tls_key`, the server speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The TURN REST secret shared with coturn (`static-auth-secret`). Like
+    /// `jwt_secret`, never read from TOML.
+    #[serde(skip)]
+    pub turn_secret: Option<Secret>,
+    /// `turn:`/`turns:` URLs handed out with per-client credentials.
+    pub turn_urls: Vec<String>,
+    /// Lifetime of issued TURN credentials.
+    #[serde(with = "millis")]
+    pub turn_ttl: Duration,
+}
+
+/// Whether the server checks access tokens.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect, take any free name and join any room (local
+    /// development).
+    #[default]
+    None,
+    /// Every connection needs a valid HS256 token (see `crate::auth`).
+    Token,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AuthMode, String> {
+        match s {
+            "none" => Ok(AuthMode::None),
+            "token" => Ok(AuthMode::Token),
+            other => Err(format!(
+                "unknown auth mode {other:?}: expected none or token"
+            )),
+        }
+    }
+}
+
+/// Secret bytes whose `Debug` does not print them, since `Debug` output of
+/// the configuration ends up in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps `bytes`.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Secret {
+        Secret(bytes.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 impl Default for Config {
@@ -98,6 +177,16 @@ impl Default for Config {
             read_buffer_bytes: 256,
             ice_servers: vec!["stun:stun.l.google.com:19302".into()],
             shards: 64,
+            auth: AuthMode::None,
+            jwt_secret: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            turn_secret: None,
+            turn_urls: Vec::new(),
+            turn_ttl: crate::turn::DEFAULT_TTL,
         }
     }
 }
@@ -157,7 +246,59 @@ impl Config {
         if self.outbox_frames == 0 || self.outbox_bytes < self.max_message_bytes {
             return fail("outbox_bytes must be at least max_message_bytes");
         }
+        if self.auth == AuthMode::Token && self.jwt_secret.is_none() {
+            return fail(
+                "auth = token needs a secret (--jwt-secret-file or SWITCHBOARD_JWT_SECRET)",
+            );
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose().len() < crate::auth::MIN_SECRET_BYTES {
+                return fail("the JWT secret must be at least 32 bytes");
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return fail("tls_cert and tls_key go together");
+        }
+        if self.turn_secret.is_some() && self.turn_urls.is_empty() {
+            return fail("a TURN secret needs at least one --turn-url");
+        }
+        if self.turn_secret.is_none() && !self.turn_urls.is_empty() {
+            return fail("--turn-url needs a TURN secret (--turn-secret-file)");
+        }
+        if self.turn_ttl < Duration::from_secs(60) {
+            return fail("turn_ttl must be at least 60 s");
+        }
         Ok(())
+    }
+
+    /// The token verifier for `auth = token`, `None` for `auth = none`.
+    pub fn authenticator(&self) -> Result<Option<crate::auth::Authenticator>, ConfigError> {
+        if self.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let secret = self
+            .jwt_secret
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("auth = token needs a secret".into()))?;
+        let mut auth = crate::auth::Authenticator::new(secret.expose())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(issuer) = &self.jwt_issuer {
+            auth = auth.with_issuer(issuer.clone());
+        }
+        if let Some(audience) = &self.jwt_audience {
+            auth = auth.with_audience(audience.clone());
+        }
+        Ok(Some(auth))
+    }
+
+    /// The TURN credential issuer, when a TURN secret is configured.
+    pub fn turn(&self) -> Option<crate::turn::TurnConfig> {
+        let secret = self.turn_secret.as_ref()?;
+        Some(crate::turn::TurnConfig {
+            secret: secret.expose().to_vec(),
+            urls: self.turn_urls.clone(),
+            ttl: self.turn_ttl,
+        })
     }
 
     /// Limits for the decoder.
@@ -215,6 +356,47 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(c.max_room_capacity, Config::default().max_room_capacity);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn security_settings_are_checked_together() {
+        let token_without_secret = Config {
+            auth: AuthMode::Token,
+            ..Config::default()
+        };
+        assert!(token_without_secret.validate().is_err());
+        let short_secret = Config {
+            auth: AuthMode::Token,
+            jwt_secret: Some(Secret::new(b"short".to_vec())),
+            ..Config::default()
+        };
+        assert!(short_secret.validate().is_err());
+        let ok = Config {
+            auth: AuthMode::Token,
+            jwt_secret: Some(Secret::new([7u8; 32].to_vec())),
+            ..Config::default()
+        };
+        ok.validate().unwrap();
+        assert!(ok.authenticator().unwrap().is_some());
+        assert!(
+            !format!("{ok:?}").contains("[7, 7"),
+            "secrets stay out of Debug"
+        );
+        let half_tls = Config {
+            tls_cert: Some("cert.pem".into()),
+            ..Config::default()
+        };
+        assert!(half_tls.validate().is_err());
+        let turn_without_urls = Config {
+            turn_secret: Some(Secret::new(b"s".to_vec())),
+            ..Config::default()
+        };
+        assert!(turn_without_urls.validate().is_err());
+        let c: Config =
+            toml::from_str("auth = \"token\"\nallowed_origins = [\"https://a.example\"]\n")
+                .unwrap();
+        assert_eq!(c.auth, AuthMode::Token);
+        assert!(toml::from_str::<Config>("jwt_secret = \"x\"").is_err());
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! The `switchboard` binary: parses options and runs the server.
+//! The `switchboard` binary: parses options and runs the server, or mints
+//! an access token (`switchboard token`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
-use switchboard::config::Config;
+use switchboard::config::{AuthMode, Config, Secret};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc returns freed pages to the system and packs small allocations
@@ -20,9 +21,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Settings come from the defaults, then --config FILE (TOML, same keys as
 /// the long options with '_' for '-', durations in milliseconds), then these
 /// options or their environment variables.
+///
+/// Secrets (the JWT and TURN secrets) are read from files or the
+/// environment, never from option values, which `ps` would show.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
@@ -96,6 +102,131 @@ struct Cli {
     /// Routing-table shards [default: 64].
     #[arg(long, env = "SWITCHBOARD_SHARDS")]
     shards: Option<usize>,
+    /// Client authentication: none (anyone, for development) or token
+    /// (HS256 JWTs; see SECURITY.md) [default: none].
+    #[arg(long, env = "SWITCHBOARD_AUTH")]
+    auth: Option<AuthMode>,
+    /// File holding the JWT secret (at least 32 bytes; trailing whitespace is
+    /// ignored). Alternatively set SWITCHBOARD_JWT_SECRET to the secret.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Required `iss` claim of access tokens.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim of access tokens.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Origin allowed to open WebSockets (e.g. https://app.example.com);
+    /// repeat for several. Without any, every origin is allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Option<Vec<String>>,
+    /// PEM certificate chain: serve wss:// and https:// directly (needs --tls-key).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// File holding coturn's static-auth-secret; with --turn-url, Welcome
+    /// carries per-client TURN credentials. Alternatively set
+    /// SWITCHBOARD_TURN_SECRET.
+    #[arg(long, env = "SWITCHBOARD_TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// turn:/turns: URL handed out with credentials; repeat for several.
+    #[arg(
+        long = "turn-url",
+        env = "SWITCHBOARD_TURN_URLS",
+        value_delimiter = ','
+    )]
+    turn_urls: Option<Vec<String>>,
+    /// Lifetime of TURN credentials in seconds [default: 3600].
+    #[arg(long, env = "SWITCHBOARD_TURN_TTL")]
+    turn_ttl: Option<u64>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Mints an access token for `--auth token` and prints it.
+    Token(TokenArgs),
+}
+
+/// `switchboard token --secret-file F --sub alice --rooms a,b --ttl 900`
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// File holding the JWT secret (the server's --jwt-secret-file).
+    /// Alternatively set SWITCHBOARD_JWT_SECRET.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// The user name the token is for (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Rooms the user may join, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    rooms: Vec<String>,
+    /// The user may also join every room whose id starts with this
+    /// ("" grants every room).
+    #[arg(long)]
+    room_prefix: Option<String>,
+    /// Lifetime in seconds. Keep it short: a stolen token is good until it
+    /// expires.
+    #[arg(long, default_value_t = 900)]
+    ttl: u64,
+    /// The user may create rooms that do not exist yet.
+    #[arg(long)]
+    create_rooms: bool,
+    /// Largest capacity the user may give a mesh room.
+    #[arg(long)]
+    max_capacity: Option<u32>,
+    /// `iss` claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    audience: Option<String>,
+}
+
+impl TokenArgs {
+    fn mint(self) -> anyhow::Result<String> {
+        let secret = read_secret(self.secret_file.as_deref(), "SWITCHBOARD_JWT_SECRET")?
+            .context("no secret: pass --secret-file or set SWITCHBOARD_JWT_SECRET")?;
+        let mut claims = switchboard::auth::Claims::new(
+            &self.sub,
+            SystemTime::now(),
+            Duration::from_secs(self.ttl),
+        );
+        claims.rooms = self.rooms;
+        claims.room_prefix = self.room_prefix;
+        claims.create_rooms = self.create_rooms;
+        claims.max_capacity = self.max_capacity;
+        claims.iss = self.issuer;
+        claims.aud = self.audience;
+        Ok(switchboard::auth::mint(&claims, secret.expose())?)
+    }
+}
+
+/// A secret from `file` (trailing whitespace, such as the newline `echo`
+/// or `openssl rand -base64` leave, is dropped), else from the environment
+/// variable `var`.
+fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = file {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    "secret file is readable by other users; chmod 600 it"
+                );
+            }
+        }
+        return Ok(Some(Secret::new(bytes.trim_ascii_end())));
+    }
+    Ok(std::env::var_os(var).map(|v| Secret::new(v.into_encoded_bytes().trim_ascii_end())))
 }
 
 impl Cli {
@@ -126,8 +257,28 @@ impl Cli {
             outbox_bytes,
             read_buffer_bytes,
             ice_servers,
-            shards
+            shards,
+            auth,
+            allowed_origins,
+            turn_urls
         );
+        if self.jwt_issuer.is_some() {
+            c.jwt_issuer = self.jwt_issuer;
+        }
+        if self.jwt_audience.is_some() {
+            c.jwt_audience = self.jwt_audience;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls_key = self.tls_key;
+        }
+        if let Some(v) = self.turn_ttl {
+            c.turn_ttl = Duration::from_secs(v);
+        }
+        c.jwt_secret = read_secret(self.jwt_secret_file.as_deref(), "SWITCHBOARD_JWT_SECRET")?;
+        c.turn_secret = read_secret(self.turn_secret_file.as_deref(), "SWITCHBOARD_TURN_SECRET")?;
         if let Some(v) = self.handshake_timeout_ms {
             c.handshake_timeout = ms(v);
         }
@@ -167,7 +318,12 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Cli::parse().into_config()?;
+    let mut cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command.take() {
+        println!("{}", args.mint()?);
+        return Ok(());
+    }
+    let config = cli.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,8 +5,6 @@
 //! table (`crate::routing`) wraps these in sharded locks; the stateful fuzz
 //! target drives them directly.
 
-use std::collections::HashMap;
-
 use crate::protocol::{
     Joined, LeaveReason, Member, Message, PeerId, PeerJoined, PeerLeft, RoomId, RoomMode, UserName,
 };
@@ -62,6 +60,13 @@ pub enum JoinError {
         /// The room.
         room: RoomId,
     },
+    /// The room does not exist and the joiner may not create rooms (its
+    /// access token lacks `create_rooms`).
+    #[error("room {room} does not exist and you may not create rooms")]
+    NotAllowedToCreate {
+        /// The room.
+        room: RoomId,
+    },
 }
 
 /// One room: its mode, capacity and members in join order.
@@ -106,7 +111,7 @@ pub struct JoinOutcome {
 /// A set of rooms (one shard of the routing table, or all of them).
 #[derive(Clone, Debug, Default)]
 pub struct Rooms {
-    rooms: HashMap<RoomId, Room>,
+    rooms: foldhash::HashMap<RoomId, Room>,
 }
 
 impl Rooms {
@@ -149,6 +154,25 @@ impl Rooms {
         member: Member,
         policy: RoomPolicy,
     ) -> Result<JoinOutcome, JoinError> {
+        self.join_or_create(room, mode, asked_capacity, member, policy, true)
+    }
+
+    /// [`Rooms::join`], creating the room only if `may_create`; otherwise
+    /// a room that does not exist yet is [`JoinError::NotAllowedToCreate`].
+    /// Deciding here, under the caller's lock, leaves no window between
+    /// "does it exist" and "join it".
+    pub fn join_or_create(
+        &mut self,
+        room: &RoomId,
+        mode: RoomMode,
+        asked_capacity: Option<u32>,
+        member: Member,
+        policy: RoomPolicy,
+        may_create: bool,
+    ) -> Result<JoinOutcome, JoinError> {
+        if !may_create && !self.rooms.contains_key(room) {
+            return Err(JoinError::NotAllowedToCreate { room: room.clone() });
+        }
         let capacity = match mode {
             RoomMode::Mesh => match asked_capacity {
                 None => policy.default_capacity,
@@ -239,7 +263,7 @@ fn peer_left(room: &RoomId, peer: PeerId, reason: LeaveReason) -> Message {
 /// Logged-in user names, unique within the set.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    names: HashMap<UserName, PeerId>,
+    names: foldhash::HashMap<UserName, PeerId>,
 }
 
 /// Why a login was refused.
@@ -381,6 +405,34 @@ mod tests {
             .unwrap();
         assert!(n.to.is_empty());
         assert!(rooms.is_empty());
+    }
+
+    #[test]
+    fn only_creators_create_rooms_but_anyone_may_join_existing_ones() {
+        let mut rooms = Rooms::new();
+        assert_eq!(
+            rooms.join_or_create(&r("c"), RoomMode::Mesh, None, m(1), POLICY, false),
+            Err(JoinError::NotAllowedToCreate { room: r("c") })
+        );
+        assert!(
+            rooms.is_empty(),
+            "a refused join leaves no empty room behind"
+        );
+        rooms
+            .join_or_create(&r("c"), RoomMode::Mesh, None, m(1), POLICY, true)
+            .unwrap();
+        let joined = rooms
+            .join_or_create(&r("c"), RoomMode::Mesh, None, m(2), POLICY, false)
+            .unwrap();
+        assert_eq!(joined.joined.members, vec![m(1)]);
+        // Once the last member leaves, the room is gone and must be created
+        // again.
+        rooms.leave(&r("c"), PeerId(1), LeaveReason::Left);
+        rooms.leave(&r("c"), PeerId(2), LeaveReason::Left);
+        assert!(matches!(
+            rooms.join_or_create(&r("c"), RoomMode::Mesh, None, m(3), POLICY, false),
+            Err(JoinError::NotAllowedToCreate { .. })
+        ));
     }
 
     #[test]

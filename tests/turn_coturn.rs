@@ -6,9 +6,14 @@
 //! data through them; expired or forged ones are refused, and coturn's log
 //! says it was the credentials it refused.
 //!
+//! The last test closes the loop: a running switchboard configured with
+//! coturn's secret hands out credentials in Welcome, and those allocate.
+//!
 //! Both programs come from the Debian/Ubuntu package `coturn`. When they are
 //! missing the tests fail rather than skip, so CI cannot pass without
 //! exercising them.
+
+mod common;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -268,4 +273,40 @@ fn forged_credentials_are_refused() {
         .turn_config("not-the-shared-secret", Duration::from_secs(600))
         .credentials("mallory", SystemTime::now());
     coturn.assert_refused(&server.username, &server.credential);
+}
+
+#[test]
+fn credentials_from_a_real_welcome_allocate_a_relay() {
+    let coturn = Coturn::start();
+    let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ice = runtime.block_on(async {
+        let server = common::start_server(switchboard::config::Config {
+            turn_secret: Some(switchboard::config::Secret::new(coturn.secret.as_bytes())),
+            turn_urls: vec![url.clone()],
+            ..common::test_config()
+        })
+        .await;
+        let client = common::connect(&server).await;
+        let turn = client
+            .welcome()
+            .ice_servers
+            .iter()
+            .find(|s| s.urls.contains(&url))
+            .expect("Welcome carries coturn")
+            .clone();
+        assert!(turn
+            .username
+            .ends_with(&format!(":{}", client.welcome().peer_id)));
+        server.shutdown().await;
+        turn
+    });
+    let (status, output) = coturn.uclient(&ice.username, &ice.credential);
+    assert!(
+        status.success()
+            && output.contains("Received relay addr: 127.0.0.1:")
+            && output.contains("tot_send_msgs=2, tot_recv_msgs=2"),
+        "allocation with Welcome's credentials failed ({status}):\n{output}\ncoturn log:\n{}",
+        coturn.log()
+    );
 }

@@ -1,4 +1,5 @@
-//! Plain HTTP on the WebSocket port: `/healthz`, and the `/ws` upgrade.
+//! HTTP on the WebSocket port (over TCP or TLS): `/healthz`, the `/ws`
+//! upgrade with its Origin and subprotocol checks, and the embedded assets.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -19,9 +20,12 @@ use tracing::{debug, Instrument};
 
 use super::readahead::ReadAhead;
 use super::{assets, connection, Admission, Shared};
+use crate::auth::{self, AuthError};
 
-/// The WebSocket subprotocol name clients may offer.
-pub const SUBPROTOCOL: &str = "switchboard.v1";
+/// The access token a client offered in `Sec-WebSocket-Protocol`, if any,
+/// or why that header could not be read. Checked after Hello, so that a
+/// refusal arrives as a typed `Error` frame rather than a failed upgrade.
+pub(super) type HeaderToken = Result<Option<String>, AuthError>;
 
 type Body = Full<Bytes>;
 
@@ -48,13 +52,12 @@ pub(super) async fn refuse(mut stream: TcpStream, why: &'static str) {
     .await;
 }
 
-/// Serves HTTP on one accepted connection until it upgrades or closes.
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    admission: Admission,
-) {
+/// Serves HTTP on one accepted connection (plain TCP or TLS) until it
+/// upgrades or closes.
+pub(super) async fn serve<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, admission: Admission)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let admission = Arc::new(parking_lot::Mutex::new(Some(admission)));
     let service = hyper::service::service_fn({
         let shared = shared.clone();
@@ -106,16 +109,14 @@ fn route(
                     "expected a WebSocket upgrade (version 13)\n",
                 );
             };
+            if !origin_allowed(&req, &shared.config.allowed_origins) {
+                debug!(%addr, origin = ?req.headers().get(header::ORIGIN), "origin refused");
+                return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+            }
             let Some(admission) = admission.lock().take() else {
                 return text(StatusCode::BAD_REQUEST, "one upgrade per connection\n");
             };
-            let offered_subprotocol = req
-                .headers()
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|p| p.trim() == SUBPROTOCOL);
+            let (offered_subprotocol, header_token) = subprotocols(&req);
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = shared.clone();
             let span = tracing::debug_span!("conn", %addr, peer = tracing::field::Empty);
@@ -140,7 +141,7 @@ fn route(
                 .await;
                 // A task of its own, so the long-lived task holds only
                 // the connection's state, not the upgrade's.
-                let f = connection::run(ws, shared, admission);
+                let f = connection::run(ws, shared, admission, header_token);
                 tokio::spawn(f.in_current_span());
             };
             tokio::spawn(fut.instrument(span));
@@ -156,7 +157,7 @@ fn route(
             if offered_subprotocol {
                 h.insert(
                     header::SEC_WEBSOCKET_PROTOCOL,
-                    HeaderValue::from_static(SUBPROTOCOL),
+                    HeaderValue::from_static(auth::SUBPROTOCOL),
                 );
             }
             r
@@ -173,6 +174,51 @@ fn route(
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
+}
+
+/// Whether a WebSocket upgrade may proceed given its `Origin`: always when
+/// the allow-list is empty or the request has no `Origin` (non-browser
+/// clients, which could send any `Origin` anyway), otherwise only when the
+/// `Origin` is listed exactly (scheme, host and port; a trailing `/` in the
+/// list is ignored).
+fn origin_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let mut origins = req.headers().get_all(header::ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return true;
+    };
+    if origins.next().is_some() {
+        return false;
+    }
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// Whether the client offered `switchboard.v1`, and the token it offered
+/// beside it. The token is never echoed back.
+fn subprotocols(req: &Request<Incoming>) -> (bool, HeaderToken) {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    let offered_switchboard = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == auth::SUBPROTOCOL);
+    if values.is_empty() {
+        return (false, Ok(None));
+    }
+    let joined = values.join(", ");
+    let token = auth::parse_subprotocols(&joined).map(|o| o.token.map(str::to_owned));
+    (offered_switchboard, token)
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid upgrade request.

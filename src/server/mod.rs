@@ -9,11 +9,13 @@
 //! - `connection`: one task per WebSocket, owning its socket.
 //! - `readahead`: socket reads through a per-thread buffer, so idle
 //!   connections hold almost no read buffer.
+//! - `tls`: the rustls acceptor for `--tls-cert`/`--tls-key`.
 
 mod assets;
 mod connection;
 mod http;
 mod readahead;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,10 +29,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, Config};
 use crate::protocol::{CodecLimits, PeerId};
 use crate::rooms::RoomPolicy;
 use crate::routing::{CloseReason, LocalRouter, OutboxLimits, Router};
+use crate::turn::TurnConfig;
 
 /// State shared by every connection of one server.
 pub(crate) struct Shared {
@@ -38,25 +42,49 @@ pub(crate) struct Shared {
     pub codec: CodecLimits,
     pub router: Arc<dyn Router>,
     pub outbox: OutboxLimits,
+    /// The token verifier, with `auth = token`.
+    pub auth: Option<Authenticator>,
+    /// The TURN credential issuer, with a TURN secret configured.
+    pub turn: Option<TurnConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// One clock for every rate limiter: creating a clock calibrates it,
+    /// which cost more than the rest of a connection's set-up together.
+    pub clock: governor::clock::DefaultClock,
     next_serial: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     connections: Arc<Semaphore>,
 }
 
 impl Shared {
-    fn new(config: Config, router: Arc<dyn Router>) -> Shared {
-        Shared {
+    fn new(config: Config, router: Arc<dyn Router>) -> std::io::Result<Shared> {
+        let invalid = |e: crate::config::ConfigError| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(crate::config::ConfigError::Invalid(
+                    "tls_cert and tls_key go together".into(),
+                )))
+            }
+        };
+        Ok(Shared {
+            auth: config.authenticator().map_err(invalid)?,
+            turn: config.turn(),
+            tls,
             codec: config.codec_limits(),
             outbox: OutboxLimits {
                 frames: config.outbox_frames,
                 bytes: config.outbox_bytes,
             },
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            clock: governor::clock::DefaultClock::default(),
             router,
             next_serial: AtomicU64::new(1),
             per_ip: Mutex::new(HashMap::new()),
             config,
-        }
+        })
     }
 
     pub fn next_peer_id(&self) -> PeerId {
@@ -134,8 +162,15 @@ pub async fn run_with_router(
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared::new(config, router));
-    info!(addr = %listener.local_addr()?, "listening");
+    let shared = Arc::new(Shared::new(config, router)?);
+    let local = listener.local_addr()?;
+    info!(
+        addr = %local,
+        tls = shared.tls.is_some(),
+        auth = ?shared.config.auth,
+        "listening"
+    );
+    warn_if_open(&shared.config, local);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -164,26 +199,75 @@ pub async fn run_with_router(
     Ok(())
 }
 
+/// Says so at start-up when a server reachable from other hosts lets anyone
+/// in, since that is right for development and wrong for production.
+fn warn_if_open(config: &Config, local: SocketAddr) {
+    if local.ip().is_loopback() {
+        return;
+    }
+    if config.auth == AuthMode::None {
+        warn!(
+            addr = %local,
+            "--auth none on a non-loopback address: anyone can connect, take any free \
+             name and join any room whose id they guess; use --auth token in production"
+        );
+    }
+    if config.allowed_origins.is_empty() {
+        warn!(
+            addr = %local,
+            "no --allowed-origin: any web page can make its visitors' browsers connect"
+        );
+    }
+    if config.tls_cert.is_none() {
+        info!("no --tls-cert: serve behind a TLS-terminating proxy, or tokens and SDP travel in clear");
+    }
+}
+
 fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // Refusals are plain HTTP 503s. Under TLS the refused connection is just
+    // closed: answering would cost a TLS handshake per refused connection,
+    // which is what an attacker at the cap would like the server to spend.
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         debug!(%addr, "refused: too many connections");
-        tokio::spawn(http::refuse(stream, "too many connections"));
+        if shared.tls.is_none() {
+            tokio::spawn(http::refuse(stream, "too many connections"));
+        }
         return;
     };
     let Some(ip) = shared.admit(addr.ip()) else {
         debug!(%addr, "refused: too many connections from this address");
-        tokio::spawn(http::refuse(
-            stream,
-            "too many connections from your address",
-        ));
+        if shared.tls.is_none() {
+            tokio::spawn(http::refuse(
+                stream,
+                "too many connections from your address",
+            ));
+        }
         return;
     };
     let admission = Admission {
         _permit: permit,
         _ip: ip,
     };
-    tokio::spawn(http::serve(shared.clone(), stream, addr, admission));
+    match &shared.tls {
+        None => {
+            tokio::spawn(http::serve(shared.clone(), stream, addr, admission));
+        }
+        Some(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                // The TLS handshake gets the handshake timeout of its own;
+                // HTTP headers and Hello then get theirs.
+                let timeout = shared.config.handshake_timeout;
+                match tokio::time::timeout(timeout, handshake).await {
+                    Ok(Ok(tls)) => http::serve(shared, tls, addr, admission).await,
+                    Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    }
 }
 
 async fn drain(shared: &Arc<Shared>) {
