@@ -110,7 +110,7 @@ fn work(router: &LocalRouter, pairs: &[Pair], iters: u64) {
         let target = router
             .resolve(p.from, None, &p.room, None, &Address::Peer(p.to))
             .unwrap();
-        router.deliver(target.peer, frames[k].clone()).unwrap();
+        router.deliver(&target, frames[k].clone()).unwrap();
         if (i / pairs.len()) % 32 == 31 && k == pairs.len() - 1 {
             for p in pairs {
                 p.outbox.drain(&mut drained, usize::MAX, usize::MAX);

@@ -11,7 +11,7 @@
 //! keeping the directory (rooms, names, peer → node) in Redis and publishing
 //! deliveries for peers of other nodes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
@@ -181,13 +181,16 @@ impl RouteError {
     }
 }
 
-/// A resolved target.
+/// A resolved target: who it is, what it can do, and how to reach it.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Its id.
     pub peer: PeerId,
     /// Its capabilities (whether it inflates SDP itself).
     pub capabilities: Capabilities,
+    /// Its outbox, so delivery needs no second lookup. A router for several
+    /// nodes would hold the node to publish to here instead.
+    outbox: Arc<Outbox>,
 }
 
 /// The routing operations a connection needs; see the module docs.
@@ -205,6 +208,18 @@ pub trait Router: Send + Sync + 'static {
         mode: RoomMode,
         capacity: Option<u32>,
         member: Member,
+    ) -> Result<JoinOutcome, JoinError> {
+        self.join_or_create(room, mode, capacity, member, true)
+    }
+    /// [`Router::join`], creating the room only if `may_create` (see
+    /// [`Rooms::join_or_create`]).
+    fn join_or_create(
+        &self,
+        room: &RoomId,
+        mode: RoomMode,
+        capacity: Option<u32>,
+        member: Member,
+        may_create: bool,
     ) -> Result<JoinOutcome, JoinError>;
     /// Encodes a notice once and queues it for each recipient.
     fn broadcast(&self, notice: Notice);
@@ -225,8 +240,8 @@ pub trait Router: Send + Sync + 'static {
         hint: Option<&RoomId>,
         to: &Address,
     ) -> Result<Target, RouteError>;
-    /// Queues an encoded frame for `to`.
-    fn deliver(&self, to: PeerId, frame: Encoded) -> Result<(), RouteError>;
+    /// Queues an encoded frame for a resolved target.
+    fn deliver(&self, to: &Target, frame: Encoded) -> Result<(), RouteError>;
     /// Closes every outbox (server shutdown).
     fn close_all(&self, reason: CloseReason);
     /// Number of connected peers.
@@ -260,10 +275,10 @@ impl<T: Default> Shards<T> {
 
 /// The in-process [`Router`].
 pub struct LocalRouter {
-    peers: Shards<HashMap<PeerId, PeerEntry>>,
+    peers: Shards<foldhash::HashMap<PeerId, PeerEntry>>,
     rooms: Shards<Rooms>,
     names: Shards<Names>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     policy: RoomPolicy,
 }
 
@@ -311,16 +326,22 @@ impl Router for LocalRouter {
         self.peers.at(peer.0).lock().remove(&peer);
     }
 
-    fn join(
+    fn join_or_create(
         &self,
         room: &RoomId,
         mode: RoomMode,
         capacity: Option<u32>,
         member: Member,
+        may_create: bool,
     ) -> Result<JoinOutcome, JoinError> {
-        self.room_shard(room)
-            .lock()
-            .join(room, mode, capacity, member, self.policy)
+        self.room_shard(room).lock().join_or_create(
+            room,
+            mode,
+            capacity,
+            member,
+            self.policy,
+            may_create,
+        )
     }
 
     fn broadcast(&self, notice: Notice) {
@@ -390,19 +411,22 @@ impl Router for LocalRouter {
                 }
             }
         };
-        let capabilities = self
+        let (capabilities, outbox) = self
             .peers
             .at(peer.0)
             .lock()
             .get(&peer)
-            .map(|e| e.capabilities)
+            .map(|e| (e.capabilities, e.outbox.clone()))
             .ok_or(RouteError::UnknownPeer)?;
-        Ok(Target { peer, capabilities })
+        Ok(Target {
+            peer,
+            capabilities,
+            outbox,
+        })
     }
 
-    fn deliver(&self, to: PeerId, frame: Encoded) -> Result<(), RouteError> {
-        let outbox = self.outbox(to).ok_or(RouteError::UnknownPeer)?;
-        outbox.push(frame).map_err(|e| match e {
+    fn deliver(&self, to: &Target, frame: Encoded) -> Result<(), RouteError> {
+        to.outbox.push(frame).map_err(|e| match e {
             PushError::Full => RouteError::PeerBusy,
             PushError::Closed => RouteError::UnknownPeer,
         })

@@ -44,6 +44,11 @@ struct CommonArgs {
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Keep the load generator's threads spinning instead of sleeping in
+    /// epoll, so latency figures leave out its own wake-up time (costs a
+    /// full core per thread).
+    #[arg(long, global = true)]
+    busy_poll: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +135,15 @@ fn main() -> ExitCode {
         progress: !cli.common.quiet,
     };
     let json = cli.common.json;
+    if cli.common.busy_poll {
+        for _ in 0..cli.common.threads.max(1) {
+            runtime.spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    }
     let result = runtime.block_on(async move {
         let secs = Duration::from_secs_f64;
         match cli.scenario {

@@ -40,7 +40,11 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::default_hello;
-use crate::protocol::{self, encode_into, CodecLimits, DecodeError, Message, PeerId};
+use crate::protocol::frame::write_frame;
+use crate::protocol::{
+    self, encode_into, CodecLimits, DecodeError, Flags, Frames, Message, MessageType, PeerId,
+    RawFrame,
+};
 
 /// Why a load run failed before it could report.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +248,39 @@ impl Peer {
     pub fn push(&mut self, message: &Message) {
         self.seq = self.seq.wrapping_add(1);
         encode_into(message, self.seq, &mut self.out);
+    }
+
+    /// Queues a frame whose payload is already encoded.
+    pub fn push_raw(&mut self, kind: MessageType, payload: &[u8]) {
+        self.seq = self.seq.wrapping_add(1);
+        write_frame(&mut self.out, kind, Flags::default(), self.seq, payload);
+    }
+
+    /// Reads one WebSocket message and hands each frame to `each` without
+    /// decoding it (the relay scenario's hot path); server Pings are
+    /// answered (on the next flush) and not handed over.
+    pub async fn recv_raw(&mut self, mut each: impl FnMut(&RawFrame)) -> Result<(), LoadError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    for frame in Frames::new(data, self.limits.max_payload, usize::MAX) {
+                        let frame = frame?;
+                        if frame.header.kind == MessageType::Ping as u8 {
+                            if let Message::Ping { nonce } = protocol::decode(&frame, &self.limits)?
+                            {
+                                self.push(&Message::Pong { nonce });
+                            }
+                            continue;
+                        }
+                        each(&frame);
+                    }
+                    return Ok(());
+                }
+                Some(Ok(WsMessage::Close(_))) | None => return Err(LoadError::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
     }
 
     /// Sends the queued frames as one WebSocket message.

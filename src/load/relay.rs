@@ -3,11 +3,13 @@
 //! Each side of a pair starts `window` messages ("balls") and answers every
 //! ball it receives with one to its partner, so `2 × window` balls per pair
 //! are always in flight. A ball is one `IceCandidates` with one realistic
-//! server-reflexive candidate (about 120 bytes of payload). It carries the
-//! time each side last sent it, side 0 in `sdp_mid` and side 1 in
-//! `username_fragment` (nanoseconds since the run started), so every
-//! received ball is one round trip for its receiver: its own send, the
-//! server, the partner, the server, back.
+//! server-reflexive candidate (about 150 bytes of payload). A ball carries
+//! the side that started it and when it last left that side, so each ball
+//! returning to its origin is one round trip: its send, the server, the
+//! partner, the server, back. Balls are encoded once and stamped or bounced
+//! in place (see [`Ball`]), so the load generator spends its CPU on the
+//! socket, not on protobuf, and can drive the server to its limit from one
+//! core.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, CpuShare, Latency};
 use super::{LoadError, Peer, Target};
 use crate::protocol::{
-    Address, IceCandidate, IceCandidates, Join, Message, PeerId, RoomId, RoomMode,
+    Address, IceCandidate, IceCandidates, Join, Message, MessageType, PeerId, RoomId, RoomMode,
 };
 
 /// Options of the relay scenario.
@@ -187,24 +189,69 @@ async fn set_up_pair(target: &Target, room: RoomId) -> Result<(Peer, Peer), Load
     Ok((a, b))
 }
 
-fn ball(partner: PeerId, side: usize, now_ns: u64) -> Message {
-    let (mine, theirs) = (now_ns.to_string(), "0".to_string());
-    let (sdp_mid, ufrag) = if side == 0 {
-        (mine, theirs)
-    } else {
-        (theirs, mine)
-    };
-    Message::Ice(IceCandidates {
-        peer: Address::Peer(partner),
-        candidates: vec![IceCandidate {
-            candidate: CANDIDATE.into(),
-            sdp_mid: Some(sdp_mid),
-            sdp_m_line_index: Some(0),
-            username_fragment: Some(ufrag),
-        }],
-        end_of_candidates: false,
-        room: None,
-    })
+/// Width of the stamp: the originating side's digit, then nanoseconds.
+const STAMP: usize = 20;
+
+/// A ball, encoded once: an `IceCandidates` for `partner` whose
+/// `username_fragment` is a fixed-width stamp ("<side><nanoseconds>") at the
+/// very end of the payload. The server rewrites only the address field in
+/// front, so the stamp stays at the same distance from the end of whatever
+/// payload arrives, and balls are stamped and bounced without re-encoding.
+struct Ball {
+    payload: Vec<u8>,
+    /// Bytes of the payload before the body the server passes on unchanged.
+    address_len: usize,
+}
+
+impl Ball {
+    fn new(partner: PeerId, side: usize) -> Ball {
+        let placeholder = format!("{side}{:0w$}", 0, w = STAMP - 1);
+        let message = Message::Ice(IceCandidates {
+            peer: Address::Peer(partner),
+            candidates: vec![IceCandidate {
+                candidate: CANDIDATE.into(),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: Some(placeholder.clone()),
+            }],
+            end_of_candidates: false,
+            room: None,
+        });
+        let payload = crate::protocol::encode(&message).payload.to_vec();
+        assert!(
+            payload.ends_with(placeholder.as_bytes()),
+            "the stamp is the last field"
+        );
+        // Field 1 (the address) comes first: key, length, contents.
+        let address_len = 2 + usize::from(payload[1]);
+        Ball {
+            payload,
+            address_len,
+        }
+    }
+
+    fn stamped(&mut self, side: usize, now_ns: u64) -> &[u8] {
+        let at = self.payload.len() - STAMP;
+        let stamp = format!("{side}{now_ns:0w$}", w = STAMP - 1);
+        self.payload[at..].copy_from_slice(stamp.as_bytes());
+        &self.payload
+    }
+
+    /// Reads a received ball's stamp: (originating side, nanoseconds).
+    fn stamp_of(payload: &[u8]) -> Option<(usize, u64)> {
+        let stamp = payload.get(payload.len().checked_sub(STAMP)?..)?;
+        let stamp = std::str::from_utf8(stamp).ok()?;
+        Some((stamp[..1].parse().ok()?, stamp[1..].parse().ok()?))
+    }
+
+    /// The partner's ball sent back: our address field, its body.
+    fn bounced<'a>(&'a mut self, received: &[u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        let body = self.payload.len() - self.address_len;
+        scratch.clear();
+        scratch.extend_from_slice(&self.payload[..self.address_len]);
+        scratch.extend_from_slice(&received[received.len() - body..]);
+        scratch
+    }
 }
 
 /// One side of a pair: answers every ball, records round trips.
@@ -223,13 +270,16 @@ async fn bounce(
             .wait_for(|s| *s)
             .await
             .map_err(|_| LoadError::Closed)?;
+        let mut ball = Ball::new(partner, side);
+        let mut scratch = Vec::new();
         let now = shared.epoch.elapsed().as_nanos() as u64;
         for _ in 0..window {
-            peer.push(&ball(partner, side, now));
+            peer.push_raw(MessageType::Ice, ball.stamped(side, now));
         }
         shared.sent.fetch_add(window as u64, Ordering::Relaxed);
         peer.flush().await?;
-        let mut replies: Vec<Message> = Vec::with_capacity(window * 2);
+        // Stamped payloads to send back: (is it our ball, payload).
+        let mut replies: Vec<(bool, bytes::Bytes)> = Vec::with_capacity(window * 2);
         loop {
             let mut errors = 0u64;
             let mut received = 0u64;
@@ -237,26 +287,29 @@ async fn bounce(
             tokio::select! {
                 biased;
                 _ = exit.changed() => return Ok(()),
-                r = peer.recv_batch(|m| match m {
-                    Message::Ice(mut ice) => {
-                        received += 1;
-                        let now = shared.epoch.elapsed().as_nanos() as u64;
-                        if let Some(c) = ice.candidates.first_mut() {
-                            let mine = if side == 0 { &mut c.sdp_mid } else { &mut c.username_fragment };
-                            if let Some(sent) = mine.as_deref().and_then(|s| s.parse::<u64>().ok()) {
-                                if sent != 0 && !stopping {
-                                    let _ = hist.record(((now.saturating_sub(sent)) / 1000).max(1));
-                                }
-                            }
-                            *mine = Some(now.to_string());
+                r = peer.recv_raw(|frame| {
+                    if frame.header.kind != MessageType::Ice as u8 {
+                        if frame.header.kind == MessageType::Error as u8 {
+                            errors += 1;
                         }
-                        if !stopping {
-                            ice.peer = Address::Peer(partner);
-                            replies.push(Message::Ice(ice));
-                        }
+                        return;
                     }
-                    Message::Error(_) => errors += 1,
-                    _ => {}
+                    received += 1;
+                    match Ball::stamp_of(&frame.payload) {
+                        Some((origin, sent)) if origin == side => {
+                            if !stopping {
+                                let now = shared.epoch.elapsed().as_nanos() as u64;
+                                let _ = hist.record((now.saturating_sub(sent) / 1000).max(1));
+                                replies.push((true, frame.payload.clone()));
+                            }
+                        }
+                        Some(_) => {
+                            if !stopping {
+                                replies.push((false, frame.payload.clone()));
+                            }
+                        }
+                        None => errors += 1,
+                    }
                 }) => r?,
             }
             shared.received.fetch_add(received, Ordering::Relaxed);
@@ -264,9 +317,16 @@ async fn bounce(
                 shared.errors.fetch_add(errors, Ordering::Relaxed);
             }
             if !replies.is_empty() {
-                shared.sent.fetch_add(replies.len() as u64, Ordering::Relaxed);
-                for m in replies.drain(..) {
-                    peer.push(&m);
+                shared
+                    .sent
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                let now = shared.epoch.elapsed().as_nanos() as u64;
+                for (ours, payload) in replies.drain(..) {
+                    if ours {
+                        peer.push_raw(MessageType::Ice, ball.stamped(side, now));
+                    } else {
+                        peer.push_raw(MessageType::Ice, ball.bounced(&payload, &mut scratch));
+                    }
                 }
             }
             peer.flush().await?;

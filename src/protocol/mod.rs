@@ -9,11 +9,13 @@
 //! - [`ids`]: peer ids, room ids, user names.
 //! - [`sdp`]: SDP deflate with the preset dictionary, bounded inflate.
 //! - [`ice`]: batching of trickled ICE candidates.
+//! - [`relay`]: the relay fast path: check a signal in place and re-address it.
 
 pub mod frame;
 pub mod ice;
 pub mod ids;
 pub mod message;
+pub mod relay;
 pub mod sdp;
 
 use bytes::{Bytes, BytesMut};

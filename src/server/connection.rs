@@ -10,7 +10,7 @@
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -23,11 +23,13 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span};
 
+use super::http::HeaderToken;
 use super::{Admission, Shared};
+use crate::auth::Grant;
 use crate::protocol::{
-    self, encode, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
-    Frames, Join, LeaveReason, LoginResult, Member, Message, PeerId, RoomId, RoomMode, Sdp,
-    UserName, Welcome, PROTOCOL_VERSION,
+    self, encode, relay, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
+    Frames, Join, LeaveReason, LoginResult, Member, Message, MessageType, PeerId, RoomId, RoomMode,
+    Sdp, UserName, Welcome, PROTOCOL_VERSION,
 };
 use crate::rooms::{JoinError, LoginError};
 use crate::routing::{CloseReason, Outbox, RouteError, Router};
@@ -62,14 +64,20 @@ pub(super) fn run<S>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     admission: Admission,
+    header_token: HeaderToken,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let header_token = match header_token {
+        Ok(None) => None,
+        other => Some(Box::new(other)),
+    };
     let mut conn = Box::new(Conn {
         ws,
         shared,
         _admission: admission,
+        header_token,
     });
     async move { conn.run().await }
 }
@@ -78,6 +86,9 @@ struct Conn<S> {
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     _admission: Admission,
+    /// What `Sec-WebSocket-Protocol` carried; taken at Hello. Boxed so that
+    /// the common case (no header token) costs one word.
+    header_token: Option<Box<HeaderToken>>,
 }
 
 impl<S> Conn<S>
@@ -107,6 +118,15 @@ where
                 return;
             }
         };
+        let grant = match authenticate(shared, self.header_token.take(), &hello) {
+            Ok(grant) => grant,
+            Err(message) => {
+                debug!(%message, "unauthenticated");
+                let refusal = refuse_unauthenticated(ws, message);
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), refusal)).await;
+                return;
+            }
+        };
         let peer_id = shared.next_peer_id();
         tracing::Span::current().record("peer", tracing::field::display(peer_id));
         let capabilities = hello
@@ -116,23 +136,33 @@ where
         shared
             .router
             .register(peer_id, capabilities, outbox.clone());
-        let mut session = Session::new(shared.clone(), peer_id, capabilities, outbox.clone());
+        let mut ice_servers: Vec<protocol::IceServer> = shared
+            .config
+            .ice_servers
+            .iter()
+            .map(|url| protocol::IceServer {
+                urls: vec![url.clone()],
+                username: String::new(),
+                credential: String::new(),
+            })
+            .collect();
+        if let Some(turn) = &shared.turn {
+            // Labelled with the token's user when there is one, so coturn's
+            // logs and quotas tell users apart; else with the peer id.
+            let identity = grant
+                .as_ref()
+                .map_or_else(|| peer_id.to_string(), |g| g.identity().to_string());
+            ice_servers.push(turn.credentials(&identity, SystemTime::now()));
+        }
+        let mut session =
+            Session::new(shared.clone(), peer_id, capabilities, outbox.clone(), grant);
         session.reply(&Message::Welcome(Welcome {
             peer_id,
             protocol_version: PROTOCOL_VERSION,
             limits: shared.config.wire_limits(),
             heartbeat_interval: shared.config.heartbeat_interval,
             heartbeat_timeout: shared.config.heartbeat_timeout,
-            ice_servers: shared
-                .config
-                .ice_servers
-                .iter()
-                .map(|url| protocol::IceServer {
-                    urls: vec![url.clone()],
-                    username: String::new(),
-                    credential: String::new(),
-                })
-                .collect(),
+            ice_servers,
             capabilities,
             sdp_dictionary: sdp::DICTIONARY_ID,
         }));
@@ -149,6 +179,69 @@ where
             let _ = Box::pin(closing).await;
         }
     }
+}
+
+/// Checks the access token when `auth = token`; `Ok(None)` without auth.
+///
+/// The token comes from `Sec-WebSocket-Protocol` (browsers) or from Hello;
+/// both may be given only if they are the same token. The error is the
+/// message of the `UNAUTHENTICATED` error: it says which check failed
+/// (expired, bad signature...), which helps whoever debugs a client and
+/// tells an attacker nothing a forged token would not.
+fn authenticate(
+    shared: &Shared,
+    header: Option<Box<HeaderToken>>,
+    hello: &protocol::Hello,
+) -> Result<Option<Box<Grant>>, String> {
+    let Some(auth) = &shared.auth else {
+        return Ok(None);
+    };
+    let header = match header.map(|h| *h) {
+        Some(Err(e)) => return Err(format!("bad Sec-WebSocket-Protocol header: {e}")),
+        Some(Ok(token)) => token,
+        None => None,
+    };
+    let token = match (header.as_deref(), hello.access_token.as_deref()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err("two different access tokens in the handshake and in hello".into())
+        }
+        (Some(token), _) | (None, Some(token)) => token,
+        (None, None) => {
+            return Err(
+                "an access token is required: send it in hello.access_token or as \
+                 Sec-WebSocket-Protocol: switchboard.v1, access_token.<jwt>"
+                    .into(),
+            )
+        }
+    };
+    auth.verify(token, SystemTime::now())
+        .map(|grant| Some(Box::new(grant)))
+        .map_err(|e| format!("access token refused: {e}"))
+}
+
+/// Tells the client why it is refused, in an `Error` frame, then closes with
+/// 4000 + `UNAUTHENTICATED`.
+async fn refuse_unauthenticated<S>(
+    ws: &mut WebSocketStream<S>,
+    message: String,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    encode(&Message::Error(ErrorMessage {
+        code: ErrorCode::Unauthenticated,
+        message,
+        request_seq: 0,
+    }))
+    .write(1, &mut out);
+    ws.send(WsMessage::Binary(out.freeze())).await?;
+    let close = Close::app(
+        ErrorCode::Unauthenticated,
+        "unauthenticated",
+        LeaveReason::Disconnected,
+    );
+    close_with(ws, close).await
 }
 
 /// Waits for the client's Hello; any other first frame is an error.
@@ -426,6 +519,8 @@ struct Session {
     seq_out: u32,
     ping_nonce: u64,
     leave_reason: LeaveReason,
+    /// What the access token allows, with `auth = token`.
+    grant: Option<Box<Grant>>,
 }
 
 /// Most named call partners remembered per connection.
@@ -437,9 +532,14 @@ impl Session {
         peer_id: PeerId,
         capabilities: Capabilities,
         outbox: Arc<Outbox>,
+        grant: Option<Box<Grant>>,
     ) -> Session {
         let rate = NonZeroU32::new(shared.config.rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(shared.config.rate_burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct_with_clock(
+            Quota::per_second(rate).allow_burst(burst),
+            shared.clock.clone(),
+        );
         Session {
             router: shared.router.clone(),
             shared,
@@ -451,11 +551,12 @@ impl Session {
             user: None,
             display_name: String::new(),
             partners: Vec::new(),
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter,
             rate_strikes: 0,
             seq_out: 0,
             ping_nonce: 0,
             leave_reason: LeaveReason::Disconnected,
+            grant,
         }
     }
 
@@ -510,6 +611,11 @@ impl Session {
                 continue;
             }
             self.rate_strikes = 0;
+            if let Some(signal) = relay::scan(&frame, &codec) {
+                if self.relay_in_place(seq, &signal) {
+                    continue;
+                }
+            }
             match protocol::decode(&frame, &codec) {
                 Ok(message) => self.handle(seq, message),
                 Err(DecodeError::Compression(e)) => {
@@ -565,7 +671,55 @@ impl Session {
         }
     }
 
+    /// With a token: the capacity to ask for and whether the room may be
+    /// created; `None` when the join is refused (the error is sent).
+    ///
+    /// A token is checked in full at Hello. One that expires later keeps the
+    /// connection and its rooms, so calls in progress go on, but buys no new
+    /// joins or names: those get `UNAUTHENTICATED` until the client
+    /// reconnects with a fresh token.
+    fn join_rights(&self, seq: u32, join: &Join) -> Option<(Option<u32>, bool)> {
+        let Some(grant) = self.grant.as_deref() else {
+            return Some((join.capacity, true));
+        };
+        if SystemTime::now() >= grant.expires_at() {
+            self.error(
+                ErrorCode::Unauthenticated,
+                "access token expired; reconnect with a fresh one".into(),
+                seq,
+            );
+            return None;
+        }
+        if !grant.may_join(&join.room, false) {
+            self.error(
+                ErrorCode::Forbidden,
+                format!("your access token does not grant room {}", join.room),
+                seq,
+            );
+            return None;
+        }
+        let mut capacity = join.capacity;
+        if let (RoomMode::Mesh, Some(max)) = (join.mode, grant.max_capacity()) {
+            match capacity {
+                Some(asked) if asked > max => {
+                    self.error(
+                        ErrorCode::Forbidden,
+                        format!("your access token allows rooms of at most {max} members"),
+                        seq,
+                    );
+                    return None;
+                }
+                None if self.shared.config.default_room_capacity > max => capacity = Some(max),
+                _ => {}
+            }
+        }
+        Some((capacity, grant.may_create_rooms()))
+    }
+
     fn join(&mut self, seq: u32, join: Join) {
+        let Some((capacity, may_create)) = self.join_rights(seq, &join) else {
+            return;
+        };
         if self.rooms.iter().any(|(r, _)| *r == join.room) {
             self.error(
                 ErrorCode::InvalidArgument,
@@ -606,7 +760,7 @@ impl Session {
         };
         match self
             .router
-            .join(&join.room, join.mode, join.capacity, member)
+            .join_or_create(&join.room, join.mode, capacity, member, may_create)
         {
             Ok(outcome) => {
                 self.rooms.push((join.room.clone(), outcome.joined.mode));
@@ -621,6 +775,9 @@ impl Session {
             }
             Err(e @ JoinError::ModeMismatch { .. }) => {
                 self.error(ErrorCode::ModeMismatch, e.to_string(), seq)
+            }
+            Err(e @ JoinError::NotAllowedToCreate { .. }) => {
+                self.error(ErrorCode::Forbidden, e.to_string(), seq)
             }
             Err(e) => self.error(ErrorCode::InvalidArgument, e.to_string(), seq),
         }
@@ -638,6 +795,20 @@ impl Session {
     }
 
     fn login(&mut self, seq: u32, name: UserName) {
+        // With a token the only name is the token's user.
+        if let Some(grant) = self.grant.as_deref() {
+            let error = if SystemTime::now() >= grant.expires_at() {
+                Some(ErrorCode::Unauthenticated)
+            } else if *grant.identity() != name {
+                Some(ErrorCode::Forbidden)
+            } else {
+                None
+            };
+            if error.is_some() {
+                self.reply(&Message::LoginResult(LoginResult { name, error }));
+                return;
+            }
+        }
         if let Some(current) = &self.user {
             if *current != name {
                 self.error(
@@ -690,6 +861,43 @@ impl Session {
         }
     }
 
+    /// Relays a signal checked in place (the fast path). Returns false when
+    /// it needs the full path: a deflated SDP for a receiver that cannot
+    /// inflate it.
+    fn relay_in_place(&mut self, seq: u32, signal: &relay::Signal) -> bool {
+        if !self.may_negotiate(seq) {
+            return true;
+        }
+        let target = match self.router.resolve(
+            self.peer_id,
+            self.user.as_ref(),
+            &self.room_ids,
+            signal.room.as_ref(),
+            &signal.target,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                self.route_error(seq, e);
+                return true;
+            }
+        };
+        if signal.deflated() && !target.capabilities.contains(Capabilities::DEFLATE_SDP) {
+            return false;
+        }
+        if signal.kind != MessageType::Ice {
+            self.remember_partner(&signal.target);
+        }
+        let frame = Encoded {
+            kind: signal.kind,
+            flags: signal.flags,
+            payload: relay::readdress(signal, &self.own_address(&signal.target)),
+        };
+        if let Err(e) = self.router.deliver(&target, frame) {
+            self.route_error(seq, e);
+        }
+        true
+    }
+
     fn relay_sdp(&mut self, seq: u32, mut d: protocol::SessionDescription, offer: bool) {
         if !self.may_negotiate(seq) {
             return;
@@ -729,7 +937,7 @@ impl Session {
         } else {
             Message::Answer(d)
         };
-        if let Err(e) = self.router.deliver(target.peer, encode(&message)) {
+        if let Err(e) = self.router.deliver(&target, encode(&message)) {
             self.route_error(seq, e);
         }
     }
@@ -749,7 +957,7 @@ impl Session {
             Err(e) => return self.route_error(seq, e),
         };
         ice.peer = self.own_address(&ice.peer);
-        if let Err(e) = self.router.deliver(target.peer, encode(&Message::Ice(ice))) {
+        if let Err(e) = self.router.deliver(&target, encode(&Message::Ice(ice))) {
             self.route_error(seq, e);
         }
     }
@@ -774,7 +982,7 @@ impl Session {
         let from = self.own_address(&peer);
         if let Err(e) = self
             .router
-            .deliver(target.peer, encode(&Message::HangUp { peer: from }))
+            .deliver(&target, encode(&Message::HangUp { peer: from }))
         {
             self.route_error(seq, e);
         }
@@ -790,7 +998,7 @@ impl Session {
                 self.router
                     .resolve(self.peer_id, Some(me), &[], None, &Address::User(partner))
             {
-                let _ = self.router.deliver(target.peer, frame.clone());
+                let _ = self.router.deliver(&target, frame.clone());
             }
         }
     }
