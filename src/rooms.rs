@@ -194,7 +194,8 @@ impl Rooms {
         let entry = self.rooms.entry(room.clone()).or_insert_with(|| Room {
             mode,
             capacity,
-            members: Vec::new(),
+            // Pair rooms hold exactly two; mesh rooms grow as members come.
+            members: Vec::with_capacity(capacity.min(4) as usize),
         });
         if entry.mode != mode {
             return Err(JoinError::ModeMismatch {

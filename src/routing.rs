@@ -133,8 +133,8 @@ impl Outbox {
             out.push(s.frames.pop_front().expect("front exists"));
         }
         s.bytes -= taken;
-        if s.frames.is_empty() && s.frames.capacity() > 64 {
-            // Give a burst's memory back once it has been written out.
+        if s.frames.is_empty() {
+            // An idle peer's outbox holds no memory.
             s.frames = VecDeque::new();
         }
         s.closed

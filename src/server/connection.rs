@@ -484,6 +484,8 @@ where
         session.seq_out = session.seq_out.wrapping_add(1);
         frame.write(session.seq_out, out);
     }
+    // An idle connection keeps no frame list.
+    *pending = Vec::new();
     let message: Bytes = out.split().freeze();
     ws.send(WsMessage::Binary(message)).await
 }
@@ -508,8 +510,10 @@ struct Session {
     peer_id: PeerId,
     capabilities: Capabilities,
     outbox: Arc<Outbox>,
-    rooms: Vec<(RoomId, RoomMode)>,
-    room_ids: Vec<RoomId>,
+    /// The rooms this peer is in.
+    rooms: Vec<RoomId>,
+    /// Which of them is its pair room, if any (a peer has at most one).
+    pair_room: Option<RoomId>,
     user: Option<UserName>,
     display_name: String,
     /// Users this one exchanged SDP with by name; told on hang-up/leave.
@@ -547,7 +551,7 @@ impl Session {
             capabilities,
             outbox,
             rooms: Vec::new(),
-            room_ids: Vec::new(),
+            pair_room: None,
             user: None,
             display_name: String::new(),
             partners: Vec::new(),
@@ -720,7 +724,7 @@ impl Session {
         let Some((capacity, may_create)) = self.join_rights(seq, &join) else {
             return;
         };
-        if self.rooms.iter().any(|(r, _)| *r == join.room) {
+        if self.rooms.contains(&join.room) {
             self.error(
                 ErrorCode::InvalidArgument,
                 format!("already in room {}", join.room),
@@ -731,12 +735,7 @@ impl Session {
         // A pair room is a call: joining one leaves the previous pair room,
         // as in the seed's 1:1 server.
         if join.mode == RoomMode::Pair {
-            if let Some((old, _)) = self
-                .rooms
-                .iter()
-                .find(|(_, m)| *m == RoomMode::Pair)
-                .cloned()
-            {
+            if let Some(old) = self.pair_room.clone() {
                 self.leave(&old, LeaveReason::JoinedOtherRoom);
                 self.reply(&Message::Left { room: old });
             }
@@ -763,8 +762,12 @@ impl Session {
             .join_or_create(&join.room, join.mode, capacity, member, may_create)
         {
             Ok(outcome) => {
-                self.rooms.push((join.room.clone(), outcome.joined.mode));
-                self.room_ids.push(join.room);
+                if outcome.joined.mode == RoomMode::Pair {
+                    self.pair_room = Some(join.room.clone());
+                }
+                // Most peers are in one room: grow one at a time.
+                self.rooms.reserve_exact(1);
+                self.rooms.push(join.room);
                 self.reply(&Message::Joined(outcome.joined));
                 if let Some(notice) = outcome.notice {
                     self.router.broadcast(notice);
@@ -785,11 +788,13 @@ impl Session {
 
     /// Leaves `room`; false if not a member.
     fn leave(&mut self, room: &RoomId, reason: LeaveReason) -> bool {
-        let Some(i) = self.rooms.iter().position(|(r, _)| r == room) else {
+        let Some(i) = self.rooms.iter().position(|r| r == room) else {
             return false;
         };
         self.rooms.swap_remove(i);
-        self.room_ids.swap_remove(i);
+        if self.pair_room.as_ref() == Some(room) {
+            self.pair_room = None;
+        }
         self.router.leave(room, self.peer_id, reason);
         true
     }
@@ -871,7 +876,7 @@ impl Session {
         let target = match self.router.resolve(
             self.peer_id,
             self.user.as_ref(),
-            &self.room_ids,
+            &self.rooms,
             signal.room.as_ref(),
             &signal.target,
         ) {
@@ -905,7 +910,7 @@ impl Session {
         let target = match self.router.resolve(
             self.peer_id,
             self.user.as_ref(),
-            &self.room_ids,
+            &self.rooms,
             d.room.as_ref(),
             &d.peer,
         ) {
@@ -949,7 +954,7 @@ impl Session {
         let target = match self.router.resolve(
             self.peer_id,
             self.user.as_ref(),
-            &self.room_ids,
+            &self.rooms,
             ice.room.as_ref(),
             &ice.peer,
         ) {
@@ -966,16 +971,14 @@ impl Session {
         if !self.may_negotiate(seq) {
             return;
         }
-        let target = match self.router.resolve(
-            self.peer_id,
-            self.user.as_ref(),
-            &self.room_ids,
-            None,
-            &peer,
-        ) {
-            Ok(t) => t,
-            Err(e) => return self.route_error(seq, e),
-        };
+        let target =
+            match self
+                .router
+                .resolve(self.peer_id, self.user.as_ref(), &self.rooms, None, &peer)
+            {
+                Ok(t) => t,
+                Err(e) => return self.route_error(seq, e),
+            };
         if let Address::User(name) = &peer {
             self.partners.retain(|p| p != name);
         }
@@ -1008,7 +1011,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _span = info_span!("cleanup", peer = %self.peer_id).entered();
         let reason = self.leave_reason;
-        for (room, _) in std::mem::take(&mut self.rooms) {
+        for room in std::mem::take(&mut self.rooms) {
             self.router.leave(&room, self.peer_id, reason);
         }
         if let Some(name) = self.user.take() {
