@@ -23,6 +23,6 @@ export SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-$PWD/target/$profile/switchboard}"
 
 cd web
 if [[ ! -d node_modules/playwright-core ]]; then
-  npm ci
+  npm install --no-audit --no-fund
 fi
 npm run e2e

@@ -28,6 +28,10 @@ cargo test --doc
 echo "==> browser SDK and end-to-end tests"
 cargo build --bin switchboard
 cd web
-npm ci --no-audit --no-fund
+# 'npm install', not 'npm ci': the registry this project builds from lacks
+# @bufbuild/buf's binaries for other platforms, so the lock file cannot list
+# them and 'npm ci' refuses it. With the lock file present, install still
+# takes the locked versions.
+npm install --no-audit --no-fund
 npm test
 SWITCHBOARD_BIN="$PWD/../target/debug/switchboard" npm run e2e
