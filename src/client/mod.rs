@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::protocol::frame::next_seq;
 use crate::protocol::{
     self, encode_into, CodecLimits, DecodeError, Hello, Message, Welcome, PROTOCOL_VERSION,
 };
@@ -115,7 +116,7 @@ impl Connection {
 
     /// Sends one message; returns its sequence number.
     pub async fn send(&mut self, message: &Message) -> Result<u32, ClientError> {
-        self.seq = self.seq.wrapping_add(1);
+        self.seq = next_seq(self.seq);
         encode_into(message, self.seq, &mut self.out);
         let data = self.out.split().freeze();
         self.ws.send(WsMessage::Binary(data)).await?;
@@ -125,7 +126,7 @@ impl Connection {
     /// Sends several messages as one WebSocket message with one flush.
     pub async fn send_batch(&mut self, messages: &[Message]) -> Result<(), ClientError> {
         for m in messages {
-            self.seq = self.seq.wrapping_add(1);
+            self.seq = next_seq(self.seq);
             encode_into(m, self.seq, &mut self.out);
         }
         let data = self.out.split().freeze();

@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::default_hello;
-use crate::protocol::frame::write_frame;
+use crate::protocol::frame::{next_seq, write_frame};
 use crate::protocol::{
     self, encode_into, CodecLimits, DecodeError, Flags, Frames, Message, MessageType, PeerId,
     RawFrame,
@@ -246,13 +246,13 @@ impl Peer {
 
     /// Queues a frame.
     pub fn push(&mut self, message: &Message) {
-        self.seq = self.seq.wrapping_add(1);
+        self.seq = next_seq(self.seq);
         encode_into(message, self.seq, &mut self.out);
     }
 
     /// Queues a frame whose payload is already encoded.
     pub fn push_raw(&mut self, kind: MessageType, payload: &[u8]) {
-        self.seq = self.seq.wrapping_add(1);
+        self.seq = next_seq(self.seq);
         write_frame(&mut self.out, kind, Flags::default(), self.seq, payload);
     }
 
@@ -306,7 +306,7 @@ impl Peer {
                     for item in protocol::decode_message(data, &self.limits) {
                         match item? {
                             (_, Message::Ping { nonce }) => {
-                                self.seq = self.seq.wrapping_add(1);
+                                self.seq = next_seq(self.seq);
                                 encode_into(&Message::Pong { nonce }, self.seq, &mut self.out);
                             }
                             (_, m) => each(m),

@@ -257,6 +257,12 @@ impl Iterator for Frames {
     }
 }
 
+/// The sequence number after `seq`: wraps modulo 2³² and skips 0, which
+/// `Error.request_seq` uses for "none".
+pub fn next_seq(seq: u32) -> u32 {
+    seq.wrapping_add(1).max(1)
+}
+
 /// Appends one frame (header and payload) to `out`.
 pub fn write_frame(out: &mut BytesMut, kind: MessageType, flags: Flags, seq: u32, payload: &[u8]) {
     out.reserve(HEADER_LEN + payload.len());
@@ -480,5 +486,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(frame.payload.as_ptr(), bytes[HEADER_LEN..].as_ptr());
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::next_seq;
+
+    #[test]
+    fn sequence_numbers_wrap_past_zero() {
+        assert_eq!(next_seq(0), 1);
+        assert_eq!(next_seq(41), 42);
+        assert_eq!(next_seq(u32::MAX), 1, "0 means 'no request' in Error");
     }
 }

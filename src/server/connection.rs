@@ -26,6 +26,7 @@ use tracing::{debug, info_span};
 use super::http::HeaderToken;
 use super::{Admission, Shared};
 use crate::auth::Grant;
+use crate::protocol::frame::next_seq;
 use crate::protocol::{
     self, encode, relay, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
     Frames, Join, LeaveReason, LoginResult, Member, Message, MessageType, PeerId, RoomId, RoomMode,
@@ -481,7 +482,7 @@ where
     let total: usize = pending.iter().map(Encoded::frame_len).sum();
     out.reserve(total);
     for frame in pending.drain(..) {
-        session.seq_out = session.seq_out.wrapping_add(1);
+        session.seq_out = next_seq(session.seq_out);
         frame.write(session.seq_out, out);
     }
     // An idle connection keeps no frame list.

@@ -388,7 +388,7 @@ export class SignalingClient extends Emitter<ClientEvents> {
     if (socket === undefined || socket.readyState !== OPEN) {
       throw new SignalingError(ErrorCode.UNSPECIFIED, `not connected (state ${this.currentState})`);
     }
-    this.seq = (this.seq + 1) >>> 0;
+    this.seq = nextSeq(this.seq);
     socket.send(encodeFrame(message, this.seq));
     return this.seq;
   }
@@ -505,7 +505,7 @@ export class SignalingClient extends Emitter<ClientEvents> {
       const m = decoded.message;
       if (m.type === "ping") {
         // Answered in the same WebSocket message as any other ping of this batch.
-        this.seq = (this.seq + 1) >>> 0;
+        this.seq = nextSeq(this.seq);
         replies.push(encodeFrame({ type: "pong", nonce: m.nonce }, this.seq));
         continue;
       }
@@ -635,4 +635,9 @@ export class SignalingClient extends Emitter<ClientEvents> {
       this.pending.set(seq, { resolve: swallow, reject: swallow, kind: "login", key: this.userName });
     }
   }
+}
+
+/** The next sequence number: wraps modulo 2^32 and skips 0, which means "none" in Error.requestSeq. */
+export function nextSeq(seq: number): number {
+  return ((seq + 1) >>> 0) || 1;
 }

@@ -10,6 +10,7 @@ import {
   concatFrames,
   decodeMessage,
   encodeFrame,
+  nextSeq,
   type Message,
   type Welcome,
 } from "../src/index.js";
@@ -205,3 +206,10 @@ test("server errors reject the request they answer and are emitted", async () =>
   await assert.rejects(login, (e: any) => e.code === 12 && e.requestSeq === 2);
   assert.equal(errors.length, 1);
 });
+
+test("sequence numbers wrap past zero, which means 'no request'", () => {
+  assert.equal(nextSeq(0), 1);
+  assert.equal(nextSeq(41), 42);
+  assert.equal(nextSeq(0xffffffff), 1);
+});
+
