@@ -9,13 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins -q
 PORT=${PORT:-18700}
+# Another server binary (say, an older build) to compare against.
+SERVER_BIN=${SERVER_BIN:-target/release/switchboard}
 URL="ws://127.0.0.1:$PORT/ws"
 ulimit -n "$(ulimit -Hn)"
 
 start_server() {
     # Rate limits off: the load generator is one client sending far more
     # than a browser would.
-    taskset -c 0 target/release/switchboard --listen "127.0.0.1:$PORT" \
+    taskset -c 0 "$SERVER_BIN" --listen "127.0.0.1:$PORT" \
         --rate-per-second 100000000 --rate-burst 100000000 \
         --max-connections-per-ip 1000000 "$@" >/tmp/switchboard-bench.log 2>&1 &
     SERVER=$!
