@@ -33,7 +33,7 @@ use crate::protocol::{
     Sdp, UserName, Welcome, PROTOCOL_VERSION,
 };
 use crate::rooms::{JoinError, LoginError};
-use crate::routing::{CloseReason, Outbox, RouteError, Router};
+use crate::routing::{CloseReason, Outbox, RouteError, Router, Target};
 
 /// Why the connection ends, and what the client is told.
 #[derive(Debug)]
@@ -859,6 +859,25 @@ impl Session {
         true
     }
 
+    /// Finds whom a negotiation message from this peer goes to, or tells
+    /// the peer why it cannot be delivered.
+    fn target(&self, seq: u32, hint: Option<&RoomId>, to: &Address) -> Option<Target> {
+        if !self.may_negotiate(seq) {
+            return None;
+        }
+        self.router
+            .resolve(self.peer_id, self.user.as_ref(), &self.rooms, hint, to)
+            .map_err(|e| self.route_error(seq, e))
+            .ok()
+    }
+
+    /// Delivers to a resolved target, or tells the peer it was not.
+    fn send(&self, seq: u32, target: &Target, frame: Encoded) {
+        if let Err(e) = self.router.deliver(target, frame) {
+            self.route_error(seq, e);
+        }
+    }
+
     fn remember_partner(&mut self, to: &Address) {
         if let Address::User(name) = to {
             if !self.partners.contains(name) && self.partners.len() < MAX_PARTNERS {
@@ -871,21 +890,8 @@ impl Session {
     /// it needs the full path: a deflated SDP for a receiver that cannot
     /// inflate it.
     fn relay_in_place(&mut self, seq: u32, signal: &relay::Signal) -> bool {
-        if !self.may_negotiate(seq) {
+        let Some(target) = self.target(seq, signal.room.as_ref(), &signal.target) else {
             return true;
-        }
-        let target = match self.router.resolve(
-            self.peer_id,
-            self.user.as_ref(),
-            &self.rooms,
-            signal.room.as_ref(),
-            &signal.target,
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                self.route_error(seq, e);
-                return true;
-            }
         };
         if signal.deflated() && !target.capabilities.contains(Capabilities::DEFLATE_SDP) {
             return false;
@@ -898,25 +904,13 @@ impl Session {
             flags: signal.flags,
             payload: relay::readdress(signal, &self.own_address(&signal.target)),
         };
-        if let Err(e) = self.router.deliver(&target, frame) {
-            self.route_error(seq, e);
-        }
+        self.send(seq, &target, frame);
         true
     }
 
     fn relay_sdp(&mut self, seq: u32, mut d: protocol::SessionDescription, offer: bool) {
-        if !self.may_negotiate(seq) {
+        let Some(target) = self.target(seq, d.room.as_ref(), &d.peer) else {
             return;
-        }
-        let target = match self.router.resolve(
-            self.peer_id,
-            self.user.as_ref(),
-            &self.rooms,
-            d.room.as_ref(),
-            &d.peer,
-        ) {
-            Ok(t) => t,
-            Err(e) => return self.route_error(seq, e),
         };
         if let Sdp::Deflated(data) = &d.sdp {
             if !target.capabilities.contains(Capabilities::DEFLATE_SDP) {
@@ -943,53 +937,26 @@ impl Session {
         } else {
             Message::Answer(d)
         };
-        if let Err(e) = self.router.deliver(&target, encode(&message)) {
-            self.route_error(seq, e);
-        }
+        self.send(seq, &target, encode(&message));
     }
 
     fn relay_ice(&mut self, seq: u32, mut ice: protocol::IceCandidates) {
-        if !self.may_negotiate(seq) {
+        let Some(target) = self.target(seq, ice.room.as_ref(), &ice.peer) else {
             return;
-        }
-        let target = match self.router.resolve(
-            self.peer_id,
-            self.user.as_ref(),
-            &self.rooms,
-            ice.room.as_ref(),
-            &ice.peer,
-        ) {
-            Ok(t) => t,
-            Err(e) => return self.route_error(seq, e),
         };
         ice.peer = self.own_address(&ice.peer);
-        if let Err(e) = self.router.deliver(&target, encode(&Message::Ice(ice))) {
-            self.route_error(seq, e);
-        }
+        self.send(seq, &target, encode(&Message::Ice(ice)));
     }
 
     fn hang_up(&mut self, seq: u32, peer: Address) {
-        if !self.may_negotiate(seq) {
+        let Some(target) = self.target(seq, None, &peer) else {
             return;
-        }
-        let target =
-            match self
-                .router
-                .resolve(self.peer_id, self.user.as_ref(), &self.rooms, None, &peer)
-            {
-                Ok(t) => t,
-                Err(e) => return self.route_error(seq, e),
-            };
+        };
         if let Address::User(name) = &peer {
             self.partners.retain(|p| p != name);
         }
         let from = self.own_address(&peer);
-        if let Err(e) = self
-            .router
-            .deliver(&target, encode(&Message::HangUp { peer: from }))
-        {
-            self.route_error(seq, e);
-        }
+        self.send(seq, &target, encode(&Message::HangUp { peer: from }));
     }
 
     /// Tells every named call partner that `me` is gone.
