@@ -332,7 +332,11 @@ where
                         break;
                     }
                     let stalled = Instant::now() + timeout;
-                    match write_bounded(ws, session, &mut pending, &mut out, outbox, timer.as_mut(), stalled).await {
+                    // Boxed: the write's state would otherwise widen every
+                    // idle connection's task by its size (an allocation per
+                    // write is far cheaper than the system call it makes).
+                    let write = write_bounded(ws, session, &mut pending, &mut out, outbox, timer.as_mut(), stalled);
+                    match Box::pin(write).await {
                         Ok(()) => {}
                         Err(close) => return close,
                     }
