@@ -320,11 +320,12 @@ impl Authenticator {
                 return Err(AuthError::NotYetValid { nbf, now: now_s });
             }
         }
-        grant_from(claims)
+        grant_from(claims, leeway)
     }
 }
 
-fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
+/// Builds the grant; its expiry includes the leeway, as `verify` does.
+fn grant_from(claims: Claims, leeway: u64) -> Result<Grant, AuthError> {
     let bad = |claim: &'static str| {
         move |e: IdError| AuthError::BadClaim {
             claim,
@@ -332,6 +333,13 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
         }
     };
     let identity = UserName::new(&claims.sub).map_err(bad("sub"))?;
+    // A far-future exp ("never expires") must not overflow SystemTime.
+    let expires_at = UNIX_EPOCH
+        .checked_add(Duration::from_secs(claims.exp.saturating_add(leeway)))
+        .ok_or_else(|| AuthError::BadClaim {
+            claim: "exp",
+            reason: "too far in the future".into(),
+        })?;
     let rooms = claims
         .rooms
         .iter()
@@ -344,7 +352,7 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
         room_prefix: claims.room_prefix,
         create_rooms: claims.create_rooms,
         max_capacity: claims.max_capacity,
-        expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        expires_at,
     })
 }
 
@@ -412,7 +420,7 @@ fn unix_seconds(t: SystemTime) -> u64 {
 /// refuses for its content.
 pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, AuthError> {
     check_secret(secret)?;
-    grant_from(claims.clone())?;
+    grant_from(claims.clone(), 0)?;
     if claims.exp == 0 {
         return Err(AuthError::MissingClaim("exp"));
     }
@@ -841,5 +849,26 @@ mod tests {
             parse_subprotocols(&"x".repeat(MAX_TOKEN_BYTES + 257)),
             Err(AuthError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_far_future_expiry_is_a_claim_error_not_a_panic() {
+        let mut c = claims();
+        c.exp = u64::MAX;
+        assert!(matches!(
+            mint(&c, SECRET),
+            Err(AuthError::BadClaim { claim: "exp", .. })
+        ));
+    }
+
+    #[test]
+    fn the_grant_expires_with_the_leeway_verify_allowed() {
+        let c = claims();
+        let token = mint(&c, SECRET).unwrap();
+        let lenient = Authenticator::new(SECRET)
+            .unwrap()
+            .with_leeway(Duration::from_secs(30));
+        let grant = lenient.verify(&token, at(c.exp + 10)).unwrap();
+        assert_eq!(grant.expires_at(), at(c.exp + 30));
     }
 }

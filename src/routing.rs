@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::protocol::{
-    encode, Address, Capabilities, Encoded, ErrorCode, LeaveReason, Member, PeerId, RoomId,
-    RoomMode, UserName,
+    encode, Address, Capabilities, Encoded, ErrorCode, LeaveReason, Member, Message, PeerId,
+    RoomId, RoomMode, UserName,
 };
 use crate::rooms::{JoinError, JoinOutcome, LoginError, Names, Notice, RoomPolicy, Rooms};
 
@@ -199,9 +199,10 @@ pub trait Router: Send + Sync + 'static {
     fn register(&self, peer: PeerId, capabilities: Capabilities, outbox: Arc<Outbox>);
     /// Forgets `peer` (after it has left its rooms and names).
     fn unregister(&self, peer: PeerId);
-    /// Joins a room. The caller queues `joined` for the joiner first, then
-    /// broadcasts the notice, so the joiner hears of the room before anyone
-    /// in it can address the joiner.
+    /// Joins a room. The router queues `Joined` for the joiner itself,
+    /// under the room's lock, so nothing about the room (a member leaving or
+    /// joining right after) can reach the joiner before it; the caller then
+    /// broadcasts the returned notice.
     fn join(
         &self,
         room: &RoomId,
@@ -280,6 +281,9 @@ pub struct LocalRouter {
     names: Shards<Names>,
     hasher: foldhash::fast::RandomState,
     policy: RoomPolicy,
+    /// Set by `close_all`: a peer registering afterwards (it was still in
+    /// its handshake) is closed at once instead of being missed.
+    closed: Mutex<Option<CloseReason>>,
 }
 
 impl LocalRouter {
@@ -290,6 +294,7 @@ impl LocalRouter {
             rooms: Shards::new(shards),
             names: Shards::new(shards),
             hasher: Default::default(),
+            closed: Mutex::new(None),
             policy,
         }
     }
@@ -317,9 +322,14 @@ impl Router for LocalRouter {
             peer,
             PeerEntry {
                 capabilities,
-                outbox,
+                outbox: outbox.clone(),
             },
         );
+        // Checked after inserting: either close_all's sweep saw this entry,
+        // or this sees the flag close_all set before its sweep.
+        if let Some(reason) = *self.closed.lock() {
+            outbox.close(reason);
+        }
     }
 
     fn unregister(&self, peer: PeerId) {
@@ -334,14 +344,17 @@ impl Router for LocalRouter {
         member: Member,
         may_create: bool,
     ) -> Result<JoinOutcome, JoinError> {
-        self.room_shard(room).lock().join_or_create(
-            room,
-            mode,
-            capacity,
-            member,
-            self.policy,
-            may_create,
-        )
+        let joiner = member.peer_id;
+        let mut rooms = self.room_shard(room).lock();
+        let outcome =
+            rooms.join_or_create(room, mode, capacity, member, self.policy, may_create)?;
+        // Lock order: room shard, then peer shard, then outbox; nothing takes
+        // them the other way round.
+        if let Some(outbox) = self.outbox(joiner) {
+            let _ = outbox.push(encode(&Message::Joined(outcome.joined.clone())));
+        }
+        drop(rooms);
+        Ok(outcome)
     }
 
     fn broadcast(&self, notice: Notice) {
@@ -433,6 +446,7 @@ impl Router for LocalRouter {
     }
 
     fn close_all(&self, reason: CloseReason) {
+        *self.closed.lock() = Some(reason);
         for shard in self.peers.shards.iter() {
             for entry in shard.lock().values() {
                 entry.outbox.close(reason);
@@ -535,5 +549,63 @@ mod tests {
             RouteError::UnknownPeer,
             "a room hint the sender is not in is refused"
         );
+    }
+
+    #[test]
+    fn a_peer_registering_after_shutdown_began_is_closed_too() {
+        let router = LocalRouter::new(
+            4,
+            RoomPolicy {
+                default_capacity: 4,
+                max_capacity: 8,
+            },
+        );
+        let limits = OutboxLimits {
+            frames: 16,
+            bytes: 1 << 16,
+        };
+        let early = Arc::new(Outbox::new(limits));
+        router.register(PeerId(1), Capabilities::empty(), early.clone());
+        router.close_all(CloseReason::Shutdown);
+        let late = Arc::new(Outbox::new(limits));
+        router.register(PeerId(2), Capabilities::empty(), late.clone());
+        assert_eq!(early.closed(), Some(CloseReason::Shutdown));
+        assert_eq!(late.closed(), Some(CloseReason::Shutdown));
+    }
+
+    #[test]
+    fn the_joiner_gets_joined_before_any_later_notice_of_the_room() {
+        let router = LocalRouter::new(
+            4,
+            RoomPolicy {
+                default_capacity: 4,
+                max_capacity: 8,
+            },
+        );
+        let limits = OutboxLimits {
+            frames: 16,
+            bytes: 1 << 16,
+        };
+        let member = |id| Member {
+            peer_id: PeerId(id),
+            display_name: String::new(),
+            user: None,
+            capabilities: Capabilities::empty(),
+        };
+        let outboxes: Vec<_> = (1..=2)
+            .map(|id| {
+                let o = Arc::new(Outbox::new(limits));
+                router.register(PeerId(id), Capabilities::empty(), o.clone());
+                o
+            })
+            .collect();
+        let room = RoomId::new("r").unwrap();
+        router.join(&room, RoomMode::Mesh, None, member(1)).unwrap();
+        router.join(&room, RoomMode::Mesh, None, member(2)).unwrap();
+        router.leave(&room, PeerId(1), LeaveReason::Left);
+        let mut out = Vec::new();
+        outboxes[1].drain(&mut out, usize::MAX, usize::MAX);
+        let kinds: Vec<_> = out.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, vec![MessageType::Joined, MessageType::PeerLeft]);
     }
 }

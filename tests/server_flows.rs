@@ -415,3 +415,42 @@ async fn graceful_shutdown_tells_clients_and_closes_them() {
         .expect("server stops within its grace period")
         .unwrap();
 }
+
+#[tokio::test]
+async fn frames_sent_with_hello_in_one_message_are_handled() {
+    use bytes::BytesMut;
+    use futures_util::{SinkExt, StreamExt};
+    use switchboard::protocol::{decode_message, encode_into, CodecLimits};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let server = start_server(test_config()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    encode_into(
+        &Message::Hello(switchboard::client::default_hello()),
+        1,
+        &mut out,
+    );
+    encode_into(&join("with-hello", RoomMode::Pair), 2, &mut out);
+    ws.send(WsMessage::Binary(out.freeze())).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("answer in time")
+            .unwrap()
+            .unwrap();
+        if let WsMessage::Binary(data) = msg {
+            for item in decode_message(data, &CodecLimits::default()) {
+                seen.push(item.unwrap().1);
+            }
+        }
+    }
+    assert!(matches!(seen[0], Message::Welcome(_)), "{seen:?}");
+    assert!(
+        matches!(&seen[1], Message::Joined(j) if j.room.as_str() == "with-hello"),
+        "{seen:?}"
+    );
+}

@@ -10,14 +10,14 @@
 //!
 //! The scan is deliberately conservative. It returns `None` for anything
 //! unusual (the address not first or repeated, a wire type it does not
-//! expect, any field failing validation) and the caller then takes the full
+//! expect, a field this version does not know, any field failing
+//! validation) and the caller then takes the full
 //! decoder, which either accepts the message or reports the exact error. So
 //! the fast path never accepts what [`decode`](super::decode) refuses, and
 //! the property tests check that both read an accepted payload the same way.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, skip_field};
-use prost::encoding::{DecodeContext, WireType};
+use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
 
 use super::message::{MAX_CANDIDATE_BYTES, PROTOCOL_VERSION};
 use super::MAX_ID_BYTES;
@@ -130,10 +130,6 @@ fn text<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
     std::str::from_utf8(length_delimited(buf)?).ok()
 }
 
-fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Option<()> {
-    skip_field(wire, tag, buf, DecodeContext::default()).ok()
-}
-
 fn parse_address(mut buf: &[u8]) -> Option<Address> {
     let mut address = None;
     while !buf.is_empty() {
@@ -146,7 +142,9 @@ fn parse_address(mut buf: &[u8]) -> Option<Address> {
                 address = Some(Address::User(UserName::new(text(&mut buf)?).ok()?))
             }
             (1 | 2, _) => return None,
-            _ => skip(wire, tag, &mut buf)?,
+            // Unknown fields would be relayed though the full
+            // decoder drops them: leave such payloads to it.
+            _ => return None,
         }
     }
     address
@@ -166,7 +164,9 @@ fn check_session_description<'a>(
             (3, WireType::LengthDelimited) => sdp = length_delimited(&mut buf)?,
             (4, WireType::LengthDelimited) => room = Some(text(&mut buf)?),
             (1 | 3 | 4, _) => return None,
-            _ => skip(wire, tag, &mut buf)?,
+            // Unknown fields would be relayed though the full
+            // decoder drops them: leave such payloads to it.
+            _ => return None,
         }
     }
     if sdp.len() > limits.max_sdp || (!deflated && std::str::from_utf8(sdp).is_err()) {
@@ -194,7 +194,9 @@ fn check_ice<'a>(mut buf: &'a [u8], limits: &CodecLimits) -> Option<Option<&'a s
             }
             (5, WireType::LengthDelimited) => room = Some(text(&mut buf)?),
             (1 | 3 | 4 | 5, _) => return None,
-            _ => skip(wire, tag, &mut buf)?,
+            // Unknown fields would be relayed though the full
+            // decoder drops them: leave such payloads to it.
+            _ => return None,
         }
     }
     Some(room)
@@ -214,7 +216,9 @@ fn check_candidate(mut buf: &[u8]) -> Option<()> {
             }
             (4, WireType::LengthDelimited) => ufrag = text(&mut buf)?.len(),
             (1..=4, _) => return None,
-            _ => skip(wire, tag, &mut buf)?,
+            // Unknown fields would be relayed though the full
+            // decoder drops them: leave such payloads to it.
+            _ => return None,
         }
     }
     (candidate <= MAX_CANDIDATE_BYTES && mid <= MAX_ID_BYTES && ufrag <= MAX_ID_BYTES).then_some(())
@@ -296,6 +300,14 @@ mod tests {
             i.candidates = vec![IceCandidate::default(); limits.max_candidates + 1];
         }
         assert!(scan(&frame_of(&many), &limits).is_none());
+        // An unknown field: the full decoder drops it, so the fast path must
+        // not relay it.
+        let mut unknown = frame_of(&ice(Address::Peer(PeerId(1))));
+        let mut bytes = unknown.payload.to_vec();
+        bytes.extend_from_slice(&[0x7a, 0x03, b'x', b'y', b'z']);
+        unknown.payload = bytes.into();
+        assert!(decode(&unknown, &limits).is_ok());
+        assert!(scan(&unknown, &limits).is_none());
     }
 
     mod prop {

@@ -103,10 +103,10 @@ where
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
         let hello = Box::pin(tokio::time::timeout_at(deadline, read_hello(ws, shared))).await;
-        let hello = match hello {
+        let (hello, after_hello) = match hello {
             Ok(Ok(hello)) => hello,
             Ok(Err(close)) => {
-                let _ = Box::pin(close_with(ws, close)).await;
+                Box::pin(close_within(ws, close)).await;
                 return;
             }
             Err(_) => {
@@ -115,7 +115,7 @@ where
                     "no hello before the handshake timeout",
                     LeaveReason::TimedOut,
                 );
-                let _ = Box::pin(close_with(ws, close)).await;
+                Box::pin(close_within(ws, close)).await;
                 return;
             }
         };
@@ -167,7 +167,17 @@ where
             capabilities,
             sdp_dictionary: sdp::DICTIONARY_ID,
         }));
-        let close = serve(ws, &mut session, &outbox, shared).await;
+        // Frames the client sent right behind its Hello (Hello + Join in
+        // one message) run now, after Welcome is queued.
+        let early = if after_hello.is_empty() {
+            None
+        } else {
+            session.receive(after_hello)
+        };
+        let close = match early {
+            Some(close) => Some(close),
+            None => serve(ws, &mut session, &outbox, shared).await,
+        };
         debug!(?close, "connection ending");
         session.leave_reason = close
             .as_ref()
@@ -176,8 +186,7 @@ where
         // if the close handshake below stalls.
         drop(session);
         if let Some(close) = close {
-            let closing = tokio::time::timeout(Duration::from_secs(1), close_with(ws, close));
-            let _ = Box::pin(closing).await;
+            Box::pin(close_within(ws, close)).await;
         }
     }
 }
@@ -249,7 +258,7 @@ where
 async fn read_hello<S>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared,
-) -> Result<protocol::Hello, Close>
+) -> Result<(protocol::Hello, Bytes), Close>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -268,12 +277,16 @@ where
                 return Err(refuse(ErrorCode::HelloRequired, "closed before hello"))
             }
         };
-        let mut frames = Frames::new(data, shared.codec.max_payload, 1);
-        let Some(Ok(frame)) = frames.next() else {
+        // The frames after Hello in the same message are handled once the
+        // session exists.
+        let mut rest = data;
+        let Ok(frame) = protocol::frame::split_frame(&mut rest, shared.codec.max_payload) else {
             return Err(refuse(ErrorCode::Malformed, "malformed hello"));
         };
         return match protocol::decode(&frame, &shared.codec) {
-            Ok(Message::Hello(hello)) if hello.protocol_version >= PROTOCOL_VERSION => Ok(hello),
+            Ok(Message::Hello(hello)) if hello.protocol_version >= PROTOCOL_VERSION => {
+                Ok((hello, rest))
+            }
             Ok(Message::Hello(_)) => Err(refuse(
                 ErrorCode::UnsupportedVersion,
                 "protocol version 1 or later required",
@@ -305,7 +318,6 @@ where
     let max_frames = shared.config.max_frames_per_message;
     let max_bytes = shared.config.max_message_bytes;
     let mut pending: Vec<Encoded> = Vec::new();
-    let mut out = BytesMut::new();
     // One timer serves the heartbeat and the write-stall deadline.
     let timer = tokio::time::sleep_until(last_heard + interval);
     tokio::pin!(timer);
@@ -326,7 +338,7 @@ where
                 loop {
                     let closed = outbox.drain(&mut pending, max_frames, max_bytes);
                     if let Some(reason) = closed {
-                        return Some(Box::pin(closing(ws, session, &mut pending, &mut out, reason)).await);
+                        return Some(Box::pin(closing(ws, session, &mut pending, reason)).await);
                     }
                     if pending.is_empty() {
                         break;
@@ -335,7 +347,7 @@ where
                     // Boxed: the write's state would otherwise widen every
                     // idle connection's task by its size (an allocation per
                     // write is far cheaper than the system call it makes).
-                    let write = write_bounded(ws, session, &mut pending, &mut out, outbox, timer.as_mut(), stalled);
+                    let write = write_bounded(ws, session, &mut pending, outbox, timer.as_mut(), stalled);
                     match Box::pin(write).await {
                         Ok(()) => {}
                         Err(close) => return close,
@@ -373,7 +385,8 @@ where
                 if let Some(close) = session.receive(data) {
                     // Flush what is queued (the error explaining the close).
                     let _ = outbox.drain(&mut pending, max_frames, max_bytes);
-                    let _ = Box::pin(write(ws, session, &mut pending, &mut out)).await;
+                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, session, &mut pending));
+                    let _ = Box::pin(flush).await;
                     return Some(close);
                 }
             }
@@ -406,7 +419,6 @@ async fn closing<S>(
     ws: &mut WebSocketStream<S>,
     session: &mut Session,
     pending: &mut Vec<Encoded>,
-    out: &mut BytesMut,
     reason: CloseReason,
 ) -> Close
 where
@@ -421,8 +433,7 @@ where
                 message: "server is shutting down".into(),
                 request_seq: 0,
             })));
-            let _ = tokio::time::timeout(Duration::from_secs(1), write(ws, session, pending, out))
-                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), write(ws, session, pending)).await;
             Close {
                 code: CloseCode::Away,
                 reason: "server shutting down",
@@ -440,7 +451,6 @@ async fn write_bounded<S>(
     ws: &mut WebSocketStream<S>,
     session: &mut Session,
     pending: &mut Vec<Encoded>,
-    out: &mut BytesMut,
     outbox: &Outbox,
     mut timer: Pin<&mut Sleep>,
     stalled: Instant,
@@ -448,7 +458,7 @@ async fn write_bounded<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let send = write(ws, session, pending, out);
+    let send = write(ws, session, pending);
     tokio::pin!(send);
     // Most writes complete at once: only arm the timer when one does not.
     if let Some(result) = futures_util::FutureExt::now_or_never(&mut send) {
@@ -475,7 +485,6 @@ async fn write<S>(
     ws: &mut WebSocketStream<S>,
     session: &mut Session,
     pending: &mut Vec<Encoded>,
-    out: &mut BytesMut,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -484,14 +493,16 @@ where
         return Ok(());
     }
     let total: usize = pending.iter().map(Encoded::frame_len).sum();
-    out.reserve(total);
+    // A fresh buffer each time: one kept between writes would hold on to
+    // the largest message ever sent by this connection.
+    let mut out = BytesMut::with_capacity(total);
     for frame in pending.drain(..) {
         session.seq_out = next_seq(session.seq_out);
-        frame.write(session.seq_out, out);
+        frame.write(session.seq_out, &mut out);
     }
     // An idle connection keeps no frame list.
     *pending = Vec::new();
-    let message: Bytes = out.split().freeze();
+    let message: Bytes = out.freeze();
     ws.send(WsMessage::Binary(message)).await
 }
 
@@ -504,6 +515,15 @@ where
         reason: close.reason.into(),
     }))
     .await
+}
+
+/// [`close_with`], giving up after a second: a peer that does not read must
+/// not hold its connection slot by never taking the close frame.
+async fn close_within<S>(ws: &mut WebSocketStream<S>, close: Close)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), close_with(ws, close)).await;
 }
 
 /// The protocol state of one connection: its rooms, its name, its call
@@ -773,7 +793,7 @@ impl Session {
                 // Most peers are in one room: grow one at a time.
                 self.rooms.reserve_exact(1);
                 self.rooms.push(join.room);
-                self.reply(&Message::Joined(outcome.joined));
+                // The router has queued Joined for us already.
                 if let Some(notice) = outcome.notice {
                     self.router.broadcast(notice);
                 }
