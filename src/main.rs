@@ -10,11 +10,13 @@ use clap::Parser;
 use switchboard::config::{AuthMode, Config, Secret};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc returns freed pages to the system and packs small allocations
+/// jemalloc returns freed pages to the system and packs small allocations
 /// tightly, which keeps resident memory per idle connection low after the
-/// bursts of short-lived buffers that connection set-up allocates.
+/// bursts of short-lived buffers that connection set-up allocates
+/// (BENCHMARKS.md compares it with glibc malloc and mimalloc).
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A WebRTC signaling relay: 1:1 rooms, mesh rooms and calls by name.
 ///
