@@ -3,7 +3,9 @@
 # compiles proto/ with protox. The demo page is embedded in the binary.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# gcc builds mimalloc and ring; nothing else is needed.
+# The slim image has gcc; jemalloc's build also needs make.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
