@@ -497,31 +497,40 @@ mod tests {
         assert!(out.iter().all(|f| f.kind == MessageType::Ping));
     }
 
-    #[test]
-    fn peers_reach_each_other_only_through_a_shared_room() {
-        let router = LocalRouter::new(
+    fn router() -> LocalRouter {
+        LocalRouter::new(
             4,
             RoomPolicy {
                 default_capacity: 4,
                 max_capacity: 8,
             },
-        );
-        let limits = OutboxLimits {
+        )
+    }
+
+    /// Registers peer `id` with a fresh outbox and returns the outbox.
+    fn register(router: &LocalRouter, id: u64) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(OutboxLimits {
             frames: 16,
             bytes: 1 << 16,
-        };
-        let member = |id| Member {
+        }));
+        router.register(PeerId(id), Capabilities::empty(), outbox.clone());
+        outbox
+    }
+
+    fn member(id: u64) -> Member {
+        Member {
             peer_id: PeerId(id),
             display_name: String::new(),
             user: None,
             capabilities: Capabilities::empty(),
-        };
+        }
+    }
+
+    #[test]
+    fn peers_reach_each_other_only_through_a_shared_room() {
+        let router = router();
         for id in 1..=3 {
-            router.register(
-                PeerId(id),
-                Capabilities::empty(),
-                Arc::new(Outbox::new(limits)),
-            );
+            register(&router, id);
         }
         let a = RoomId::new("a").unwrap();
         let b = RoomId::new("b").unwrap();
@@ -553,52 +562,18 @@ mod tests {
 
     #[test]
     fn a_peer_registering_after_shutdown_began_is_closed_too() {
-        let router = LocalRouter::new(
-            4,
-            RoomPolicy {
-                default_capacity: 4,
-                max_capacity: 8,
-            },
-        );
-        let limits = OutboxLimits {
-            frames: 16,
-            bytes: 1 << 16,
-        };
-        let early = Arc::new(Outbox::new(limits));
-        router.register(PeerId(1), Capabilities::empty(), early.clone());
+        let router = router();
+        let early = register(&router, 1);
         router.close_all(CloseReason::Shutdown);
-        let late = Arc::new(Outbox::new(limits));
-        router.register(PeerId(2), Capabilities::empty(), late.clone());
+        let late = register(&router, 2);
         assert_eq!(early.closed(), Some(CloseReason::Shutdown));
         assert_eq!(late.closed(), Some(CloseReason::Shutdown));
     }
 
     #[test]
     fn the_joiner_gets_joined_before_any_later_notice_of_the_room() {
-        let router = LocalRouter::new(
-            4,
-            RoomPolicy {
-                default_capacity: 4,
-                max_capacity: 8,
-            },
-        );
-        let limits = OutboxLimits {
-            frames: 16,
-            bytes: 1 << 16,
-        };
-        let member = |id| Member {
-            peer_id: PeerId(id),
-            display_name: String::new(),
-            user: None,
-            capabilities: Capabilities::empty(),
-        };
-        let outboxes: Vec<_> = (1..=2)
-            .map(|id| {
-                let o = Arc::new(Outbox::new(limits));
-                router.register(PeerId(id), Capabilities::empty(), o.clone());
-                o
-            })
-            .collect();
+        let router = router();
+        let outboxes: Vec<_> = (1..=2).map(|id| register(&router, id)).collect();
         let room = RoomId::new("r").unwrap();
         router.join(&room, RoomMode::Mesh, None, member(1)).unwrap();
         router.join(&room, RoomMode::Mesh, None, member(2)).unwrap();
