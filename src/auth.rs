@@ -65,6 +65,10 @@ pub enum AuthError {
     /// The token is not a JWT: wrong number of parts, bad base64 or bad JSON.
     #[error("token is malformed")]
     Malformed,
+    /// The header lists critical extensions (`crit`, RFC 7515 §4.1.11);
+    /// this server understands none, so it must refuse the token.
+    #[error("token header lists critical extensions ({0}) this server does not understand")]
+    CriticalExtension(String),
     /// The header names an algorithm other than HS256 (`none` included).
     #[error("token algorithm {alg:?} is not accepted, only HS256 is")]
     BadAlgorithm {
@@ -362,12 +366,21 @@ fn check_algorithm(token: &str) -> Result<(), AuthError> {
     #[derive(Deserialize)]
     struct JoseHeader {
         alg: Option<String>,
+        /// Any JSON: a `crit` of the wrong type is refused all the same.
+        crit: Option<serde_json::Value>,
     }
     let header = token.split('.').next().ok_or(AuthError::Malformed)?;
     let json = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| AuthError::Malformed)?;
     let header: JoseHeader = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
+    if let Some(crit) = header.crit {
+        // RFC 7515 §4.1.11: a recipient that does not understand every
+        // listed extension must reject the JWS. We understand none.
+        let mut listed = crit.to_string();
+        listed.truncate(64);
+        return Err(AuthError::CriticalExtension(listed));
+    }
     match header.alg.as_deref() {
         Some("HS256") => Ok(()),
         other => Err(AuthError::BadAlgorithm {
@@ -577,6 +590,31 @@ mod tests {
             })
         );
         assert!(auth().verify(&token, at(T0 + 100)).is_ok());
+    }
+
+    #[test]
+    fn token_with_critical_extensions_is_refused() {
+        // Correctly signed, but the header marks an extension critical
+        // (RFC 7515 §4.1.11): a verifier that does not know it must refuse.
+        let header = b64(r#"{"alg":"HS256","typ":"JWT","crit":["exp2"],"exp2":1}"#);
+        let payload = b64(&serde_json::to_string(&claims()).unwrap());
+        let signing_input = format!("{header}.{payload}");
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        let token = format!("{signing_input}.{signature}");
+        assert!(matches!(
+            auth().verify(&token, at(T0)),
+            Err(AuthError::CriticalExtension(_))
+        ));
+        // The same token without `crit` is accepted, so `crit` is the reason.
+        let plain = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let signing_input = format!("{plain}.{payload}");
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        assert!(auth()
+            .verify(&format!("{signing_input}.{signature}"), at(T0))
+            .is_ok());
     }
 
     #[test]

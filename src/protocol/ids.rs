@@ -49,9 +49,48 @@ pub enum IdError {
         /// The limit.
         max: usize,
     },
-    /// The id contains a control character or surrounding whitespace.
-    #[error("contains control characters or leading/trailing whitespace")]
-    BadCharacters,
+    /// The id contains a character outside the safe profile (see
+    /// [`check_profile`]).
+    #[error(
+        "contains {0}; ids may not hold control, format (bidi, zero-width), private-use, \
+         unassigned or separator characters other than an inner space"
+    )]
+    BadCharacters(&'static str),
+    /// The id is not in Unicode Normalization Form C, so two ids that look
+    /// the same could differ in bytes.
+    #[error("is not in Unicode Normalization Form C")]
+    NotNormalized,
+}
+
+/// The safe profile of room ids and user names, in the spirit of RFC 8265
+/// (PRECIS) but permissive enough for the ids the tutorials use (digits,
+/// spaces, punctuation, any script): every character is a letter, mark,
+/// number, punctuation, symbol or U+0020 SPACE (not at either end), and the
+/// whole string is in NFC. That leaves out control characters (Cc), format
+/// characters (Cf: bidi overrides such as U+202E, zero-width U+200B..U+200D,
+/// U+FEFF), surrogates, private use, unassigned code points, and every other
+/// separator (U+00A0, U+2028, ideographic space...), which together are
+/// what look-alike names and log injection are made of.
+pub fn check_profile(s: &str) -> Result<(), IdError> {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    for c in s.chars() {
+        let why = match c.general_category() {
+            G::Control => "a control character",
+            G::Format => "a format character (bidi control or zero-width)",
+            G::Surrogate | G::PrivateUse | G::Unassigned => "a private-use or unassigned character",
+            G::LineSeparator | G::ParagraphSeparator => "a line or paragraph separator",
+            G::SpaceSeparator if c != ' ' => "a space other than U+0020",
+            _ => continue,
+        };
+        return Err(IdError::BadCharacters(why));
+    }
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return Err(IdError::BadCharacters("a leading or trailing space"));
+    }
+    if !unicode_normalization::is_nfc(s) {
+        return Err(IdError::NotNormalized);
+    }
+    Ok(())
 }
 
 fn check(s: &str) -> Result<(), IdError> {
@@ -64,10 +103,7 @@ fn check(s: &str) -> Result<(), IdError> {
             max: MAX_ID_BYTES,
         });
     }
-    if s.chars().any(char::is_control) || s.trim() != s {
-        return Err(IdError::BadCharacters);
-    }
-    Ok(())
+    check_profile(s)
 }
 
 macro_rules! name_type {
@@ -77,8 +113,8 @@ macro_rules! name_type {
         pub struct $name(Arc<str>);
 
         impl $name {
-            /// Validates `s`: non-empty, at most [`MAX_ID_BYTES`] bytes, no
-            /// control characters, no leading or trailing whitespace.
+            /// Validates `s`: non-empty, at most [`MAX_ID_BYTES`] bytes, and
+            /// within the safe profile of [`check_profile`].
             pub fn new(s: &str) -> Result<Self, IdError> {
                 check(s)?;
                 Ok($name(Arc::from(s)))
@@ -138,8 +174,45 @@ mod tests {
             RoomId::new(&"r".repeat(MAX_ID_BYTES + 1)),
             Err(IdError::TooLong { len: 65, max: 64 })
         );
-        assert_eq!(UserName::new("a\nb"), Err(IdError::BadCharacters));
-        assert_eq!(UserName::new(" alice"), Err(IdError::BadCharacters));
+        assert!(matches!(
+            UserName::new("a\nb"),
+            Err(IdError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            UserName::new(" alice"),
+            Err(IdError::BadCharacters(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_look_alike_and_invisible_characters() {
+        // "carol" with a right-to-left override, a zero-width space, a
+        // zero-width joiner, a byte-order mark, a no-break space.
+        for bad in [
+            "car\u{202E}lo",
+            "car\u{200B}ol",
+            "car\u{200D}ol",
+            "\u{FEFF}carol",
+            "car\u{00A0}ol",
+            "car\u{2028}ol",
+            "car\u{E000}ol",
+        ] {
+            assert!(
+                matches!(UserName::new(bad), Err(IdError::BadCharacters(_))),
+                "{bad:?} accepted"
+            );
+            assert!(RoomId::new(bad).is_err(), "room {bad:?} accepted");
+        }
+        // e + combining acute is NFD; the NFC form is accepted.
+        assert_eq!(UserName::new("jose\u{301}"), Err(IdError::NotNormalized));
+        assert!(UserName::new("jos\u{e9}").is_ok());
+        // Ordinary ids of every script, digits, punctuation, inner spaces.
+        for good in ["Alice Smith", "张三", "room-1001", "#general", "Łódź", "🙂"] {
+            assert!(UserName::new(good).is_ok(), "{good:?} refused");
+            assert!(RoomId::new(good).is_ok(), "room {good:?} refused");
+        }
+        // The price of refusing zero-width joiners: emoji ZWJ sequences.
+        assert!(UserName::new("👩\u{200D}💻").is_err());
     }
 
     #[test]
