@@ -45,13 +45,19 @@ pub struct Config {
     pub max_sdp_bytes: usize,
     /// Most ICE candidates in one batch.
     pub max_candidates_per_batch: usize,
-    /// Sustained frames per second per client.
+    /// Sustained inbound units per second per client: each protocol frame,
+    /// and each WebSocket message or control frame without one (ping, pong,
+    /// text, empty, undecodable).
     pub rate_per_second: u32,
-    /// Frames a client may send above the sustained rate in a burst.
+    /// Units a client may send above the sustained rate in a burst.
     pub rate_burst: u32,
-    /// Frames dropped for rate in a row before the connection is closed
-    /// with a policy-violation code.
+    /// Units dropped for rate within one `rate_abuse_window`, with more
+    /// dropped than accepted, before the connection is closed with a
+    /// policy-violation code.
     pub rate_abuse_threshold: u32,
+    /// The window over which dropped and accepted units are compared.
+    #[serde(with = "millis")]
+    pub rate_abuse_window: Duration,
     /// Capacity of a mesh room created without asking for one.
     pub default_room_capacity: u32,
     /// Largest capacity a mesh room may ask for.
@@ -169,6 +175,7 @@ impl Default for Config {
             rate_per_second: 200,
             rate_burst: 400,
             rate_abuse_threshold: 1_000,
+            rate_abuse_window: Duration::from_secs(10),
             default_room_capacity: 8,
             max_room_capacity: 64,
             max_rooms_per_peer: 16,
@@ -299,6 +306,24 @@ impl Config {
             urls: self.turn_urls.clone(),
             ttl: self.turn_ttl,
         })
+    }
+
+    /// The per-client rate rules.
+    pub fn rate_policy(&self) -> crate::rate::RatePolicy {
+        crate::rate::RatePolicy {
+            per_second: self.rate_per_second,
+            burst: self.rate_burst,
+            abuse_threshold: self.rate_abuse_threshold,
+            abuse_window: self.rate_abuse_window,
+        }
+    }
+
+    /// The most bytes tungstenite may hold waiting for the socket: two of
+    /// the largest messages (one being written, one behind it) and room for
+    /// the control frames it answers by itself (pongs, the close reply).
+    /// A client that stops reading fills it and is cut off.
+    pub fn write_buffer_limit(&self) -> usize {
+        2 * self.max_message_bytes + 64 * 1024
     }
 
     /// Limits for the decoder.

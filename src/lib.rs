@@ -5,6 +5,8 @@
 //!   SDP compression, ICE batching. Pure, fuzzed, no tokio.
 //! - [`rooms`]: room and name rules as plain data (join/leave/login in,
 //!   notices out). Pure and fuzzable.
+//! - [`rate`]: the per-client rate guard (token bucket, limited replies,
+//!   abuse by ratio over a window). Pure, clock passed in.
 //! - [`routing`]: the sharded routing table and per-peer bounded outboxes,
 //!   behind the [`routing::Router`] trait.
 //! - [`client`]: an async client (used by the tests and the load generator).
@@ -21,6 +23,7 @@ pub mod config;
 pub mod load;
 mod proto;
 pub mod protocol;
+pub mod rate;
 pub mod rooms;
 pub mod routing;
 pub mod server;

@@ -67,15 +67,18 @@ struct Cli {
     /// Largest SDP, compressed or inflated, in bytes [default: 65536].
     #[arg(long, env = "SWITCHBOARD_MAX_SDP_BYTES")]
     max_sdp_bytes: Option<usize>,
-    /// Sustained frames per second per client [default: 200].
+    /// Sustained frames (and frameless WebSocket messages, pings included) per second per client [default: 200].
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SECOND")]
     rate_per_second: Option<u32>,
     /// Burst of frames above the sustained rate [default: 400].
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     rate_burst: Option<u32>,
-    /// Rate-limited frames in a row before the client is disconnected [default: 1000].
+    /// Rate-limited frames within one abuse window, more than were accepted, before the client is disconnected [default: 1000].
     #[arg(long, env = "SWITCHBOARD_RATE_ABUSE_THRESHOLD")]
     rate_abuse_threshold: Option<u32>,
+    /// The window of the abuse rule, in milliseconds [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_RATE_ABUSE_WINDOW_MS")]
+    rate_abuse_window_ms: Option<u64>,
     /// Capacity of a mesh room created without asking [default: 8].
     #[arg(long, env = "SWITCHBOARD_DEFAULT_ROOM_CAPACITY")]
     default_room_capacity: Option<u32>,
@@ -289,6 +292,9 @@ impl Cli {
         }
         if let Some(v) = self.heartbeat_timeout_ms {
             c.heartbeat_timeout = ms(v);
+        }
+        if let Some(v) = self.rate_abuse_window_ms {
+            c.rate_abuse_window = ms(v);
         }
         if let Some(v) = self.shutdown_grace_ms {
             c.shutdown_grace = ms(v);

@@ -232,6 +232,21 @@ impl Rooms {
         Ok(JoinOutcome { joined, notice })
     }
 
+    /// Sets the user name `peer` is listed with in `room` (`None` after a
+    /// logout), so member lists always show the current name; false if
+    /// `peer` is not a member.
+    pub fn set_user(&mut self, room: &RoomId, peer: PeerId, user: Option<UserName>) -> bool {
+        let Some(member) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.members.iter_mut().find(|m| m.peer_id == peer))
+        else {
+            return false;
+        };
+        member.user = user;
+        true
+    }
+
     /// Removes `peer` from `room`; returns the `PeerLeft` notice for the
     /// remaining members, or `None` if `peer` was not a member. An empty room
     /// is forgotten.
@@ -261,10 +276,27 @@ fn peer_left(room: &RoomId, peer: PeerId, reason: LeaveReason) -> Message {
     })
 }
 
-/// Logged-in user names, unique within the set.
+/// Most call partners one name has at once; past it the oldest call is
+/// forgotten (so cold callers cannot make a user unreachable).
+pub const MAX_CALLS: usize = 64;
+
+/// Logged-in user names, unique within the set, and the named calls each
+/// is in.
+///
+/// A call between two names begins with the first offer or answer one
+/// sends the other by name, and ends with a hang-up by either, or when
+/// either logs out or disconnects (the other is then sent `HangUp`). Only a
+/// partner in a call may hang it up.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    names: foldhash::HashMap<UserName, PeerId>,
+    names: foldhash::HashMap<UserName, NameEntry>,
+}
+
+#[derive(Clone, Debug)]
+struct NameEntry {
+    peer: PeerId,
+    /// Names this one is in a call with, oldest first.
+    calls: Vec<UserName>,
 }
 
 /// Why a login was refused.
@@ -279,9 +311,16 @@ impl Names {
     /// Claims `name` for `peer`.
     pub fn login(&mut self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
         match self.names.get(name) {
-            Some(holder) if *holder != peer => Err(LoginError::Taken),
-            _ => {
-                self.names.insert(name.clone(), peer);
+            Some(holder) if holder.peer != peer => Err(LoginError::Taken),
+            Some(_) => Ok(()),
+            None => {
+                self.names.insert(
+                    name.clone(),
+                    NameEntry {
+                        peer,
+                        calls: Vec::new(),
+                    },
+                );
                 Ok(())
             }
         }
@@ -289,17 +328,55 @@ impl Names {
 
     /// Frees `name` if `peer` holds it.
     pub fn logout(&mut self, name: &UserName, peer: PeerId) -> bool {
-        if self.names.get(name) == Some(&peer) {
-            self.names.remove(name);
-            true
-        } else {
-            false
+        self.take(name, peer).is_some()
+    }
+
+    /// Frees `name` if `peer` holds it and returns the names it was in a
+    /// call with (each must be told and must forget it).
+    pub fn take(&mut self, name: &UserName, peer: PeerId) -> Option<Vec<UserName>> {
+        if self.lookup(name) != Some(peer) {
+            return None;
         }
+        self.names.remove(name).map(|e| e.calls)
     }
 
     /// The peer holding `name`.
     pub fn lookup(&self, name: &UserName) -> Option<PeerId> {
-        self.names.get(name).copied()
+        self.names.get(name).map(|e| e.peer)
+    }
+
+    /// Records, on `name`'s side only, that it is in a call with `other`
+    /// (the caller records both sides, each in the shard holding it);
+    /// false if `peer` does not hold `name`.
+    pub fn add_call(&mut self, name: &UserName, peer: PeerId, other: &UserName) -> bool {
+        let Some(entry) = self.names.get_mut(name).filter(|e| e.peer == peer) else {
+            return false;
+        };
+        if !entry.calls.contains(other) {
+            if entry.calls.len() >= MAX_CALLS {
+                entry.calls.remove(0);
+            }
+            entry.calls.push(other.clone());
+        }
+        true
+    }
+
+    /// Forgets, on `name`'s side, its call with `other`; false if there was
+    /// none.
+    pub fn end_call(&mut self, name: &UserName, other: &UserName) -> bool {
+        let Some(entry) = self.names.get_mut(name) else {
+            return false;
+        };
+        let before = entry.calls.len();
+        entry.calls.retain(|c| c != other);
+        entry.calls.len() != before
+    }
+
+    /// Whether `name` is in a call with `other`.
+    pub fn in_call(&self, name: &UserName, other: &UserName) -> bool {
+        self.names
+            .get(name)
+            .is_some_and(|e| e.calls.contains(other))
     }
 
     /// Number of names held.
@@ -446,5 +523,52 @@ mod tests {
         assert!(names.logout(&alice, PeerId(1)));
         names.login(&alice, PeerId(2)).unwrap();
         assert_eq!(names.lookup(&alice), Some(PeerId(2)));
+    }
+
+    #[test]
+    fn calls_last_until_hung_up_or_logged_out_and_are_bounded() {
+        let mut names = Names::default();
+        let n = |s: &str| UserName::new(s).unwrap();
+        names.login(&n("alice"), PeerId(1)).unwrap();
+        names.login(&n("bob"), PeerId(2)).unwrap();
+        assert!(
+            !names.add_call(&n("alice"), PeerId(9), &n("bob")),
+            "not alice's peer"
+        );
+        assert!(names.add_call(&n("alice"), PeerId(1), &n("bob")));
+        assert!(names.add_call(&n("bob"), PeerId(2), &n("alice")));
+        assert!(names.in_call(&n("alice"), &n("bob")));
+        assert!(names.end_call(&n("alice"), &n("bob")));
+        assert!(!names.in_call(&n("alice"), &n("bob")));
+        // Logging out hands back the calls to end; the name comes back clean.
+        assert_eq!(names.take(&n("bob"), PeerId(2)), Some(vec![n("alice")]));
+        names.login(&n("bob"), PeerId(3)).unwrap();
+        assert!(!names.in_call(&n("bob"), &n("alice")));
+        // Past MAX_CALLS the oldest call is forgotten.
+        for i in 0..=MAX_CALLS {
+            assert!(names.add_call(&n("alice"), PeerId(1), &n(&format!("c{i}"))));
+        }
+        assert!(!names.in_call(&n("alice"), &n("c0")));
+        assert!(names.in_call(&n("alice"), &n(&format!("c{MAX_CALLS}"))));
+    }
+
+    #[test]
+    fn member_lists_follow_logins_and_logouts() {
+        let mut rooms = Rooms::new();
+        rooms
+            .join(&r("x"), RoomMode::Mesh, None, m(1), POLICY)
+            .unwrap();
+        let carol = UserName::new("carol").unwrap();
+        assert!(rooms.set_user(&r("x"), PeerId(1), Some(carol.clone())));
+        let joined = rooms
+            .join(&r("x"), RoomMode::Mesh, None, m(2), POLICY)
+            .unwrap();
+        assert_eq!(joined.joined.members[0].user, Some(carol));
+        assert!(rooms.set_user(&r("x"), PeerId(1), None));
+        let joined = rooms
+            .join(&r("x"), RoomMode::Mesh, None, m(3), POLICY)
+            .unwrap();
+        assert_eq!(joined.joined.members[0].user, None);
+        assert!(!rooms.set_user(&r("x"), PeerId(7), None), "not a member");
     }
 }

@@ -228,8 +228,18 @@ pub trait Router: Send + Sync + 'static {
     fn leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool;
     /// Claims a user name.
     fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError>;
-    /// Frees a user name held by `peer`.
-    fn logout(&self, name: &UserName, peer: PeerId);
+    /// Frees a user name held by `peer`, ends its calls on the partners'
+    /// side too, and returns the partners (each is to be sent `HangUp`).
+    fn logout(&self, name: &UserName, peer: PeerId) -> Vec<UserName>;
+    /// Sets the user name `peer` is listed with in each of `rooms`.
+    fn set_member_user(&self, rooms: &[RoomId], peer: PeerId, user: Option<&UserName>);
+    /// Records a named call between `a` (held by `a_peer`) and `b` (held
+    /// by `b_peer`), on both sides.
+    fn open_call(&self, a: &UserName, a_peer: PeerId, b: &UserName, b_peer: PeerId);
+    /// Whether `a` is in a call with `b`.
+    fn in_call(&self, a: &UserName, b: &UserName) -> bool;
+    /// Ends the call between `a` and `b` on both sides.
+    fn end_call(&self, a: &UserName, b: &UserName);
     /// Finds the peer `to` names, checking that `from` may address it: by
     /// peer id only within a shared room (one of `rooms`, or `hint` alone if
     /// given), by name only when `from` is logged in.
@@ -305,6 +315,10 @@ impl LocalRouter {
 
     fn room_shard(&self, room: &RoomId) -> &Mutex<Rooms> {
         self.rooms.at(self.hash(room))
+    }
+
+    fn names_shard(&self, name: &UserName) -> &Mutex<Names> {
+        self.names.at(self.hash(name))
     }
 
     fn outbox(&self, peer: PeerId) -> Option<Arc<Outbox>> {
@@ -383,11 +397,44 @@ impl Router for LocalRouter {
     }
 
     fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
-        self.names.at(self.hash(name)).lock().login(name, peer)
+        self.names_shard(name).lock().login(name, peer)
     }
 
-    fn logout(&self, name: &UserName, peer: PeerId) {
-        self.names.at(self.hash(name)).lock().logout(name, peer);
+    fn logout(&self, name: &UserName, peer: PeerId) -> Vec<UserName> {
+        let calls = self.names_shard(name).lock().take(name, peer);
+        let calls = calls.unwrap_or_default();
+        // One shard at a time: never two name locks at once.
+        for partner in &calls {
+            self.names_shard(partner).lock().end_call(partner, name);
+        }
+        calls
+    }
+
+    fn set_member_user(&self, rooms: &[RoomId], peer: PeerId, user: Option<&UserName>) {
+        for room in rooms {
+            self.room_shard(room)
+                .lock()
+                .set_user(room, peer, user.cloned());
+        }
+    }
+
+    fn open_call(&self, a: &UserName, a_peer: PeerId, b: &UserName, b_peer: PeerId) {
+        if self.names_shard(a).lock().in_call(a, b) {
+            // The common case (every later offer and answer of a call).
+            return;
+        }
+        if self.names_shard(a).lock().add_call(a, a_peer, b) {
+            self.names_shard(b).lock().add_call(b, b_peer, a);
+        }
+    }
+
+    fn in_call(&self, a: &UserName, b: &UserName) -> bool {
+        self.names_shard(a).lock().in_call(a, b)
+    }
+
+    fn end_call(&self, a: &UserName, b: &UserName) {
+        self.names_shard(a).lock().end_call(a, b);
+        self.names_shard(b).lock().end_call(b, a);
     }
 
     fn resolve(

@@ -7,14 +7,12 @@
 //! [`Outbox`]; the task drains the outbox in one go and writes one WebSocket
 //! message with one flush.
 
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,9 +27,10 @@ use crate::auth::Grant;
 use crate::protocol::frame::next_seq;
 use crate::protocol::{
     self, encode, relay, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
-    Frames, Join, LeaveReason, LoginResult, Member, Message, MessageType, PeerId, RoomId, RoomMode,
-    Sdp, UserName, Welcome, PROTOCOL_VERSION,
+    FieldError, Frames, Join, LeaveReason, LoginResult, Member, Message, MessageType, PeerId,
+    RoomId, RoomMode, Sdp, UserName, Welcome, PROTOCOL_VERSION,
 };
+use crate::rate::{RateGuard, Verdict};
 use crate::rooms::{JoinError, LoginError};
 use crate::routing::{CloseReason, Outbox, RouteError, Router, Target};
 
@@ -44,6 +43,35 @@ struct Close {
 }
 
 impl Close {
+    /// The client persisted well above its rate limit.
+    fn abuse() -> Close {
+        Close {
+            code: CloseCode::Policy,
+            reason: "rate limit abused",
+            leave: LeaveReason::Kicked,
+        }
+    }
+
+    /// How to end a connection whose WebSocket layer failed: the RFC 6455
+    /// code for a protocol violation, invalid UTF-8 or an oversized message;
+    /// `None` when the socket itself is gone (nothing can be sent).
+    fn for_ws_error(e: &tungstenite::Error) -> Option<Close> {
+        let (code, reason) = match e {
+            tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too large"),
+            tungstenite::Error::Protocol(_) => {
+                (CloseCode::Protocol, "websocket protocol violation")
+            }
+            tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "text message is not UTF-8"),
+            tungstenite::Error::WriteBufferFull(_) => return Some(slow_consumer()),
+            _ => return None,
+        };
+        Some(Close {
+            code,
+            reason,
+            leave: LeaveReason::Disconnected,
+        })
+    }
+
     fn app(code: ErrorCode, reason: &'static str, leave: LeaveReason) -> Close {
         // Application close codes are 4000 + the protocol error code, so a
         // client learns the exact reason even if the Error frame was lost.
@@ -100,22 +128,32 @@ where
         let ws = &mut self.ws;
         let shared = &self.shared;
         let deadline = Instant::now() + shared.config.handshake_timeout;
+        // Counts from the first byte: pings and junk before Hello too.
+        let mut rate = RateGuard::new(shared.config.rate_policy(), shared.clock.clone());
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
-        let hello = Box::pin(tokio::time::timeout_at(deadline, read_hello(ws, shared))).await;
+        let hello = Box::pin(tokio::time::timeout_at(
+            deadline,
+            read_hello(ws, shared, &mut rate),
+        ))
+        .await;
         let (hello, after_hello) = match hello {
             Ok(Ok(hello)) => hello,
-            Ok(Err(close)) => {
+            Ok(Err(Refusal::Close(close))) => {
                 Box::pin(close_within(ws, close)).await;
                 return;
             }
+            Ok(Err(Refusal::ClientClosed)) => {
+                Box::pin(finish_client_close(ws)).await;
+                return;
+            }
+            Ok(Err(Refusal::Error(code, message))) => {
+                Box::pin(refuse_within(ws, code, message)).await;
+                return;
+            }
             Err(_) => {
-                let close = Close::app(
-                    ErrorCode::HelloRequired,
-                    "no hello before the handshake timeout",
-                    LeaveReason::TimedOut,
-                );
-                Box::pin(close_within(ws, close)).await;
+                let message = "no hello before the handshake timeout".to_owned();
+                Box::pin(refuse_within(ws, ErrorCode::HelloRequired, message)).await;
                 return;
             }
         };
@@ -123,8 +161,7 @@ where
             Ok(grant) => grant,
             Err(message) => {
                 debug!(%message, "unauthenticated");
-                let refusal = refuse_unauthenticated(ws, message);
-                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), refusal)).await;
+                Box::pin(refuse_within(ws, ErrorCode::Unauthenticated, message)).await;
                 return;
             }
         };
@@ -155,8 +192,14 @@ where
                 .map_or_else(|| peer_id.to_string(), |g| g.identity().to_string());
             ice_servers.push(turn.credentials(&identity, SystemTime::now()));
         }
-        let mut session =
-            Session::new(shared.clone(), peer_id, capabilities, outbox.clone(), grant);
+        let mut session = Session::new(
+            shared.clone(),
+            peer_id,
+            capabilities,
+            outbox.clone(),
+            grant,
+            rate,
+        );
         session.reply(&Message::Welcome(Welcome {
             peer_id,
             protocol_version: PROTOCOL_VERSION,
@@ -169,14 +212,21 @@ where
         }));
         // Frames the client sent right behind its Hello (Hello + Join in
         // one message) run now, after Welcome is queued.
+        // Hello counts as one of the message's frames.
         let early = if after_hello.is_empty() {
             None
         } else {
-            session.receive(after_hello)
+            let budget = shared.codec.max_frames.saturating_sub(1);
+            session.receive(after_hello, budget).map(Ending::Close)
         };
-        let close = match early {
-            Some(close) => Some(close),
+        let ending = match early {
+            Some(ending) => ending,
             None => serve(ws, &mut session, &outbox, shared).await,
+        };
+        let ending_was_client_close = matches!(ending, Ending::ClientClosed);
+        let close = match ending {
+            Ending::Close(close) => Some(close),
+            Ending::ClientClosed | Ending::SocketGone => None,
         };
         debug!(?close, "connection ending");
         session.leave_reason = close
@@ -185,8 +235,10 @@ where
         // Leave rooms and names first, so the rest of the room hears of it even
         // if the close handshake below stalls.
         drop(session);
-        if let Some(close) = close {
-            Box::pin(close_within(ws, close)).await;
+        match (close, ending_was_client_close) {
+            (Some(close), _) => Box::pin(close_within(ws, close)).await,
+            (None, true) => Box::pin(finish_client_close(ws)).await,
+            (None, false) => {}
         }
     }
 }
@@ -229,73 +281,148 @@ fn authenticate(
         .map_err(|e| format!("access token refused: {e}"))
 }
 
-/// Tells the client why it is refused, in an `Error` frame, then closes with
-/// 4000 + `UNAUTHENTICATED`.
-async fn refuse_unauthenticated<S>(
-    ws: &mut WebSocketStream<S>,
-    message: String,
-) -> Result<(), tungstenite::Error>
+/// Why no session starts.
+enum Refusal {
+    /// Tell the client in an `Error` frame, then close with 4000 + the code.
+    Error(ErrorCode, String),
+    /// Close with this code only (a WebSocket-level failure or abuse).
+    Close(Close),
+    /// The client closed first: answer its close frame.
+    ClientClosed,
+}
+
+/// How the main loop ended.
+enum Ending {
+    /// The server ends the connection, with this close.
+    Close(Close),
+    /// The client sent a close frame; tungstenite has queued the answer.
+    ClientClosed,
+    /// The socket failed or reached EOF: nothing more can be sent.
+    SocketGone,
+}
+
+/// Tells the client why it is refused, in an `Error` frame (sequence
+/// number 1, the first the server sends), then closes with 4000 + `code`;
+/// gives up after a second.
+async fn refuse_within<S>(ws: &mut WebSocketStream<S>, code: ErrorCode, message: String)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::new();
-    encode(&Message::Error(ErrorMessage {
-        code: ErrorCode::Unauthenticated,
-        message,
-        request_seq: 0,
-    }))
-    .write(1, &mut out);
-    ws.send(WsMessage::Binary(out.freeze())).await?;
-    let close = Close::app(
-        ErrorCode::Unauthenticated,
-        "unauthenticated",
-        LeaveReason::Disconnected,
-    );
-    close_with(ws, close).await
+    let refuse = async {
+        let mut out = BytesMut::new();
+        encode(&Message::Error(ErrorMessage {
+            code,
+            message,
+            request_seq: 0,
+        }))
+        .write(1, &mut out);
+        ws.send(WsMessage::Binary(out.freeze())).await?;
+        let reason = match code {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::UnsupportedVersion => "unsupported protocol version",
+            ErrorCode::HelloRequired => "hello required",
+            ErrorCode::RateLimited => "rate limited",
+            _ => "protocol error",
+        };
+        close_with(ws, Close::app(code, reason, LeaveReason::Disconnected)).await?;
+        // As in `close_within`: the client's close frame, then TCP.
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<(), tungstenite::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
 }
 
-/// Waits for the client's Hello; any other first frame is an error.
+/// Sends the close frame tungstenite queued in answer to the client's, so
+/// the client sees a clean close (RFC 6455 §5.5.1), within a second.
+async fn finish_client_close<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+}
+
+/// Waits for the client's Hello; any other first frame is an error. Pings
+/// and pongs before it count against the rate limit.
 async fn read_hello<S>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared,
-) -> Result<(protocol::Hello, Bytes), Close>
+    rate: &mut RateGuard,
+) -> Result<(protocol::Hello, Bytes), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let refuse = |code, reason| Close::app(code, reason, LeaveReason::Disconnected);
+    let refuse = |code, reason: &str| Refusal::Error(code, reason.to_owned());
     loop {
-        let data = match ws.next().await {
+        let incoming = ws.next().await;
+        let data = match incoming {
             Some(Ok(WsMessage::Binary(data))) => data,
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            // The only messages that do not end this phase: paid for like
+            // everything after Hello (Hello itself, once per connection,
+            // is free). Before Hello there is no session to queue replies
+            // in, so a limited ping is just dropped.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                if rate.check() == Verdict::Abuse {
+                    return Err(Refusal::Close(Close::abuse()));
+                }
+                continue;
+            }
+            Some(Ok(WsMessage::Close(_))) => return Err(Refusal::ClientClosed),
             Some(Ok(_)) => {
                 return Err(refuse(
                     ErrorCode::Malformed,
                     "binary protocol frames expected",
                 ))
             }
-            Some(Err(_)) | None => {
-                return Err(refuse(ErrorCode::HelloRequired, "closed before hello"))
+            Some(Err(e)) => {
+                return Err(match Close::for_ws_error(&e) {
+                    Some(close) => Refusal::Close(close),
+                    None => Refusal::Close(Close::app(
+                        ErrorCode::HelloRequired,
+                        "closed before hello",
+                        LeaveReason::Disconnected,
+                    )),
+                })
+            }
+            None => {
+                return Err(Refusal::Close(Close::app(
+                    ErrorCode::HelloRequired,
+                    "closed before hello",
+                    LeaveReason::Disconnected,
+                )))
             }
         };
         // The frames after Hello in the same message are handled once the
         // session exists.
         let mut rest = data;
-        let Ok(frame) = protocol::frame::split_frame(&mut rest, shared.codec.max_payload) else {
-            return Err(refuse(ErrorCode::Malformed, "malformed hello"));
+        let frame = match protocol::frame::split_frame(&mut rest, shared.codec.max_payload) {
+            Ok(frame) => frame,
+            Err(e) => return Err(Refusal::Error(e.code(), format!("malformed hello: {e}"))),
         };
         return match protocol::decode(&frame, &shared.codec) {
             Ok(Message::Hello(hello)) if hello.protocol_version >= PROTOCOL_VERSION => {
                 Ok((hello, rest))
             }
-            Ok(Message::Hello(_)) => Err(refuse(
+            Ok(Message::Hello(hello)) => Err(Refusal::Error(
                 ErrorCode::UnsupportedVersion,
-                "protocol version 1 or later required",
+                format!(
+                    "protocol version {} is not supported; send protocol_version {PROTOCOL_VERSION} \
+                     (0 is the proto3 default: a field left unset)",
+                    hello.protocol_version
+                ),
             )),
             Ok(_) => Err(refuse(
                 ErrorCode::HelloRequired,
                 "the first frame must be hello",
             )),
-            Err(_) => Err(refuse(ErrorCode::Malformed, "malformed hello")),
+            // An over-long token is a refused token, whatever its length.
+            Err(DecodeError::Field(e @ FieldError::TooLong {
+                field: "access_token",
+                ..
+            })) => Err(Refusal::Error(
+                ErrorCode::Unauthenticated,
+                format!("access token refused: {e}"),
+            )),
+            Err(e) => Err(Refusal::Error(e.code(), format!("malformed hello: {e}"))),
         };
     }
 }
@@ -307,7 +434,7 @@ async fn serve<S>(
     session: &mut Session,
     outbox: &Outbox,
     shared: &Shared,
-) -> Option<Close>
+) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -322,11 +449,14 @@ where
     let timer = tokio::time::sleep_until(last_heard + interval);
     tokio::pin!(timer);
     loop {
-        let check_at = if pinged {
+        let mut check_at = if pinged {
             last_heard + timeout
         } else {
             last_heard + interval
         };
+        if let Some((due, _)) = session.rate_report {
+            check_at = check_at.min(due);
+        }
         if timer.deadline() != check_at {
             timer.as_mut().reset(check_at);
         }
@@ -338,7 +468,7 @@ where
                 loop {
                     let closed = outbox.drain(&mut pending, max_frames, max_bytes);
                     if let Some(reason) = closed {
-                        return Some(Box::pin(closing(ws, session, &mut pending, reason)).await);
+                        return Ending::Close(Box::pin(closing(ws, session, &mut pending, reason)).await);
                     }
                     if pending.is_empty() {
                         break;
@@ -350,49 +480,65 @@ where
                     let write = write_bounded(ws, session, &mut pending, outbox, timer.as_mut(), stalled);
                     match Box::pin(write).await {
                         Ok(()) => {}
-                        Err(close) => return close,
+                        Err(Some(close)) => return Ending::Close(close),
+                        Err(None) => return Ending::SocketGone,
                     }
                 }
             }
             incoming = ws.next() => {
                 let data = match incoming {
                     Some(Ok(WsMessage::Binary(data))) => data,
-                    Some(Ok(WsMessage::Close(_))) | None => return None,
+                    Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
+                    None => return Ending::SocketGone,
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                        // tungstenite has queued the pong already; its write
+                        // buffer is bounded, and the ping is paid for here.
+                        if let Err(close) = session.admit(0) {
+                            return Ending::Close(close);
+                        }
                         last_heard = Instant::now();
                         pinged = false;
                         continue;
                     }
                     Some(Ok(WsMessage::Text(_) | WsMessage::Frame(_))) => {
                         last_heard = Instant::now();
-                        session.error(ErrorCode::Malformed, "binary protocol frames expected".into(), 0);
+                        match session.admit(0) {
+                            Err(close) => return Ending::Close(close),
+                            Ok(true) => session.error(
+                                ErrorCode::Malformed,
+                                "binary protocol frames expected".into(),
+                                0,
+                            ),
+                            Ok(false) => {}
+                        }
                         continue;
-                    }
-                    Some(Err(tungstenite::Error::Capacity(_))) => {
-                        return Some(Close {
-                            code: CloseCode::Size,
-                            reason: "message too large",
-                            leave: LeaveReason::Disconnected,
-                        });
                     }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
-                        return None;
+                        return match Close::for_ws_error(&e) {
+                            Some(close) => Ending::Close(close),
+                            None => Ending::SocketGone,
+                        };
                     }
                 };
                 last_heard = Instant::now();
                 pinged = false;
-                if let Some(close) = session.receive(data) {
+                if let Some(close) = session.receive(data, shared.codec.max_frames) {
                     // Flush what is queued (the error explaining the close).
                     let _ = outbox.drain(&mut pending, max_frames, max_bytes);
                     let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, session, &mut pending));
                     let _ = Box::pin(flush).await;
-                    return Some(close);
+                    return Ending::Close(close);
                 }
             }
             () = &mut timer => {
+                let now = Instant::now();
+                if session.rate_report.is_some_and(|(due, _)| due <= now) {
+                    session.report_drops_due(now);
+                    continue;
+                }
                 if pinged {
-                    return Some(Close::app(
+                    return Ending::Close(Close::app(
                         ErrorCode::HeartbeatTimeout,
                         "heartbeat timeout",
                         LeaveReason::TimedOut,
@@ -517,13 +663,22 @@ where
     .await
 }
 
-/// [`close_with`], giving up after a second: a peer that does not read must
-/// not hold its connection slot by never taking the close frame.
+/// [`close_with`], then waits for the client's close frame (RFC 6455
+/// §7.1.1: the server closes TCP once the handshake is done), discarding
+/// what arrives meanwhile; closing TCP on unread data would reset the
+/// connection and could destroy the close frame before the client reads
+/// it. Gives up after a second: a peer that does not read must not hold
+/// its connection slot by never taking the close frame.
 async fn close_within<S>(ws: &mut WebSocketStream<S>, close: Close)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::time::timeout(Duration::from_secs(1), close_with(ws, close)).await;
+    let handshake = async {
+        if close_with(ws, close).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), handshake).await;
 }
 
 /// The protocol state of one connection: its rooms, its name, its call
@@ -541,19 +696,17 @@ struct Session {
     pair_room: Option<RoomId>,
     user: Option<UserName>,
     display_name: String,
-    /// Users this one exchanged SDP with by name; told on hang-up/leave.
-    partners: Vec<UserName>,
-    limiter: DefaultDirectRateLimiter,
-    rate_strikes: u32,
+    rate: RateGuard,
+    /// When drops past the reply budget are to be reported at the latest,
+    /// and the last of them: a `RATE_LIMITED` reply with `request_seq` N
+    /// reports frame N and every earlier one left unanswered.
+    rate_report: Option<(Instant, u32)>,
     seq_out: u32,
     ping_nonce: u64,
     leave_reason: LeaveReason,
     /// What the access token allows, with `auth = token`.
     grant: Option<Box<Grant>>,
 }
-
-/// Most named call partners remembered per connection.
-const MAX_PARTNERS: usize = 64;
 
 impl Session {
     fn new(
@@ -562,13 +715,8 @@ impl Session {
         capabilities: Capabilities,
         outbox: Arc<Outbox>,
         grant: Option<Box<Grant>>,
+        rate: RateGuard,
     ) -> Session {
-        let rate = NonZeroU32::new(shared.config.rate_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(shared.config.rate_burst).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::direct_with_clock(
-            Quota::per_second(rate).allow_burst(burst),
-            shared.clock.clone(),
-        );
         Session {
             router: shared.router.clone(),
             shared,
@@ -579,9 +727,8 @@ impl Session {
             pair_room: None,
             user: None,
             display_name: String::new(),
-            partners: Vec::new(),
-            limiter,
-            rate_strikes: 0,
+            rate,
+            rate_report: None,
             seq_out: 0,
             ping_nonce: 0,
             leave_reason: LeaveReason::Disconnected,
@@ -605,9 +752,34 @@ impl Session {
 
     /// Handles one WebSocket message; returns `Some` when the connection
     /// must close.
-    fn receive(&mut self, data: Bytes) -> Option<Close> {
+    fn receive(&mut self, data: Bytes, max_frames: usize) -> Option<Close> {
         let codec = self.shared.codec;
-        for frame in Frames::new(data, codec.max_payload, codec.max_frames) {
+        if data.is_empty() {
+            // Nothing to decode, but it was sent and it is paid for.
+            return match self.admit(0) {
+                Err(close) => Some(close),
+                Ok(accepted) => {
+                    if accepted {
+                        self.error(
+                            ErrorCode::Malformed,
+                            "empty message: a binary message holds one or more frames".into(),
+                            0,
+                        );
+                    }
+                    None
+                }
+            };
+        }
+        for frame in Frames::new(data, codec.max_payload, max_frames) {
+            let seq = frame.as_ref().map_or(0, |f| f.header.seq);
+            match self.admit(seq) {
+                Err(close) => return Some(close),
+                Ok(true) => {}
+                // The rest of a message whose frame layer failed is not
+                // read on, limited or not.
+                Ok(false) if frame.is_err() => return None,
+                Ok(false) => continue,
+            }
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(e) => {
@@ -618,28 +790,6 @@ impl Session {
                     return None;
                 }
             };
-            let seq = frame.header.seq;
-            if self.limiter.check().is_err() {
-                self.rate_strikes += 1;
-                if self.rate_strikes >= self.shared.config.rate_abuse_threshold {
-                    self.error(ErrorCode::RateLimited, "rate limit abused".into(), seq);
-                    return Some(Close {
-                        code: CloseCode::Policy,
-                        reason: "rate limit abused",
-                        leave: LeaveReason::Kicked,
-                    });
-                }
-                self.error(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "over {} messages/s; message dropped",
-                        self.shared.config.rate_per_second
-                    ),
-                    seq,
-                );
-                continue;
-            }
-            self.rate_strikes = 0;
             if let Some(signal) = relay::scan(&frame, &codec) {
                 if self.relay_in_place(seq, &signal) {
                     continue;
@@ -654,6 +804,71 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Pays for one inbound unit (a frame, or a WebSocket message without
+    /// one) out of the rate limit. `Ok(true)`: handle it; `Ok(false)`: it
+    /// was dropped (and the client told, within the reply budget);
+    /// `Err`: the client is an abuser and the connection must close.
+    fn admit(&mut self, seq: u32) -> Result<bool, Close> {
+        let rate = self.shared.config.rate_per_second;
+        match self.rate.check() {
+            Verdict::Accept { unreported } => {
+                if unreported > 0 {
+                    self.report_drops(unreported);
+                }
+                Ok(true)
+            }
+            Verdict::Drop { reply: Some(n) } => {
+                let message = if n <= 1 {
+                    format!("over {rate} messages/s; message dropped")
+                } else {
+                    format!(
+                        "over {rate} messages/s; message dropped, and {} before it",
+                        n - 1
+                    )
+                };
+                self.error(ErrorCode::RateLimited, message, seq);
+                self.rate_report = None;
+                Ok(false)
+            }
+            Verdict::Drop { reply: None } => {
+                let due = self
+                    .rate_report
+                    .map_or_else(|| Instant::now() + Duration::from_secs(1), |(due, _)| due);
+                self.rate_report = Some((due, seq));
+                Ok(false)
+            }
+            Verdict::Abuse => {
+                self.error(ErrorCode::RateLimited, "rate limit abused".into(), seq);
+                Err(Close::abuse())
+            }
+        }
+    }
+
+    /// Reports drops that got no reply of their own (the reply budget was
+    /// spent), covering them with the last one's sequence number.
+    fn report_drops(&mut self, count: u32) {
+        let last = self.rate_report.take().map_or(0, |(_, seq)| seq);
+        if count == 0 {
+            return;
+        }
+        self.error(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} messages/s: {count} more messages dropped, the last with this seq",
+                self.shared.config.rate_per_second
+            ),
+            last,
+        );
+    }
+
+    /// Sends the drop report if its time has come.
+    fn report_drops_due(&mut self, now: Instant) {
+        if self.rate_report.is_some_and(|(due, _)| due <= now) {
+            let count = self.rate.take_unreported();
+            self.report_drops(count);
+        }
     }
 
     fn handle(&mut self, seq: u32, message: Message) {
@@ -676,8 +891,10 @@ impl Session {
             Message::Login { name } => self.login(seq, name),
             Message::Logout => match self.user.take() {
                 Some(name) => {
-                    self.hang_up_partners(&name);
-                    self.router.logout(&name, self.peer_id);
+                    let partners = self.router.logout(&name, self.peer_id);
+                    self.hang_up_partners(&name, partners);
+                    // Member lists show the current name, or none.
+                    self.router.set_member_user(&self.rooms, self.peer_id, None);
                 }
                 None => self.error(ErrorCode::NotLoggedIn, "not logged in".into(), seq),
             },
@@ -851,6 +1068,8 @@ impl Session {
         }
         let error = match self.router.login(&name, self.peer_id) {
             Ok(()) => {
+                self.router
+                    .set_member_user(&self.rooms, self.peer_id, Some(&name));
                 self.user = Some(name.clone());
                 None
             }
@@ -902,11 +1121,10 @@ impl Session {
         }
     }
 
-    fn remember_partner(&mut self, to: &Address) {
-        if let Address::User(name) = to {
-            if !self.partners.contains(name) && self.partners.len() < MAX_PARTNERS {
-                self.partners.push(name.clone());
-            }
+    /// An offer or answer by name begins (or continues) a named call.
+    fn remember_partner(&self, to: &Address, target: &Target) {
+        if let (Address::User(name), Some(me)) = (to, &self.user) {
+            self.router.open_call(me, self.peer_id, name, target.peer);
         }
     }
 
@@ -921,7 +1139,7 @@ impl Session {
             return false;
         }
         if signal.kind != MessageType::Ice {
-            self.remember_partner(&signal.target);
+            self.remember_partner(&signal.target, &target);
         }
         let frame = Encoded {
             kind: signal.kind,
@@ -954,7 +1172,7 @@ impl Session {
                 }
             }
         }
-        self.remember_partner(&d.peer);
+        self.remember_partner(&d.peer, &target);
         d.peer = self.own_address(&d.peer);
         let message = if offer {
             Message::Offer(d)
@@ -976,19 +1194,30 @@ impl Session {
         let Some(target) = self.target(seq, None, &peer) else {
             return;
         };
-        if let Address::User(name) = &peer {
-            self.partners.retain(|p| p != name);
+        if let (Address::User(name), Some(me)) = (&peer, &self.user) {
+            // Only a call partner may hang up: no cold hang-ups by name.
+            if !self.router.in_call(me, name) {
+                return self.error(
+                    ErrorCode::UnknownPeer,
+                    format!("no call in progress with {name}"),
+                    seq,
+                );
+            }
+            self.router.end_call(me, name);
         }
         let from = self.own_address(&peer);
         self.send(seq, &target, encode(&Message::HangUp { peer: from }));
     }
 
     /// Tells every named call partner that `me` is gone.
-    fn hang_up_partners(&mut self, me: &UserName) {
+    fn hang_up_partners(&self, me: &UserName, partners: Vec<UserName>) {
+        if partners.is_empty() {
+            return;
+        }
         let frame = encode(&Message::HangUp {
             peer: Address::User(me.clone()),
         });
-        for partner in std::mem::take(&mut self.partners) {
+        for partner in partners {
             if let Ok(target) =
                 self.router
                     .resolve(self.peer_id, Some(me), &[], None, &Address::User(partner))
@@ -1007,8 +1236,8 @@ impl Drop for Session {
             self.router.leave(&room, self.peer_id, reason);
         }
         if let Some(name) = self.user.take() {
-            self.hang_up_partners(&name);
-            self.router.logout(&name, self.peer_id);
+            let partners = self.router.logout(&name, self.peer_id);
+            self.hang_up_partners(&name, partners);
         }
         self.router.unregister(self.peer_id);
     }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -39,38 +39,54 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-/// Answers a connection we cannot take with 503 and closes it.
-pub(super) async fn refuse(mut stream: TcpStream, why: &'static str) {
+/// How a connection came in: with its slots, or over a limit, in which case
+/// it is answered over HTTP (so `/healthz` still works when the node is
+/// full) but any upgrade gets 503, and the connection is not kept alive.
+pub(super) enum Entry {
+    /// Within every limit.
+    Admitted(Admission),
+    /// Over a connection limit; holds one of the few refusal slots.
+    Refused {
+        why: &'static str,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+/// Writes a 503 to a connection we cannot take, without reading its request
+/// and without waiting: the socket is new, so its send buffer has room.
+pub(super) fn refuse_now(stream: &TcpStream, why: &'static str) {
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}",
         why.len()
     );
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
+    let _ = stream.try_write(response.as_bytes());
 }
 
 /// Serves HTTP on one accepted connection (plain TCP or TLS) until it
 /// upgrades or closes.
-pub(super) async fn serve<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, admission: Admission)
+pub(super) async fn serve<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, entry: Entry)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let admission = Arc::new(parking_lot::Mutex::new(Some(admission)));
+    let (admission, refused) = match entry {
+        Entry::Admitted(a) => (Some(a), None),
+        Entry::Refused { why, _slot } => (None, Some((why, _slot))),
+    };
+    let refusal = refused.as_ref().map(|(why, _)| *why);
+    let admission = Arc::new(parking_lot::Mutex::new(admission));
     let service = hyper::service::service_fn({
         let shared = shared.clone();
         move |req| {
             let shared = shared.clone();
             let admission = admission.clone();
-            async move { Ok::<_, Infallible>(route(req, &shared, addr, &admission)) }
+            async move { Ok::<_, Infallible>(route(req, &shared, addr, &admission, refusal)) }
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.handshake_timeout)
+        .keep_alive(refused.is_none())
         .max_buf_size(16 * 1024);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -85,17 +101,16 @@ fn route(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     admission: &parking_lot::Mutex<Option<Admission>>,
+    refusal: Option<&'static str>,
 ) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/healthz" => {
-            let body = format!(
-                "{{\"status\":\"ok\",\"connections\":{}}}\n",
-                shared.router.peer_count()
-            );
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+            // Only whether the node is alive: how many are connected is not
+            // for anyone who can reach the port.
+            let mut r = Response::new(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}\n")));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -103,11 +118,24 @@ fn route(
             r
         }
         "/ws" => {
-            let Some(key) = websocket_key(&req) else {
-                return text(
-                    StatusCode::UPGRADE_REQUIRED,
-                    "expected a WebSocket upgrade (version 13)\n",
-                );
+            if let Some(why) = refusal {
+                debug!(%addr, why, "upgrade refused");
+                return text(StatusCode::SERVICE_UNAVAILABLE, why);
+            }
+            let key = match websocket_key(&req) {
+                Ok(key) => key,
+                Err(BadUpgrade::NotWebSocket) => {
+                    return text(
+                        StatusCode::UPGRADE_REQUIRED,
+                        "expected a WebSocket upgrade (version 13)\n",
+                    )
+                }
+                Err(BadUpgrade::BadKey) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "Sec-WebSocket-Key must be 16 bytes in base64\n",
+                    )
+                }
             };
             if !origin_allowed(&req, &shared.config.allowed_origins) {
                 debug!(%addr, origin = ?req.headers().get(header::ORIGIN), "origin refused");
@@ -131,6 +159,10 @@ fn route(
                 let config = WebSocketConfig::default()
                     .read_buffer_size(shared.config.read_buffer_bytes)
                     .write_buffer_size(0)
+                    // Bounded: pongs and close replies that tungstenite
+                    // queues by itself pile up here when a client sends
+                    // pings and never reads.
+                    .max_write_buffer_size(shared.config.write_buffer_limit())
                     .max_message_size(Some(shared.config.max_message_bytes))
                     .max_frame_size(Some(shared.config.max_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(
@@ -221,8 +253,18 @@ fn subprotocols(req: &Request<Incoming>) -> (bool, HeaderToken) {
     (offered_switchboard, token)
 }
 
+/// Why an upgrade request was refused before the upgrade.
+enum BadUpgrade {
+    /// Not a WebSocket upgrade (version 13) at all.
+    NotWebSocket,
+    /// `Sec-WebSocket-Key` is missing or not 16 bytes in base64 (RFC 6455
+    /// §4.2.1 item 5).
+    BadKey,
+}
+
 /// The `Sec-WebSocket-Accept` value for a valid upgrade request.
-fn websocket_key(req: &Request<Incoming>) -> Option<String> {
+fn websocket_key(req: &Request<Incoming>) -> Result<String, BadUpgrade> {
+    use base64::Engine;
     let h = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name)
@@ -232,11 +274,18 @@ fn websocket_key(req: &Request<Incoming>) -> Option<String> {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return None;
+        return Err(BadUpgrade::NotWebSocket);
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION)? != "13" {
-        return None;
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(BadUpgrade::NotWebSocket);
     }
-    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
-    Some(derive_accept_key(key.as_bytes()))
+    let mut keys = h.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(BadUpgrade::BadKey);
+    };
+    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !nonce.is_ok_and(|n| n.len() == 16) {
+        return Err(BadUpgrade::BadKey);
+    }
+    Ok(derive_accept_key(key.as_bytes()))
 }

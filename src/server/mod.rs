@@ -13,6 +13,7 @@
 
 mod assets;
 mod connection;
+mod descriptors;
 mod http;
 mod readahead;
 mod tls;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     next_serial: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     connections: Arc<Semaphore>,
+    /// Connections over a limit being answered with a 503 (or `/healthz`).
+    refusals: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -79,6 +82,7 @@ impl Shared {
                 bytes: config.outbox_bytes,
             },
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
             clock: governor::clock::DefaultClock::default(),
             router,
             next_serial: AtomicU64::new(1),
@@ -162,6 +166,8 @@ pub async fn run_with_router(
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let mut config = config;
+    descriptors::fit(&mut config);
     let shared = Arc::new(Shared::new(config, router)?);
     let local = listener.local_addr()?;
     info!(
@@ -225,33 +231,43 @@ fn warn_if_open(config: &Config, local: SocketAddr) {
 
 fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    // Refusals are plain HTTP 503s. Under TLS the refused connection is just
-    // closed: answering would cost a TLS handshake per refused connection,
-    // which is what an attacker at the cap would like the server to spend.
-    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        debug!(%addr, "refused: too many connections");
-        if shared.tls.is_none() {
-            tokio::spawn(http::refuse(stream, "too many connections"));
-        }
-        return;
+    let admission = match shared.connections.clone().try_acquire_owned() {
+        Err(_) => Err("too many connections\n"),
+        Ok(permit) => match shared.admit(addr.ip()) {
+            None => Err("too many connections from your address\n"),
+            Some(ip) => Ok(Admission {
+                _permit: permit,
+                _ip: ip,
+            }),
+        },
     };
-    let Some(ip) = shared.admit(addr.ip()) else {
-        debug!(%addr, "refused: too many connections from this address");
-        if shared.tls.is_none() {
-            tokio::spawn(http::refuse(
-                stream,
-                "too many connections from your address",
-            ));
+    let entry = match admission {
+        Ok(admission) => http::Entry::Admitted(admission),
+        // Under TLS the refused connection is just closed: answering would
+        // cost a TLS handshake per refused connection, which is what an
+        // attacker at the cap would like the server to spend.
+        Err(why) if shared.tls.is_some() => {
+            debug!(%addr, why, "refused");
+            return;
         }
-        return;
-    };
-    let admission = Admission {
-        _permit: permit,
-        _ip: ip,
+        Err(why) => {
+            debug!(%addr, why, "refused");
+            match shared.refusals.clone().try_acquire_owned() {
+                // Answered over HTTP: a 503 for an upgrade, `/healthz`
+                // as usual; one request, then closed.
+                Ok(slot) => http::Entry::Refused { why, _slot: slot },
+                Err(_) => {
+                    // Every refusal slot is busy: a 503 straight into the
+                    // fresh socket's empty send buffer, no task, no wait.
+                    http::refuse_now(&stream, why);
+                    return;
+                }
+            }
+        }
     };
     match &shared.tls {
         None => {
-            tokio::spawn(http::serve(shared.clone(), stream, addr, admission));
+            tokio::spawn(http::serve(shared.clone(), stream, addr, entry));
         }
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
@@ -261,7 +277,7 @@ fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr)
                 // HTTP headers and Hello then get theirs.
                 let timeout = shared.config.handshake_timeout;
                 match tokio::time::timeout(timeout, handshake).await {
-                    Ok(Ok(tls)) => http::serve(shared, tls, addr, admission).await,
+                    Ok(Ok(tls)) => http::serve(shared, tls, addr, entry).await,
                     Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%addr, "TLS handshake timed out"),
                 }

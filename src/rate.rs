@@ -1,0 +1,239 @@
+//! The per-client rate guard: what a client may send, how often it hears
+//! that it sent too much, and when it is an abuser to disconnect.
+//!
+//! Sans-IO: the clock is a type parameter (governor's [`Clock`]), so tests
+//! drive it with a fake clock. Every inbound unit costs one token: each
+//! protocol frame, and each WebSocket message or control frame that carries
+//! no frame (ping, pong, text, an empty message, one whose frame layer
+//! failed), before Hello as after it. Nothing a client sends is free, so no
+//! kind of flood escapes the limit.
+//!
+//! Three rules, each bounded:
+//! - the token bucket ([`governor`]): `rate_per_second`, burst `rate_burst`;
+//! - `RATE_LIMITED` replies are themselves limited to
+//!   [`REPLIES_PER_SECOND`]; drops past that are counted and the count is
+//!   reported in the next reply, before the next accepted frame, or by the
+//!   caller's timer ([`RateGuard::take_unreported`]), so a client learns of
+//!   every drop without the server answering each frame of a flood;
+//! - abuse is a ratio over a window, not a run: a client that, within one
+//!   `rate_abuse_window`, has at least `rate_abuse_threshold` units dropped
+//!   *and* more dropped than accepted is closed. A flood paced just above
+//!   the limit is throttled; one well above it is closed.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// Most `RATE_LIMITED` replies per second of one client.
+pub const REPLIES_PER_SECOND: u16 = 10;
+
+/// The limits of [`RateGuard`], from configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RatePolicy {
+    /// Sustained units per second.
+    pub per_second: u32,
+    /// Units above the sustained rate in one burst.
+    pub burst: u32,
+    /// Dropped units within one window before the ratio rule applies.
+    pub abuse_threshold: u32,
+    /// Length of the abuse window.
+    pub abuse_window: Duration,
+}
+
+/// What to do with one inbound unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handle it. `unreported` units were dropped since the last
+    /// `RATE_LIMITED` reply: tell the client before handling this one.
+    Accept {
+        /// Drops not yet reported (0 almost always).
+        unreported: u32,
+    },
+    /// Drop it. `Some(n)`: send a `RATE_LIMITED` reply now, covering `n`
+    /// dropped units (this one included); `None`: the reply budget is spent,
+    /// the drop is counted for a later reply.
+    Drop {
+        /// Units the reply covers, if one is to be sent.
+        reply: Option<u32>,
+    },
+    /// The client persists well above its limit: close it (1008).
+    Abuse,
+}
+
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// One client's rate state. About 80 bytes.
+pub struct RateGuard<C: Clock = DefaultClock> {
+    limiter: Limiter<C>,
+    window_start: C::Instant,
+    accepted: u32,
+    dropped: u32,
+    reply_second: C::Instant,
+    replies: u16,
+    unreported: u32,
+    abuse_threshold: u32,
+    abuse_window: Nanos,
+}
+
+impl<C: Clock> RateGuard<C> {
+    /// A guard with a full bucket, reading time from `clock`.
+    pub fn new(policy: RatePolicy, clock: C) -> RateGuard<C> {
+        let rate = NonZeroU32::new(policy.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        let now = clock.now();
+        RateGuard {
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock,
+            ),
+            window_start: now,
+            accepted: 0,
+            dropped: 0,
+            reply_second: now,
+            replies: 0,
+            unreported: 0,
+            abuse_threshold: policy.abuse_threshold.max(1),
+            abuse_window: Nanos::from(policy.abuse_window.max(Duration::from_millis(1))),
+        }
+    }
+
+    /// Judges one inbound unit.
+    pub fn check(&mut self) -> Verdict {
+        let now = self.limiter.clock().now();
+        if now.duration_since(self.window_start) >= self.abuse_window {
+            self.window_start = now;
+            self.accepted = 0;
+            self.dropped = 0;
+        }
+        if self.limiter.check().is_ok() {
+            self.accepted = self.accepted.saturating_add(1);
+            return Verdict::Accept {
+                unreported: std::mem::take(&mut self.unreported),
+            };
+        }
+        self.dropped = self.dropped.saturating_add(1);
+        if self.dropped >= self.abuse_threshold && self.dropped > self.accepted {
+            return Verdict::Abuse;
+        }
+        self.unreported = self.unreported.saturating_add(1);
+        if now.duration_since(self.reply_second) >= Nanos::from(Duration::from_secs(1)) {
+            self.reply_second = now;
+            self.replies = 0;
+        }
+        if self.replies < REPLIES_PER_SECOND {
+            self.replies += 1;
+            return Verdict::Drop {
+                reply: Some(std::mem::take(&mut self.unreported)),
+            };
+        }
+        Verdict::Drop { reply: None }
+    }
+
+    /// Takes the count of drops not yet reported, for a report the caller
+    /// sends on its own (a timer, so the last drops of a flood that then
+    /// stops are reported too).
+    pub fn take_unreported(&mut self) -> u32 {
+        std::mem::take(&mut self.unreported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn policy() -> RatePolicy {
+        RatePolicy {
+            per_second: 100,
+            burst: 10,
+            abuse_threshold: 50,
+            abuse_window: Duration::from_secs(10),
+        }
+    }
+
+    fn guard() -> (RateGuard<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (RateGuard::new(policy(), clock.clone()), clock)
+    }
+
+    #[test]
+    fn a_burst_passes_then_units_are_dropped_and_replies_are_limited() {
+        let (mut g, _clock) = guard();
+        for _ in 0..10 {
+            assert_eq!(g.check(), Verdict::Accept { unreported: 0 });
+        }
+        // The next ten drops each get a reply, then the budget is spent.
+        for _ in 0..10 {
+            assert_eq!(g.check(), Verdict::Drop { reply: Some(1) });
+        }
+        for _ in 0..5 {
+            assert_eq!(g.check(), Verdict::Drop { reply: None });
+        }
+    }
+
+    #[test]
+    fn unreported_drops_are_reported_by_the_next_reply_or_accept() {
+        let (mut g, clock) = guard();
+        for _ in 0..10 {
+            g.check();
+        }
+        for _ in 0..10 {
+            g.check();
+        }
+        for _ in 0..3 {
+            assert_eq!(g.check(), Verdict::Drop { reply: None });
+        }
+        // A second later the bucket has refilled and the reply budget too:
+        // the first accepted unit carries the three unreported drops.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(g.check(), Verdict::Accept { unreported: 3 });
+        assert_eq!(g.check(), Verdict::Accept { unreported: 0 });
+    }
+
+    #[test]
+    fn a_flood_well_above_the_limit_is_abuse() {
+        let (mut g, clock) = guard();
+        let mut closed_after = None;
+        // 64x the rate of 100/s: 64 units every 10 ms.
+        'outer: for step in 0..1_000u32 {
+            for _ in 0..64 {
+                if g.check() == Verdict::Abuse {
+                    closed_after = Some(step * 10);
+                    break 'outer;
+                }
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        let ms = closed_after.expect("a 64x flood must be closed");
+        assert!(ms < 1_000, "closed only after {ms} ms");
+    }
+
+    #[test]
+    fn a_client_just_above_the_limit_is_throttled_not_closed() {
+        let (mut g, clock) = guard();
+        // 1.5x the rate for a minute: drops are fewer than accepts.
+        for ms in 0..60_000u32 {
+            if ms % 20 < 3 {
+                assert_ne!(g.check(), Verdict::Abuse, "closed at {ms} ms");
+            }
+            clock.advance(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_abuse_count_starts_again_each_window() {
+        let (mut g, clock) = guard();
+        // 40 drops (under the threshold of 50) in each of many windows.
+        for _ in 0..20 {
+            for _ in 0..50 {
+                assert_ne!(g.check(), Verdict::Abuse);
+            }
+            clock.advance(Duration::from_secs(10));
+        }
+    }
+}
