@@ -50,17 +50,33 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start_server(config: Config) -> TestServer {
+    start_server_with_router(config).await.0
+}
+
+/// [`start_server`], also returning its routing table, so a test can see
+/// what the server holds (how many are connected) without asking it over
+/// the network.
+pub async fn start_server_with_router(
+    config: Config,
+) -> (TestServer, std::sync::Arc<dyn switchboard::routing::Router>) {
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(switchboard::server::run(listener, config, async {
-        let _ = rx.await;
-    }));
-    TestServer {
+    let router = switchboard::server::local_router(&config);
+    let task = tokio::spawn(switchboard::server::run_with_router(
+        listener,
+        config,
+        router.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let server = TestServer {
         addr,
         shutdown: Some(tx),
         task: Some(task),
-    }
+    };
+    (server, router)
 }
 
 pub async fn connect(server: &TestServer) -> Connection {
