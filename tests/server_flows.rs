@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use switchboard::config::Config;
 use switchboard::protocol::{
     Address, ErrorCode, Join, LeaveReason, Message, RoomMode, Sdp, SessionDescription,
 };
@@ -99,10 +100,10 @@ async fn leaving_or_joining_elsewhere_tells_the_other() {
     join_ok(&mut b, "r1", RoomMode::Pair).await;
     assert!(matches!(next(&mut a).await, Message::PeerJoined(_)));
 
-    // Joining another pair room leaves the first one.
+    // Joining another pair room leaves the first one, once the join worked.
     b.send(&join("r2", RoomMode::Pair)).await.unwrap();
-    assert!(matches!(next(&mut b).await, Message::Left { room } if room.as_str() == "r1"));
     assert!(matches!(next(&mut b).await, Message::Joined(j) if j.room.as_str() == "r2"));
+    assert!(matches!(next(&mut b).await, Message::Left { room } if room.as_str() == "r1"));
     match next(&mut a).await {
         Message::PeerLeft(p) => {
             assert_eq!(p.peer_id, peer(&b));
@@ -116,6 +117,49 @@ async fn leaving_or_joining_elsewhere_tells_the_other() {
     assert!(matches!(next(&mut a).await, Message::Left { .. }));
     let j = join_ok(&mut a, "r1", RoomMode::Pair).await;
     assert!(j.members.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_pair_join_keeps_the_call_in_progress() {
+    let server = start_server(Config {
+        max_rooms_per_peer: 2,
+        ..test_config()
+    })
+    .await;
+    let mut a = connect(&server).await;
+    let mut b = connect(&server).await;
+    join_ok(&mut a, "call", RoomMode::Pair).await;
+    join_ok(&mut b, "call", RoomMode::Pair).await;
+    assert!(matches!(next(&mut a).await, Message::PeerJoined(_)));
+    // A full pair room elsewhere.
+    let mut c = connect(&server).await;
+    let mut d = connect(&server).await;
+    join_ok(&mut c, "full", RoomMode::Pair).await;
+    join_ok(&mut d, "full", RoomMode::Pair).await;
+    // A mesh room, which a pair join cannot enter.
+    let mut e = connect(&server).await;
+    join_ok(&mut e, "meshy", RoomMode::Mesh).await;
+    b.send(&join("full", RoomMode::Pair)).await.unwrap();
+    assert!(matches!(next(&mut b).await, Message::RoomFull { .. }));
+    b.send(&join("meshy", RoomMode::Pair)).await.unwrap();
+    expect_error(&mut b, ErrorCode::ModeMismatch).await;
+    // At the rooms-per-peer limit, switching pair rooms is still allowed
+    // (the old one is left), but a third room is not.
+    join_ok(&mut b, "mesh-2", RoomMode::Mesh).await;
+    b.send(&join("mesh-3", RoomMode::Mesh)).await.unwrap();
+    expect_error(&mut b, ErrorCode::TooManyRooms).await;
+    // The call is intact: the offer goes through, and A heard of no leave.
+    b.send(&offer(Address::Peer(peer(&a)), "v=0 still here"))
+        .await
+        .unwrap();
+    match next(&mut a).await {
+        Message::Offer(o) => assert_eq!(o.peer, Address::Peer(peer(&b))),
+        other => panic!("the call was dropped by a refused join: {other:?}"),
+    }
+    // And a pair join that succeeds at the limit replaces the old room.
+    b.send(&join("next-call", RoomMode::Pair)).await.unwrap();
+    assert!(matches!(next(&mut b).await, Message::Joined(j) if j.room.as_str() == "next-call"));
+    assert!(matches!(next(&mut b).await, Message::Left { room } if room.as_str() == "call"));
 }
 
 #[tokio::test]

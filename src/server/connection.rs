@@ -975,14 +975,16 @@ impl Session {
             return;
         }
         // A pair room is a call: joining one leaves the previous pair room,
-        // as in the seed's 1:1 server.
-        if join.mode == RoomMode::Pair {
-            if let Some(old) = self.pair_room.clone() {
-                self.leave(&old, LeaveReason::JoinedOtherRoom);
-                self.reply(&Message::Left { room: old });
-            }
-        }
-        if self.rooms.len() >= self.shared.config.max_rooms_per_peer {
+        // as in the seed's 1:1 server, but only once the new join has
+        // succeeded, so a refused join (full, wrong mode, forbidden, too
+        // many rooms) leaves the call in progress alone.
+        let replaces = if join.mode == RoomMode::Mesh {
+            None
+        } else {
+            self.pair_room.clone()
+        };
+        let rooms_after = self.rooms.len() + 1 - usize::from(replaces.is_some());
+        if rooms_after > self.shared.config.max_rooms_per_peer {
             self.error(
                 ErrorCode::TooManyRooms,
                 format!("at most {} rooms", self.shared.config.max_rooms_per_peer),
@@ -1004,6 +1006,10 @@ impl Session {
             .join_or_create(&join.room, join.mode, capacity, member, may_create)
         {
             Ok(outcome) => {
+                if let Some(old) = replaces {
+                    self.leave(&old, LeaveReason::JoinedOtherRoom);
+                    self.reply(&Message::Left { room: old });
+                }
                 if outcome.joined.mode == RoomMode::Pair {
                     self.pair_room = Some(join.room.clone());
                 }
