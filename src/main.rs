@@ -34,81 +34,81 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:8080].
+    /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Node id in a multi-node routing space (high 16 bits of peer ids) [default: 0].
+    /// Node id in a multi-node routing space (high 16 bits of peer ids).
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     node_id: Option<u16>,
-    /// Most connections at once [default: 100000].
+    /// Most connections at once.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Most connections at once from one IP address [default: 1000].
+    /// Most connections at once from one IP address.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
-    /// Milliseconds a client has to upgrade and send Hello [default: 10000].
+    /// Milliseconds a client has to upgrade and send Hello.
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT_MS")]
     handshake_timeout_ms: Option<u64>,
-    /// Milliseconds of silence before the server pings [default: 15000].
+    /// Milliseconds of silence before the server pings.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS")]
     heartbeat_interval_ms: Option<u64>,
-    /// Milliseconds of silence before a connection is closed [default: 45000].
+    /// Milliseconds of silence before a connection is closed.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS")]
     heartbeat_timeout_ms: Option<u64>,
-    /// Milliseconds clients get to close on shutdown [default: 5000].
+    /// Milliseconds clients get to close on shutdown.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
-    /// Largest WebSocket message accepted, in bytes [default: 131072].
+    /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
-    /// Most frames in one WebSocket message [default: 64].
+    /// Most frames in one WebSocket message.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAMES_PER_MESSAGE")]
     max_frames_per_message: Option<usize>,
-    /// Largest SDP, compressed or inflated, in bytes [default: 65536].
+    /// Largest SDP, compressed or inflated, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_SDP_BYTES")]
     max_sdp_bytes: Option<usize>,
-    /// Sustained frames (and frameless WebSocket messages, pings included) per second per client [default: 200].
+    /// Sustained frames (and frameless WebSocket messages, pings included) per second per client.
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SECOND")]
     rate_per_second: Option<u32>,
-    /// Burst of frames above the sustained rate [default: 400].
+    /// Burst of frames above the sustained rate.
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     rate_burst: Option<u32>,
-    /// Rate-limited frames within one abuse window, more than were accepted, before the client is disconnected [default: 1000].
+    /// Rate-limited frames within one abuse window, more than were accepted, before the client is disconnected.
     #[arg(long, env = "SWITCHBOARD_RATE_ABUSE_THRESHOLD")]
     rate_abuse_threshold: Option<u32>,
-    /// The window of the abuse rule, in milliseconds [default: 10000].
+    /// The window of the abuse rule, in milliseconds.
     #[arg(long, env = "SWITCHBOARD_RATE_ABUSE_WINDOW_MS")]
     rate_abuse_window_ms: Option<u64>,
-    /// Capacity of a mesh room created without asking [default: 8].
+    /// Capacity of a mesh room created without asking.
     #[arg(long, env = "SWITCHBOARD_DEFAULT_ROOM_CAPACITY")]
     default_room_capacity: Option<u32>,
-    /// Largest mesh room capacity a client may ask for [default: 64].
+    /// Largest mesh room capacity a client may ask for.
     #[arg(long, env = "SWITCHBOARD_MAX_ROOM_CAPACITY")]
     max_room_capacity: Option<u32>,
-    /// Most rooms one connection may be in [default: 16].
+    /// Most rooms one connection may be in.
     #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_PEER")]
     max_rooms_per_peer: Option<usize>,
-    /// Frames queued for one client before it is cut off as slow [default: 1024].
+    /// Frames queued for one client before it is cut off as slow.
     #[arg(long, env = "SWITCHBOARD_OUTBOX_FRAMES")]
     outbox_frames: Option<usize>,
-    /// Bytes queued for one client before it is cut off as slow [default: 1048576].
+    /// Bytes queued for one client before it is cut off as slow.
     #[arg(long, env = "SWITCHBOARD_OUTBOX_BYTES")]
     outbox_bytes: Option<usize>,
-    /// Read buffer per WebSocket connection, in bytes [default: 256].
+    /// Read buffer per WebSocket connection, in bytes.
     #[arg(long, env = "SWITCHBOARD_READ_BUFFER_BYTES")]
     read_buffer_bytes: Option<usize>,
-    /// STUN/TURN URL handed to clients; repeat for several [default: stun:stun.l.google.com:19302].
+    /// STUN/TURN URL handed to clients; repeat for several.
     #[arg(
         long = "ice-server",
         env = "SWITCHBOARD_ICE_SERVERS",
         value_delimiter = ','
     )]
     ice_servers: Option<Vec<String>>,
-    /// Routing-table shards [default: 64].
+    /// Routing-table shards.
     #[arg(long, env = "SWITCHBOARD_SHARDS")]
     shards: Option<usize>,
     /// Client authentication: none (anyone, for development) or token
-    /// (HS256 JWTs; see SECURITY.md) [default: none].
+    /// (HS256 JWTs; see SECURITY.md).
     #[arg(long, env = "SWITCHBOARD_AUTH")]
     auth: Option<AuthMode>,
     /// File holding the JWT secret (at least 32 bytes; trailing whitespace is
@@ -147,9 +147,10 @@ struct Cli {
         value_delimiter = ','
     )]
     turn_urls: Option<Vec<String>>,
-    /// Lifetime of TURN credentials in seconds [default: 3600].
-    #[arg(long, env = "SWITCHBOARD_TURN_TTL")]
-    turn_ttl: Option<u64>,
+    /// Lifetime of TURN credentials in milliseconds (`turn_ttl` in TOML,
+    /// also milliseconds, like every duration).
+    #[arg(long, env = "SWITCHBOARD_TURN_TTL_MS")]
+    turn_ttl_ms: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -279,8 +280,8 @@ impl Cli {
         if self.tls_key.is_some() {
             c.tls_key = self.tls_key;
         }
-        if let Some(v) = self.turn_ttl {
-            c.turn_ttl = Duration::from_secs(v);
+        if let Some(v) = self.turn_ttl_ms {
+            c.turn_ttl = ms(v);
         }
         c.jwt_secret = read_secret(self.jwt_secret_file.as_deref(), "SWITCHBOARD_JWT_SECRET")?;
         c.turn_secret = read_secret(self.turn_secret_file.as_deref(), "SWITCHBOARD_TURN_SECRET")?;
@@ -302,6 +303,58 @@ impl Cli {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The default of every option that has one, read from
+/// `Config::default()`, so `--help` cannot drift from the code.
+fn defaults(c: &Config) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    vec![
+        ("listen", c.listen.to_string()),
+        ("node_id", c.node_id.to_string()),
+        ("max_connections", c.max_connections.to_string()),
+        (
+            "max_connections_per_ip",
+            c.max_connections_per_ip.to_string(),
+        ),
+        ("handshake_timeout_ms", ms(c.handshake_timeout)),
+        ("heartbeat_interval_ms", ms(c.heartbeat_interval)),
+        ("heartbeat_timeout_ms", ms(c.heartbeat_timeout)),
+        ("shutdown_grace_ms", ms(c.shutdown_grace)),
+        ("max_message_bytes", c.max_message_bytes.to_string()),
+        (
+            "max_frames_per_message",
+            c.max_frames_per_message.to_string(),
+        ),
+        ("max_sdp_bytes", c.max_sdp_bytes.to_string()),
+        ("rate_per_second", c.rate_per_second.to_string()),
+        ("rate_burst", c.rate_burst.to_string()),
+        ("rate_abuse_threshold", c.rate_abuse_threshold.to_string()),
+        ("rate_abuse_window_ms", ms(c.rate_abuse_window)),
+        ("default_room_capacity", c.default_room_capacity.to_string()),
+        ("max_room_capacity", c.max_room_capacity.to_string()),
+        ("max_rooms_per_peer", c.max_rooms_per_peer.to_string()),
+        ("outbox_frames", c.outbox_frames.to_string()),
+        ("outbox_bytes", c.outbox_bytes.to_string()),
+        ("read_buffer_bytes", c.read_buffer_bytes.to_string()),
+        ("ice_servers", c.ice_servers.join(",")),
+        ("shards", c.shards.to_string()),
+        ("auth", format!("{:?}", c.auth).to_lowercase()),
+        ("turn_ttl_ms", ms(c.turn_ttl)),
+    ]
+}
+
+/// The command line, with each option's default appended to its help.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    defaults(&Config::default())
+        .into_iter()
+        .fold(Cli::command(), |cmd, (id, value)| {
+            cmd.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} [default: {value}]"))
+            })
+        })
 }
 
 async fn shutdown_signal() {
@@ -326,7 +379,10 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let mut cli = Cli::parse();
+    let mut cli = {
+        use clap::FromArgMatches;
+        Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+    };
     if let Some(Command::Token(args)) = cli.command.take() {
         println!("{}", args.mint()?);
         return Ok(());
@@ -343,4 +399,47 @@ fn main() -> anyhow::Result<()> {
         switchboard::server::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn help_shows_the_defaults_of_config() {
+        let help = command().render_long_help().to_string();
+        let c = Config::default();
+        for (id, value) in defaults(&c) {
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--help lacks the default of {id} ({value})"
+            );
+        }
+        assert!(help.contains(&format!("[default: {}]", c.rate_per_second)));
+    }
+
+    #[test]
+    fn durations_have_the_same_unit_on_the_command_line_and_in_toml() {
+        let dir = std::env::temp_dir().join(format!("switchboard-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "turn_ttl = 120000\nheartbeat_interval = 2000\n").unwrap();
+        let from_toml = Cli::parse_from(["switchboard", "--config", file.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        let from_cli = Cli::parse_from([
+            "switchboard",
+            "--turn-ttl-ms",
+            "120000",
+            "--heartbeat-interval-ms",
+            "2000",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(from_toml.turn_ttl, Duration::from_secs(120));
+        assert_eq!(from_cli.turn_ttl, from_toml.turn_ttl);
+        assert_eq!(from_cli.heartbeat_interval, from_toml.heartbeat_interval);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

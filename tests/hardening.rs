@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::child::Server;
 use common::{answer, ice, join, next, offer, peer};
 use switchboard::client::{default_hello, ClientError, Connection};
 use switchboard::protocol::{
@@ -31,119 +30,17 @@ const BYSTANDER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 const SECRET: &str = "hardening-test-secret-0123456789abcdef";
 
-/// The switchboard binary running in a child process.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
+/// The server binary with the test secret in its environment.
+fn start(args: &[&str]) -> Server {
+    Server::start_with(args, None, &[("SWITCHBOARD_JWT_SECRET", SECRET)])
 }
 
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        Server::start_with(args, None)
-    }
-
-    /// Starts the server with `args`, under an open-files limit (soft and
-    /// hard) of `nofile` if given, and waits until `/healthz` answers.
-    fn start_with(args: &[&str], nofile: Option<u64>) -> Server {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::env::temp_dir().join(format!("switchboard-hardening-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.arg("--listen")
-            .arg(addr.to_string())
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .env("SWITCHBOARD_JWT_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::inherit());
-        if let Some(limit) = nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs
-            // between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
-            }
-        }
-        let child = cmd.spawn().expect("start the switchboard binary");
-        let mut server = Server { child, addr, log };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "switchboard exited at start-up: {status}; log: {}",
-                    self.log_text()
-                );
-            }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("switchboard did not listen on {} within 20 s", self.addr);
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A field of the server's `/proc/PID/status`, in KiB.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in the server's status"))
-    }
-
-    /// The server's peak resident memory so far.
-    fn peak_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
-    }
-
-    fn assert_peak_under_bound(&self, what: &str) {
-        let peak = self.peak_kib();
-        assert!(
-            peak < PEAK_BOUND_KIB,
-            "{what}: the server's resident memory peaked at {peak} KiB (bound {PEAK_BOUND_KIB} KiB)"
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the server died; log: {}",
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+fn assert_peak_under_bound(server: &Server, what: &str) {
+    let peak = server.peak_kib();
+    assert!(
+        peak < PEAK_BOUND_KIB,
+        "{what}: the server's resident memory peaked at {peak} KiB (bound {PEAK_BOUND_KIB} KiB)"
+    );
 }
 
 fn token(sub: &str) -> String {
@@ -423,7 +320,7 @@ async fn flood_and_listen(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_before_hello_is_cut_off_with_memory_bounded() {
-    let mut server = Server::start(&["--auth", "token"]);
+    let mut server = start(&["--auth", "token"]);
     let mut calm = Bystanders::connect(&server, "pings", true).await;
     let ping = ws_frame(PING, &[0x55; 125], true);
     // One attacker never reads; one reads (and so hears why it is closed).
@@ -438,7 +335,7 @@ async fn a_ping_flood_before_hello_is_cut_off_with_memory_bounded() {
     let (sent, cut) = deaf_flood.await.unwrap();
     let (heard_sent, heard_cut, heard) = listening_flood.await.unwrap();
     server.assert_alive();
-    server.assert_peak_under_bound("ping floods before hello");
+    assert_peak_under_bound(&server, "ping floods before hello");
     assert!(
         sent > 1_000 && heard_sent > 1_000,
         "the floods wrote only {sent} / {heard_sent} pings"
@@ -464,7 +361,7 @@ async fn a_ping_flood_before_hello_is_cut_off_with_memory_bounded() {
 async fn unread_pongs_are_bounded_by_the_write_buffer_even_without_a_rate_limit() {
     // A rate limit so high it never applies: only the write buffer's
     // bound stands between a ping flood and the server's memory.
-    let mut server = Server::start(&[
+    let mut server = start(&[
         "--rate-per-second",
         "100000000",
         "--rate-burst",
@@ -491,7 +388,7 @@ async fn unread_pongs_are_bounded_by_the_write_buffer_even_without_a_rate_limit(
         sent += f.await.unwrap();
     }
     server.assert_alive();
-    server.assert_peak_under_bound("4 connections flooding pings, never reading");
+    assert_peak_under_bound(&server, "4 connections flooding pings, never reading");
     assert!(sent > 20_000, "the floods wrote only {sent} pings");
 }
 
@@ -502,7 +399,7 @@ async fn unread_pongs_are_bounded_by_the_write_buffer_even_without_a_rate_limit(
 async fn under_ulimit_1024_the_server_answers_503_instead_of_hanging() {
     // The test holds a connection per server connection, and more.
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
-    let mut server = Server::start_with(&[], Some(1024));
+    let mut server = Server::start_with(&[], Some(1024), &[]);
     let mut calm = Bystanders::connect(&server, "fds", false).await;
     // Two attacking addresses, each under the per-IP cap of 1,000.
     let mut held = Vec::new();
@@ -564,7 +461,7 @@ async fn under_ulimit_1024_the_server_answers_503_instead_of_hanging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_flood_is_rate_limited_and_closed() {
-    let mut server = Server::start(&[
+    let mut server = start(&[
         "--rate-per-second",
         "50",
         "--rate-burst",
@@ -633,12 +530,12 @@ async fn every_kind_of_flood_is_rate_limited_and_closed() {
         );
     }
     server.assert_alive();
-    server.assert_peak_under_bound("six kinds of flood");
+    assert_peak_under_bound(&server, "six kinds of flood");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_paced_at_64_times_the_limit_is_closed() {
-    let mut server = Server::start(&["--rate-per-second", "50", "--rate-burst", "100"]);
+    let mut server = start(&["--rate-per-second", "50", "--rate-burst", "100"]);
     let mut calm = Bystanders::connect(&server, "paced", false).await;
     let mut s = raw_ws(server.addr).await;
     raw_hello(&mut s, default_hello()).await;
@@ -692,7 +589,7 @@ async fn login(c: &mut Connection, name: &str) -> LoginResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_lists_show_the_current_name_after_a_logout() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "names", false).await;
     let url = server.url();
     let mut a = Connection::connect(&url, default_hello()).await.unwrap();
@@ -729,7 +626,7 @@ async fn member_lists_show_the_current_name_after_a_logout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn look_alike_names_and_room_ids_are_refused() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "lookalike", false).await;
     let mut s = raw_ws(server.addr).await;
     raw_hello(&mut s, default_hello()).await;
@@ -777,7 +674,7 @@ async fn look_alike_names_and_room_ids_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hang_up_reaches_only_a_call_partner() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "hangup", false).await;
     let url = server.url();
     let mut mallory = Connection::connect(&url, default_hello()).await.unwrap();
@@ -848,7 +745,7 @@ async fn hang_up_reaches_only_a_call_partner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_violations_get_the_rfc_6455_close_code() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "rfc", false).await;
     let cases: [(&str, Vec<u8>, u16); 7] = [
         (
@@ -896,7 +793,7 @@ async fn websocket_violations_get_the_rfc_6455_close_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_errors_arrive_as_typed_errors_before_the_close() {
-    let server = Server::start(&["--auth", "token"]);
+    let server = start(&["--auth", "token"]);
     let mut calm = Bystanders::connect(&server, "hello", true).await;
     // A 4.2 KB token is a refused token: UNAUTHENTICATED and 4017.
     let mut s = raw_ws(server.addr).await;
@@ -936,7 +833,7 @@ async fn hello_errors_arrive_as_typed_errors_before_the_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_limits_are_exact_and_empty_messages_are_answered() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "frames", false).await;
     // Hello and 64 Pings in one message: Hello is one of the 64 frames.
     let mut s = raw_ws(server.addr).await;
@@ -968,7 +865,7 @@ async fn frame_limits_are_exact_and_empty_messages_are_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upgrade_keys_are_refused_and_healthz_says_only_alive() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let mut calm = Bystanders::connect(&server, "keys", false).await;
     for key in [
         "",
@@ -1003,7 +900,7 @@ async fn bad_upgrade_keys_are_refused_and_healthz_says_only_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_a_critical_extension_is_refused() {
     use base64::Engine;
-    let server = Server::start(&["--auth", "token"]);
+    let server = start(&["--auth", "token"]);
     let mut calm = Bystanders::connect(&server, "crit", true).await;
     // A correctly signed token whose header marks an extension critical.
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

@@ -27,24 +27,39 @@ fn common(url: String) -> Common {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_bounces_every_message() {
-    let server = start_server(fast_config()).await;
+async fn relay_bounces_every_message_and_reports_the_servers_cpu() {
+    // The server in a child process, so the CPU and memory the load
+    // generator reports are the server's, not this test's.
+    let server =
+        common::child::Server::start(&["--rate-per-second", "1000000", "--rate-burst", "1000000"]);
+    let duration = Duration::from_millis(800);
     let report = relay::run(
-        &common(server.url()),
+        &Common {
+            server_pid: Some(server.child.id()),
+            ..Common::new(server.url())
+        },
         &relay::Options {
             pairs: 4,
             window: 4,
-            duration: Duration::from_millis(800),
+            duration,
         },
     )
     .await
     .unwrap();
     assert_eq!(report.errors, 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
-    assert!(report.relayed_per_second > 0, "{report:?}");
-    assert!(report.round_trip.count > 0, "{report:?}");
-    assert!(report.round_trip.p50_us <= report.round_trip.p99_us);
-    assert!(report.cpu.server_cpu_percent.is_some());
+    assert!(report.relayed_per_second > 100, "{report:?}");
+    assert!(report.round_trip.count > 100, "{report:?}");
+    // Round trips are timed in microseconds: none can outlast the run.
+    let run_us = duration.as_micros() as u64;
+    assert!(
+        report.round_trip.p50_us > 0 && report.round_trip.p99_us < run_us,
+        "{report:?}"
+    );
+    // The server relayed thousands of messages: it used CPU, and the
+    // report says so (two worker threads at most, on this machine's cores).
+    let cpu = report.cpu.server_cpu_percent.expect("server CPU measured");
+    assert!(cpu > 1.0 && cpu < 250.0, "server CPU {cpu}%");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,9 +109,13 @@ async fn handshake_stops_after_the_asked_rooms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_log_in_join_and_hold() {
-    let server = start_server(fast_config()).await;
+    // A child process, so the memory reported is the server's own.
+    let server = common::child::Server::start(&[]);
     let report = idle::run(
-        &common(server.url()),
+        &Common {
+            server_pid: Some(server.child.id()),
+            ..Common::new(server.url())
+        },
         &idle::Options {
             connections: 40,
             connect_concurrency: 8,
@@ -108,7 +127,11 @@ async fn idle_connections_log_in_join_and_hold() {
     assert_eq!(report.errors, 0, "{report:?}");
     assert_eq!(report.established, 40, "{report:?}");
     assert_eq!(report.open_after_hold, 40, "{report:?}");
-    assert!(report.server_rss_after_kib.is_some());
+    let rss = report.server_rss_after_kib.expect("server memory measured");
+    assert!(
+        (1024..1024 * 1024).contains(&rss),
+        "server RSS {rss} KiB for 40 connections"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

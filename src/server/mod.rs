@@ -98,8 +98,10 @@ impl Shared {
         )
     }
 
-    /// Counts a connection from `ip`; `None` when that IP is at its limit.
+    /// Counts a connection from `ip`; `None` when that IP (an IPv6 /64) is
+    /// at its limit.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        let ip = admission_key(ip);
         let mut per_ip = self.per_ip.lock();
         let count = per_ip.entry(ip).or_insert(0);
         if *count >= self.config.max_connections_per_ip {
@@ -110,6 +112,21 @@ impl Shared {
             shared: self.clone(),
             ip,
         })
+    }
+}
+
+/// What the per-IP cap counts: an IPv4 address, or an IPv6 /64 (one host
+/// usually holds a whole /64, so counting single IPv6 addresses would give
+/// it 2⁶⁴ caps). IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn admission_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -303,5 +320,48 @@ async fn drain(shared: &Arc<Shared>) {
             remaining = shared.router.peer_count(),
             "shutdown grace expired with connections open"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            admission_key(ip("2001:db8:1:2:aaaa::1")),
+            admission_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_eq!(admission_key(ip("2001:db8:1:2::9")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            admission_key(ip("2001:db8:1:2::1")),
+            admission_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(admission_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(admission_key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    #[tokio::test]
+    async fn one_64_shares_one_per_ip_cap() {
+        let shared = Arc::new(
+            Shared::new(
+                Config {
+                    max_connections_per_ip: 2,
+                    ..Config::default()
+                },
+                local_router(&Config::default()),
+            )
+            .unwrap(),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = shared.admit(ip("2001:db8::1")).unwrap();
+        let _b = shared.admit(ip("2001:db8::2")).unwrap();
+        assert!(
+            shared.admit(ip("2001:db8::ffff")).is_none(),
+            "third in the /64"
+        );
+        assert!(shared.admit(ip("2001:db8:0:1::1")).is_some(), "another /64");
     }
 }

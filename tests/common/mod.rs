@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a server on port 0 and clients.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
