@@ -2,22 +2,31 @@
  * `SignalingClient`: one connection to a switchboard server, with Hello,
  * heartbeat replies, reconnect with back-off, ICE batching and SDP
  * compression handled for the application, which sees typed events.
+ *
+ * What the client sends stays within `Welcome.limits`: the frame count, the
+ * message size and the rate are kept by the `Outbox`; an SDP, an id or a
+ * capacity over its limit is refused here with a `LimitError`. What it
+ * receives is decoded with the announced limits; a frame it cannot decode is
+ * reported as an `error` event and skipped (PROTOCOL.md section 5), and the
+ * connection stays open.
  */
 import { DEFAULT_BACKOFF, backoffDelay, type BackoffConfig } from "./backoff.js";
-import { DEFAULT_LIMITS, decodeMessage, encodeFrame, type CodecLimits } from "./codec.js";
+import { DEFAULT_LIMITS, decodeMessage, encode, type CodecLimits, type Encoded } from "./codec.js";
 import { Emitter } from "./emitter.js";
-import { DecodeError, SdpError, SignalingError } from "./errors.js";
-import { concatFrames } from "./frame.js";
+import { DecodeError, LimitError, SdpError, SignalingError } from "./errors.js";
+import { HEADER_LEN, writeFrame } from "./frame.js";
 import { DEFAULT_BATCH, IceBatcher, type Batch, type BatchConfig } from "./ice.js";
 import {
   Capabilities,
   ErrorCode,
+  MAX_ID_BYTES,
   PROTOCOL_VERSION,
   RoomMode,
   addressKey,
   type Address,
   type IceCandidate,
   type Joined,
+  type Limits,
   type LoginResult,
   type Member,
   type Message,
@@ -25,6 +34,7 @@ import {
   type PeerLeft,
   type Welcome,
 } from "./message.js";
+import { DEFAULT_OUTBOX, Outbox } from "./outbox.js";
 import { deflateIfSmaller, inflate } from "./sdp.js";
 
 /** The part of the browser's `WebSocket` the client uses. */
@@ -63,7 +73,11 @@ export interface ClientOptions {
   rejoin?: boolean;
   /** ICE batching window and size. */
   iceBatch?: Partial<BatchConfig>;
-  /** Decoder limits for what the server sends. */
+  /**
+   * Decoder limits for what the server sends. Those not set here follow the
+   * server's `Welcome.limits` (`maxMessageBytes`, `maxFramesPerMessage`,
+   * `maxSdpBytes`), else `DEFAULT_LIMITS`.
+   */
   limits?: Partial<CodecLimits>;
   /** Opens a socket; defaults to `new WebSocket(url)`. */
   webSocket?: (url: string) => WebSocketLike;
@@ -100,8 +114,12 @@ export interface ClientEvents {
   answer: DescriptionEvent;
   ice: IceEvent;
   hangUp: { from: Address };
-  /** A server Error, or a frame from the server that could not be decoded. */
-  error: SignalingError | DecodeError;
+  /**
+   * A server Error; a frame from the server that could not be decoded (it was
+   * skipped, the connection stays open); or a rejoin after reconnecting that
+   * the new server's limits refuse.
+   */
+  error: SignalingError | DecodeError | LimitError;
 }
 
 export interface JoinOptions {
@@ -149,13 +167,38 @@ const CAPABILITIES = Capabilities.DEFLATE_SDP | Capabilities.ICE_BATCH;
 const utf8 = new TextEncoder();
 const text = new TextDecoder();
 
+/**
+ * What the client assumes of a server until its Welcome says otherwise, and
+ * for every limit the Welcome leaves at 0 ("not announced"): the server's
+ * defaults for sizes and ids, no pacing, no capacity check.
+ */
+const SDK_LIMITS: Readonly<Limits> = Object.freeze({
+  ...DEFAULT_OUTBOX,
+  maxSdpBytes: DEFAULT_LIMITS.maxSdp,
+  maxIdBytes: MAX_ID_BYTES,
+  maxRoomCapacity: 0,
+  defaultRoomCapacity: 0,
+});
+
+/** The limits of `limits` that are announced (not 0). */
+function announced<T extends object>(limits: T): Partial<T> {
+  return Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== 0)) as Partial<T>;
+}
+
 export class SignalingClient extends Emitter<ClientEvents> {
   private readonly backoff: BackoffConfig | undefined;
   private readonly batch: BatchConfig;
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly openSocket: (url: string) => WebSocketLike;
+  /** Decoder limits of this connection. */
   private limits: CodecLimits;
+  /** The server's limits on what this connection sends. */
+  private serverLimits: Limits = SDK_LIMITS;
+  private outbox = new Outbox();
+  private outboxTimer: unknown;
+  /** Set while a WebSocket message is handled: sends wait for its end, to share messages. */
+  private holding = false;
 
   private url: string | undefined;
   private socket: WebSocketLike | undefined;
@@ -228,8 +271,14 @@ export class SignalingClient extends Emitter<ClientEvents> {
 
   /** Joins a room; resolves with its members, rejects on RoomFull or an Error. */
   join(room: string, options: JoinOptions = {}): Promise<Joined> {
+    const message = this.joinMessage(room, options);
+    try {
+      this.checkLimits(message);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     this.rooms.set(room, { join: options, members: this.rooms.get(room)?.members ?? new Map() });
-    return this.request("join", room, this.joinMessage(room, options));
+    return this.request("join", room, message);
   }
 
   /** Leaves a room. */
@@ -240,8 +289,14 @@ export class SignalingClient extends Emitter<ClientEvents> {
 
   /** Logs in with a unique name; rejects with the reason when refused. */
   login(name: string): Promise<LoginResult> {
+    const message: Message = { type: "login", name };
+    try {
+      this.checkLimits(message);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     this.userName = name;
-    return this.request("login", name, { type: "login", name });
+    return this.request("login", name, message);
   }
 
   /** Gives the name up. */
@@ -262,9 +317,17 @@ export class SignalingClient extends Emitter<ClientEvents> {
 
   /**
    * Queues a trickled candidate for `target`; `null` (or an empty candidate
-   * line) ends gathering and flushes the batch with the end marker.
+   * line) ends gathering and flushes the batch with the end marker. Throws a
+   * `LimitError`, and queues nothing, when the target, the room or the
+   * candidate alone would be over the server's limits.
    */
   sendIce(target: Address, candidate: CandidateLike | null, options: SendOptions = {}): void {
+    const c = candidate?.candidate ? iceCandidate(candidate.candidate, candidate) : undefined;
+    // Checked alone in a frame now, so that a batch can always be split into frames that fit.
+    this.checkLimits({
+      type: "ice",
+      ice: { peer: target, candidates: c ? [c] : [], endOfCandidates: true, room: options.room },
+    });
     const key = addressKey(target);
     let queue = this.ice.get(key);
     if (queue === undefined) {
@@ -272,14 +335,10 @@ export class SignalingClient extends Emitter<ClientEvents> {
       this.ice.set(key, queue);
     }
     if (options.room !== undefined) queue.room = options.room;
-    if (candidate === null || !candidate.candidate) {
+    if (c === undefined) {
       this.flushIce(queue, queue.batcher.endOfCandidates());
       return;
     }
-    const c: IceCandidate = { candidate: candidate.candidate };
-    if (candidate.sdpMid != null) c.sdpMid = candidate.sdpMid;
-    if (candidate.sdpMLineIndex != null) c.sdpMLineIndex = candidate.sdpMLineIndex;
-    if (candidate.usernameFragment != null) c.usernameFragment = candidate.usernameFragment;
     const full = queue.batcher.push(c, this.clock.now());
     if (full !== undefined) this.flushIce(queue, full);
     else this.armIce(queue);
@@ -313,6 +372,9 @@ export class SignalingClient extends Emitter<ClientEvents> {
     }
     this.socket = socket;
     this.seq = 0;
+    this.limits = { ...DEFAULT_LIMITS, ...this.options.limits };
+    this.serverLimits = SDK_LIMITS;
+    this.outbox = new Outbox();
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
       this.send({
@@ -340,6 +402,9 @@ export class SignalingClient extends Emitter<ClientEvents> {
     this.socket = undefined;
     this.welcomeInfo = undefined;
     this.clock.clearTimeout(this.livenessTimer);
+    this.clock.clearTimeout(this.outboxTimer);
+    this.outboxTimer = undefined;
+    this.outbox.clear();
     for (const queue of this.ice.values()) this.clock.clearTimeout(queue.timer);
     this.ice.clear();
     for (const room of this.rooms.values()) room.members.clear();
@@ -383,14 +448,84 @@ export class SignalingClient extends Emitter<ClientEvents> {
     for (const w of waiters) w.reject(error);
   }
 
+  /**
+   * Numbers `message` and queues it for the socket; returns its seq. Throws,
+   * sending nothing, when not connected or when the message is over one of
+   * the server's limits (`LimitError`).
+   */
   private send(message: Message): number {
     const socket = this.socket;
     if (socket === undefined || socket.readyState !== OPEN) {
       throw new SignalingError(ErrorCode.UNSPECIFIED, `not connected (state ${this.currentState})`);
     }
+    const { type, flags, payload } = this.checkLimits(message);
     this.seq = nextSeq(this.seq);
-    socket.send(encodeFrame(message, this.seq));
+    this.outbox.push(writeFrame(type, flags, this.seq, payload));
+    if (!this.holding) this.flush();
     return this.seq;
+  }
+
+  /** Sends what the outbox lets go now, and comes back when it lets go more. */
+  private flush(): void {
+    const socket = this.socket;
+    if (socket === undefined || socket.readyState !== OPEN) return;
+    const now = this.clock.now();
+    for (const bytes of this.outbox.take(now)) socket.send(bytes);
+    const deadline = this.outbox.deadline();
+    if (deadline === undefined || this.outboxTimer !== undefined) return;
+    this.outboxTimer = this.clock.setTimeout(() => {
+      this.outboxTimer = undefined;
+      this.flush();
+    }, Math.max(0, deadline - now));
+  }
+
+  /**
+   * Encodes `message`, or throws a `LimitError` when it is over a limit the
+   * server announced: an id (room, user name) longer than `maxIdBytes`, a
+   * mesh capacity above `maxRoomCapacity`, a frame larger than
+   * `maxMessageBytes` (the server would close the connection for it).
+   */
+  private checkLimits(message: Message): Encoded {
+    const l = this.serverLimits;
+    const id = (s: string | undefined): void => {
+      const size = s === undefined ? 0 : utf8.encode(s).length;
+      if (size > l.maxIdBytes) throw new LimitError("maxIdBytes", size, l.maxIdBytes);
+    };
+    const user = (a: Address): void => id("user" in a ? a.user : undefined);
+    switch (message.type) {
+      case "join": {
+        id(message.join.room);
+        const capacity = message.join.capacity ?? 0;
+        if (message.join.mode === RoomMode.MESH && l.maxRoomCapacity > 0 && capacity > l.maxRoomCapacity) {
+          throw new LimitError("maxRoomCapacity", capacity, l.maxRoomCapacity);
+        }
+        break;
+      }
+      case "leave":
+        id(message.room);
+        break;
+      case "login":
+        id(message.name);
+        break;
+      case "hang_up":
+        user(message.peer);
+        break;
+      case "offer":
+      case "answer":
+        user(message.description.peer);
+        id(message.description.room);
+        break;
+      case "ice":
+        user(message.ice.peer);
+        id(message.ice.room);
+        break;
+      default:
+        break;
+    }
+    const encoded = encode(message);
+    const size = HEADER_LEN + encoded.payload.length;
+    if (size > l.maxMessageBytes) throw new LimitError("maxMessageBytes", size, l.maxMessageBytes);
+    return encoded;
   }
 
   private request<T>(kind: Pending["kind"], key: string, message: Message): Promise<T> {
@@ -432,8 +567,11 @@ export class SignalingClient extends Emitter<ClientEvents> {
     return Capabilities.NONE;
   }
 
+  /** Throws a `LimitError` for an SDP over the server's `maxSdpBytes` (before compression, as the receiver inflates it). */
   private sendDescription(type: "offer" | "answer", target: Address, sdp: string, options: SendOptions): void {
     const bytes = utf8.encode(sdp);
+    const max = this.serverLimits.maxSdpBytes;
+    if (bytes.length > max) throw new LimitError("maxSdpBytes", bytes.length, max);
     const compressed =
       this.capabilitiesOf(target) & Capabilities.DEFLATE_SDP ? deflateIfSmaller(bytes) : undefined;
     this.send({
@@ -461,10 +599,26 @@ export class SignalingClient extends Emitter<ClientEvents> {
     this.clock.clearTimeout(queue.timer);
     queue.timer = undefined;
     if (batch.candidates.length === 0 && !batch.endOfCandidates) return;
-    this.send({
+    this.sendCandidates(queue, batch.candidates, batch.endOfCandidates);
+  }
+
+  /**
+   * Sends candidates as one IceCandidates frame, or in halves until each
+   * frame fits in the server's `maxMessageBytes`; the end marker rides on
+   * the last.
+   */
+  private sendCandidates(queue: IceQueue, candidates: IceCandidate[], endOfCandidates: boolean): void {
+    const message: Message = {
       type: "ice",
-      ice: { peer: queue.target, candidates: batch.candidates, endOfCandidates: batch.endOfCandidates, room: queue.room },
-    });
+      ice: { peer: queue.target, candidates, endOfCandidates, room: queue.room },
+    };
+    if (candidates.length > 1 && frameSize(message) > this.serverLimits.maxMessageBytes) {
+      const half = Math.ceil(candidates.length / 2);
+      this.sendCandidates(queue, candidates.slice(0, half), false);
+      this.sendCandidates(queue, candidates.slice(half), endOfCandidates);
+      return;
+    }
+    this.send(message);
   }
 
   private dropIce(target: Address): void {
@@ -496,29 +650,35 @@ export class SignalingClient extends Emitter<ClientEvents> {
       return;
     }
     this.armLiveness();
-    const replies: Uint8Array[] = [];
-    for (const decoded of decodeMessage(bytes, this.limits)) {
-      if (!decoded.ok) {
-        this.emit("error", decoded.error);
-        continue;
+    // What is sent while this message is handled (Pongs, rejoins, what the
+    // application sends from its listeners) shares WebSocket messages.
+    this.holding = true;
+    try {
+      for (const decoded of decodeMessage(bytes, this.limits)) {
+        if (!decoded.ok) {
+          // That frame is skipped; after a frame-layer error, so is the rest
+          // of this message. The connection stays open either way.
+          this.emit("error", decoded.error);
+          continue;
+        }
+        const m = decoded.message;
+        if (m.type === "ping") {
+          if (this.socket?.readyState === OPEN) this.send({ type: "pong", nonce: m.nonce });
+          continue;
+        }
+        this.dispatch(m);
       }
-      const m = decoded.message;
-      if (m.type === "ping") {
-        // Answered in the same WebSocket message as any other ping of this batch.
-        this.seq = nextSeq(this.seq);
-        replies.push(encodeFrame({ type: "pong", nonce: m.nonce }, this.seq));
-        continue;
-      }
-      this.dispatch(m);
+    } finally {
+      this.holding = false;
     }
-    if (replies.length > 0 && this.socket?.readyState === OPEN) this.socket.send(concatFrames(replies));
+    this.flush();
   }
 
   private dispatch(m: Message): void {
     switch (m.type) {
       case "welcome": {
         this.welcomeInfo = m.welcome;
-        if (m.welcome.limits.maxSdpBytes > 0) this.limits.maxSdp = m.welcome.limits.maxSdpBytes;
+        this.adoptLimits(m.welcome.limits);
         this.attempt = 0;
         this.armLiveness();
         this.setState("open");
@@ -622,19 +782,62 @@ export class SignalingClient extends Emitter<ClientEvents> {
     }
   }
 
-  /** After a reconnect, joins the rooms and takes the name of the old connection. */
+  /**
+   * Adopts the limits of a Welcome, those at 0 ("not announced") staying at
+   * the SDK's defaults: for what is sent, and for decoding (where a limit
+   * set in `options.limits` wins).
+   */
+  private adoptLimits(limits: Limits): void {
+    this.serverLimits = { ...SDK_LIMITS, ...announced(limits) };
+    const decode = announced({
+      maxPayload: limits.maxMessageBytes,
+      maxFrames: limits.maxFramesPerMessage,
+      maxSdp: limits.maxSdpBytes,
+    });
+    this.limits = { ...DEFAULT_LIMITS, ...decode, ...this.options.limits };
+    this.outbox.adopt(this.serverLimits, this.clock.now());
+  }
+
+  /**
+   * After a reconnect, joins the rooms and takes the name of the old
+   * connection; one the new server's limits refuse is forgotten, and the
+   * `LimitError` emitted.
+   */
   private restore(): void {
+    if (this.options.rejoin === false) return;
     const swallow = (): void => {};
+    const again = (kind: Pending["kind"], key: string, message: Message): boolean => {
+      try {
+        const seq = this.send(message);
+        this.pending.set(seq, { resolve: swallow, reject: swallow, kind, key });
+        return true;
+      } catch (e) {
+        if (!(e instanceof LimitError)) throw e;
+        this.emit("error", e);
+        return false;
+      }
+    };
     for (const [room, state] of this.rooms) {
-      if (this.options.rejoin === false) break;
-      const seq = this.send(this.joinMessage(room, state.join));
-      this.pending.set(seq, { resolve: swallow, reject: swallow, kind: "join", key: room });
+      if (!again("join", room, this.joinMessage(room, state.join))) this.rooms.delete(room);
     }
-    if (this.userName !== undefined && this.options.rejoin !== false) {
-      const seq = this.send({ type: "login", name: this.userName });
-      this.pending.set(seq, { resolve: swallow, reject: swallow, kind: "login", key: this.userName });
+    if (this.userName !== undefined && !again("login", this.userName, { type: "login", name: this.userName })) {
+      this.userName = undefined;
     }
   }
+}
+
+/** Bytes of `message` as one frame. */
+function frameSize(message: Message): number {
+  return HEADER_LEN + encode(message).payload.length;
+}
+
+/** A browser candidate as the wire carries it. */
+function iceCandidate(line: string, from: CandidateLike): IceCandidate {
+  const c: IceCandidate = { candidate: line };
+  if (from.sdpMid != null) c.sdpMid = from.sdpMid;
+  if (from.sdpMLineIndex != null) c.sdpMLineIndex = from.sdpMLineIndex;
+  if (from.usernameFragment != null) c.usernameFragment = from.usernameFragment;
+  return c;
 }
 
 /** The next sequence number: wraps modulo 2^32 and skips 0, which means "none" in Error.requestSeq. */

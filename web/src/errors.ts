@@ -1,4 +1,5 @@
 import { ErrorCode } from "./gen/switchboard/v1/signal_pb.js";
+import type { Limits } from "./message.js";
 
 /**
  * Why a field failed validation; mirrors Rust's `protocol::FieldError`.
@@ -156,5 +157,25 @@ export class SignalingError extends Error {
     readonly requestSeq = 0,
   ) {
     super(message || ErrorCode[code] || `error ${code}`);
+  }
+}
+
+/**
+ * Something the client refused to send because it is over a limit the server
+ * announced in `Welcome.limits` (or the SDK's default while none is
+ * announced): the server would refuse it, or close the connection for it.
+ */
+export class LimitError extends Error {
+  override readonly name = "LimitError";
+  /** The wire error code the server would answer with. */
+  readonly code = ErrorCode.TOO_LARGE;
+
+  constructor(
+    /** The `Welcome.limits` field that was exceeded. */
+    readonly limit: keyof Limits,
+    readonly size: number,
+    readonly max: number,
+  ) {
+    super(`${size} is over the server's ${limit} of ${max}`);
   }
 }

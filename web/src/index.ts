@@ -5,6 +5,7 @@
  * - `codec`, `frame`, `message`: the wire protocol, sans-IO.
  * - `sdp`: SDP deflate with the server's preset dictionary.
  * - `ice`: ICE candidate batching.
+ * - `outbox`: pacing and packing of what the client sends, within the server's limits.
  * - `backoff`: reconnect delays.
  */
 export * from "./backoff.js";
@@ -14,6 +15,7 @@ export * from "./errors.js";
 export * from "./frame.js";
 export * from "./ice.js";
 export * from "./message.js";
+export * from "./outbox.js";
 export { DICTIONARY_ID, dictionary } from "./dictionary.js";
 export { deflate, deflateIfSmaller, inflate } from "./sdp.js";
 export { Capability } from "./gen/switchboard/v1/signal_pb.js";
