@@ -19,7 +19,7 @@ use switchboard::protocol::{
     RoomId, RoomMode,
 };
 use switchboard::rooms::RoomPolicy;
-use switchboard::routing::{LocalRouter, Outbox, OutboxLimits, Router};
+use switchboard::routing::{LocalRouter, Origin, Outbox, OutboxLimits, Router};
 
 /// Pairs per thread: enough rooms that they spread over the shards.
 const PAIRS_PER_THREAD: usize = 64;
@@ -110,7 +110,11 @@ fn work(router: &LocalRouter, pairs: &[Pair], iters: u64) {
         let target = router
             .resolve(p.from, None, &p.room, None, &Address::Peer(p.to))
             .unwrap();
-        router.deliver(&target, frames[k].clone()).unwrap();
+        let origin = Origin {
+            peer: p.from,
+            seq: i as u32,
+        };
+        router.deliver(&target, frames[k].clone(), origin).unwrap();
         if (i / pairs.len()) % 32 == 31 && k == pairs.len() - 1 {
             for p in pairs {
                 p.outbox.drain(&mut drained, usize::MAX, usize::MAX);

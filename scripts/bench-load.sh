@@ -19,6 +19,7 @@ start_server() {
     # than a browser would.
     taskset -c 0 "$SERVER_BIN" --listen "127.0.0.1:$PORT" \
         --rate-per-second 100000000 --rate-burst 100000000 \
+        --rate-bytes-per-second 2000000000 --rate-bytes-burst 2000000000 \
         --max-connections-per-ip 1000000 "$@" >/tmp/switchboard-bench.log 2>&1 &
     SERVER=$!
     for _ in $(seq 50); do

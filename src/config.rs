@@ -51,6 +51,11 @@ pub struct Config {
     pub rate_per_second: u32,
     /// Units a client may send above the sustained rate in a burst.
     pub rate_burst: u32,
+    /// Sustained inbound bytes per second per client.
+    pub rate_bytes_per_second: u32,
+    /// Bytes a client may send above the sustained byte rate in a burst
+    /// (at least `max_message_bytes`).
+    pub rate_bytes_burst: u32,
     /// Units dropped for rate within one `rate_abuse_window`, with more
     /// dropped than accepted, before the connection is closed with a
     /// policy-violation code.
@@ -174,6 +179,8 @@ impl Default for Config {
             max_candidates_per_batch: 64,
             rate_per_second: 200,
             rate_burst: 400,
+            rate_bytes_per_second: 256 * 1024,
+            rate_bytes_burst: 1024 * 1024,
             rate_abuse_threshold: 1_000,
             rate_abuse_window: Duration::from_secs(10),
             default_room_capacity: 8,
@@ -244,6 +251,13 @@ impl Config {
         if self.rate_per_second == 0 || self.rate_burst == 0 {
             return fail("rate_per_second and rate_burst must be positive");
         }
+        if self.rate_bytes_per_second == 0
+            || (self.rate_bytes_burst as usize) < self.max_message_bytes
+        {
+            return fail(
+                "rate_bytes_per_second must be positive and rate_bytes_burst at least max_message_bytes",
+            );
+        }
         if self.default_room_capacity < 2 || self.max_room_capacity < self.default_room_capacity {
             return fail("need 2 <= default_room_capacity <= max_room_capacity");
         }
@@ -313,6 +327,8 @@ impl Config {
         crate::rate::RatePolicy {
             per_second: self.rate_per_second,
             burst: self.rate_burst,
+            bytes_per_second: self.rate_bytes_per_second,
+            bytes_burst: self.rate_bytes_burst,
             abuse_threshold: self.rate_abuse_threshold,
             abuse_window: self.rate_abuse_window,
         }

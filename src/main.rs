@@ -73,6 +73,12 @@ struct Cli {
     /// Burst of frames above the sustained rate.
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     rate_burst: Option<u32>,
+    /// Sustained bytes per second per client.
+    #[arg(long, env = "SWITCHBOARD_RATE_BYTES_PER_SECOND")]
+    rate_bytes_per_second: Option<u32>,
+    /// Burst of bytes above the sustained byte rate (at least --max-message-bytes).
+    #[arg(long, env = "SWITCHBOARD_RATE_BYTES_BURST")]
+    rate_bytes_burst: Option<u32>,
     /// Rate-limited frames within one abuse window, more than were accepted, before the client is disconnected.
     #[arg(long, env = "SWITCHBOARD_RATE_ABUSE_THRESHOLD")]
     rate_abuse_threshold: Option<u32>,
@@ -255,6 +261,8 @@ impl Cli {
             max_sdp_bytes,
             rate_per_second,
             rate_burst,
+            rate_bytes_per_second,
+            rate_bytes_burst,
             rate_abuse_threshold,
             default_room_capacity,
             max_room_capacity,
@@ -329,6 +337,8 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
         ("max_sdp_bytes", c.max_sdp_bytes.to_string()),
         ("rate_per_second", c.rate_per_second.to_string()),
         ("rate_burst", c.rate_burst.to_string()),
+        ("rate_bytes_per_second", c.rate_bytes_per_second.to_string()),
+        ("rate_bytes_burst", c.rate_bytes_burst.to_string()),
         ("rate_abuse_threshold", c.rate_abuse_threshold.to_string()),
         ("rate_abuse_window_ms", ms(c.rate_abuse_window)),
         ("default_room_capacity", c.default_room_capacity.to_string()),

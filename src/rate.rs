@@ -9,7 +9,10 @@
 //! kind of flood escapes the limit.
 //!
 //! Three rules, each bounded:
-//! - the token bucket ([`governor`]): `rate_per_second`, burst `rate_burst`;
+//! - two token buckets ([`governor`]): units (`rate_per_second`, burst
+//!   `rate_burst`) and bytes (`rate_bytes_per_second`, burst
+//!   `rate_bytes_burst`), so large frames cost more than small ones and
+//!   no client can push a peer more than the byte rate;
 //! - `RATE_LIMITED` replies are themselves limited to
 //!   [`REPLIES_PER_SECOND`]; drops past that are counted and the count is
 //!   reported in the next reply, before the next accepted frame, or by the
@@ -39,6 +42,12 @@ pub struct RatePolicy {
     pub per_second: u32,
     /// Units above the sustained rate in one burst.
     pub burst: u32,
+    /// Sustained bytes per second (frame headers and payloads, or the
+    /// WebSocket payload of a frameless unit).
+    pub bytes_per_second: u32,
+    /// Bytes above the sustained byte rate in one burst; at least the
+    /// largest message, or that message could never pass.
+    pub bytes_burst: u32,
     /// Dropped units within one window before the ratio rule applies.
     pub abuse_threshold: u32,
     /// Length of the abuse window.
@@ -67,9 +76,10 @@ pub enum Verdict {
 
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// One client's rate state. About 80 bytes.
+/// One client's rate state.
 pub struct RateGuard<C: Clock = DefaultClock> {
     limiter: Limiter<C>,
+    bytes: Limiter<C>,
     window_start: C::Instant,
     accepted: u32,
     dropped: u32,
@@ -80,13 +90,19 @@ pub struct RateGuard<C: Clock = DefaultClock> {
     abuse_window: Nanos,
 }
 
-impl<C: Clock> RateGuard<C> {
+impl<C: Clock + Clone> RateGuard<C> {
     /// A guard with a full bucket, reading time from `clock`.
     pub fn new(policy: RatePolicy, clock: C) -> RateGuard<C> {
         let rate = NonZeroU32::new(policy.per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        let byte_rate = NonZeroU32::new(policy.bytes_per_second).unwrap_or(NonZeroU32::MIN);
+        let byte_burst = NonZeroU32::new(policy.bytes_burst).unwrap_or(NonZeroU32::MIN);
         let now = clock.now();
         RateGuard {
+            bytes: RateLimiter::direct_with_clock(
+                Quota::per_second(byte_rate).allow_burst(byte_burst),
+                clock.clone(),
+            ),
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
                 clock,
@@ -102,15 +118,23 @@ impl<C: Clock> RateGuard<C> {
         }
     }
 
-    /// Judges one inbound unit.
-    pub fn check(&mut self) -> Verdict {
+    /// Judges one inbound unit of `bytes` bytes: it needs a unit token and
+    /// `bytes` byte tokens.
+    pub fn check(&mut self, bytes: usize) -> Verdict {
         let now = self.limiter.clock().now();
         if now.duration_since(self.window_start) >= self.abuse_window {
             self.window_start = now;
             self.accepted = 0;
             self.dropped = 0;
         }
-        if self.limiter.check().is_ok() {
+        let bytes = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX));
+        // The byte bucket is only drawn on when the unit passes.
+        let accepted = self.limiter.check().is_ok()
+            && match bytes {
+                None => true,
+                Some(n) => matches!(self.bytes.check_n(n), Ok(Ok(()))),
+            };
+        if accepted {
             self.accepted = self.accepted.saturating_add(1);
             return Verdict::Accept {
                 unreported: std::mem::take(&mut self.unreported),
@@ -151,6 +175,8 @@ mod tests {
         RatePolicy {
             per_second: 100,
             burst: 10,
+            bytes_per_second: 1_000_000,
+            bytes_burst: 1_000_000,
             abuse_threshold: 50,
             abuse_window: Duration::from_secs(10),
         }
@@ -165,14 +191,14 @@ mod tests {
     fn a_burst_passes_then_units_are_dropped_and_replies_are_limited() {
         let (mut g, _clock) = guard();
         for _ in 0..10 {
-            assert_eq!(g.check(), Verdict::Accept { unreported: 0 });
+            assert_eq!(g.check(1), Verdict::Accept { unreported: 0 });
         }
         // The next ten drops each get a reply, then the budget is spent.
         for _ in 0..10 {
-            assert_eq!(g.check(), Verdict::Drop { reply: Some(1) });
+            assert_eq!(g.check(1), Verdict::Drop { reply: Some(1) });
         }
         for _ in 0..5 {
-            assert_eq!(g.check(), Verdict::Drop { reply: None });
+            assert_eq!(g.check(1), Verdict::Drop { reply: None });
         }
     }
 
@@ -180,19 +206,19 @@ mod tests {
     fn unreported_drops_are_reported_by_the_next_reply_or_accept() {
         let (mut g, clock) = guard();
         for _ in 0..10 {
-            g.check();
+            g.check(1);
         }
         for _ in 0..10 {
-            g.check();
+            g.check(1);
         }
         for _ in 0..3 {
-            assert_eq!(g.check(), Verdict::Drop { reply: None });
+            assert_eq!(g.check(1), Verdict::Drop { reply: None });
         }
         // A second later the bucket has refilled and the reply budget too:
         // the first accepted unit carries the three unreported drops.
         clock.advance(Duration::from_secs(1));
-        assert_eq!(g.check(), Verdict::Accept { unreported: 3 });
-        assert_eq!(g.check(), Verdict::Accept { unreported: 0 });
+        assert_eq!(g.check(1), Verdict::Accept { unreported: 3 });
+        assert_eq!(g.check(1), Verdict::Accept { unreported: 0 });
     }
 
     #[test]
@@ -202,7 +228,7 @@ mod tests {
         // 64x the rate of 100/s: 64 units every 10 ms.
         'outer: for step in 0..1_000u32 {
             for _ in 0..64 {
-                if g.check() == Verdict::Abuse {
+                if g.check(1) == Verdict::Abuse {
                     closed_after = Some(step * 10);
                     break 'outer;
                 }
@@ -219,7 +245,7 @@ mod tests {
         // 1.5x the rate for a minute: drops are fewer than accepts.
         for ms in 0..60_000u32 {
             if ms % 20 < 3 {
-                assert_ne!(g.check(), Verdict::Abuse, "closed at {ms} ms");
+                assert_ne!(g.check(1), Verdict::Abuse, "closed at {ms} ms");
             }
             clock.advance(Duration::from_millis(1));
         }
@@ -231,9 +257,31 @@ mod tests {
         // 40 drops (under the threshold of 50) in each of many windows.
         for _ in 0..20 {
             for _ in 0..50 {
-                assert_ne!(g.check(), Verdict::Abuse);
+                assert_ne!(g.check(1), Verdict::Abuse);
             }
             clock.advance(Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn bytes_are_limited_too() {
+        let clock = FakeRelativeClock::default();
+        let mut g = RateGuard::new(
+            RatePolicy {
+                bytes_per_second: 10_000,
+                bytes_burst: 20_000,
+                ..policy()
+            },
+            clock.clone(),
+        );
+        // Two 10 KB frames use the byte burst; the third waits a second.
+        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
+        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
+        assert!(matches!(g.check(10_000), Verdict::Drop { .. }));
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
+        // A unit larger than the whole burst can never pass.
+        clock.advance(Duration::from_secs(10));
+        assert!(matches!(g.check(30_000), Verdict::Drop { .. }));
     }
 }

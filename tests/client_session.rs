@@ -244,3 +244,141 @@ fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
         assert!(backoff(&config, u32::MAX) <= Duration::from_secs(1));
     }
 }
+
+/// A one-connection fake server: sends Welcome with `limits`, then hands
+/// the socket to the test.
+async fn fake_server(
+    limits: switchboard::protocol::Limits,
+) -> (
+    String,
+    tokio::task::JoinHandle<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use switchboard::protocol::{Capabilities, PeerId, Welcome, PROTOCOL_VERSION};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = ws.next().await.unwrap().unwrap();
+        assert!(hello.is_binary());
+        let welcome = Message::Welcome(Welcome {
+            peer_id: PeerId(7),
+            protocol_version: PROTOCOL_VERSION,
+            limits,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+            ice_servers: Vec::new(),
+            capabilities: Capabilities::empty(),
+            sdp_dictionary: 1,
+        });
+        let mut out = bytes::BytesMut::new();
+        switchboard::protocol::encode(&welcome).write(1, &mut out);
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            out.freeze(),
+        ))
+        .await
+        .unwrap();
+        ws
+    });
+    (url, task)
+}
+
+fn limits(max_frames: u32, max_bytes: u32) -> switchboard::protocol::Limits {
+    switchboard::protocol::Limits {
+        max_message_bytes: max_bytes,
+        max_frames_per_message: max_frames,
+        max_sdp_bytes: 65536,
+        rate_per_second: 200,
+        rate_burst: 400,
+        max_id_bytes: 64,
+        max_room_capacity: 64,
+        default_room_capacity: 8,
+    }
+}
+
+/// A frame of a type this client does not know (from a newer server) is
+/// skipped: the frames after it arrive and the client does not reconnect.
+#[tokio::test]
+async fn a_frame_the_client_cannot_decode_is_skipped_not_a_reconnect() {
+    use futures_util::SinkExt;
+    let (url, server) = fake_server(limits(64, 131072)).await;
+    let mut client = Client::connect(&url, quick_reconnect()).await.unwrap();
+    let mut ws = server.await.unwrap();
+    let mut message = bytes::BytesMut::new();
+    // Type 0x7f with some payload, then an unknown enum value in a known
+    // message (PeerLeft with reason 99), then a HangUp the client knows.
+    message.extend_from_slice(&[1, 0x7f, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3]);
+    let peer_left = [0x0a, 0x01, b'r', 0x10, 0x05, 0x18, 99];
+    message.extend_from_slice(&[1, 0x84, 0, 0, 0, 0, 0, 3, 0, 0, 0, peer_left.len() as u8]);
+    message.extend_from_slice(&peer_left);
+    let hang_up = Message::HangUp {
+        peer: Address::User(user("bob")),
+    };
+    switchboard::protocol::encode(&hang_up).write(4, &mut message);
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        message.freeze(),
+    ))
+    .await
+    .unwrap();
+    let mut skipped = 0;
+    loop {
+        match event(&mut client).await {
+            Event::Skipped { .. } => skipped += 1,
+            Event::HangUp { from } => {
+                assert_eq!(from, Address::User(user("bob")));
+                break;
+            }
+            Event::Disconnected { reason } => panic!("reconnected over a bad frame: {reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(skipped, 2, "both undecodable frames are reported");
+}
+
+/// A batch is split to the server's announced frames-per-message and
+/// message-size limits.
+#[tokio::test]
+async fn batches_follow_the_announced_limits() {
+    use futures_util::StreamExt;
+    let (url, server) = fake_server(limits(2, 100)).await;
+    let mut c =
+        switchboard::client::Connection::connect(&url, switchboard::client::default_hello())
+            .await
+            .unwrap();
+    let mut ws = server.await.unwrap();
+    // Five Pings (2 frames per message at most), then three 40-byte ICE
+    // frames (two would exceed 100 bytes).
+    let pings: Vec<Message> = (0..5).map(|n| Message::Ping { nonce: n }).collect();
+    c.send_batch(&pings).await.unwrap();
+    let ice: Vec<Message> = (0..3)
+        .map(|_| {
+            Message::Ice(switchboard::protocol::IceCandidates {
+                peer: Address::User(user("b")),
+                candidates: vec![IceCandidate {
+                    candidate: "c".repeat(30),
+                    sdp_mid: None,
+                    sdp_m_line_index: None,
+                    username_fragment: None,
+                }],
+                end_of_candidates: false,
+                room: None,
+            })
+        })
+        .collect();
+    c.send_batch(&ice).await.unwrap();
+    let mut frames_per_message = Vec::new();
+    let mut sizes = Vec::new();
+    while frames_per_message.iter().sum::<usize>() < 8 {
+        let data = ws.next().await.unwrap().unwrap().into_data();
+        sizes.push(data.len());
+        frames_per_message.push(switchboard::protocol::Frames::new(data, 1 << 20, 1 << 10).count());
+    }
+    assert_eq!(
+        &frames_per_message[..3],
+        &[2, 2, 1],
+        "{frames_per_message:?}"
+    );
+    assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+    assert_eq!(frames_per_message.iter().sum::<usize>(), 8);
+}

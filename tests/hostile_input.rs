@@ -241,7 +241,7 @@ async fn ten_thousand_frames_in_one_message_stop_at_max_frames() {
             // 10,000 × 12-byte Pings (nonce 0 has an empty payload): 120,000
             // bytes, inside the 128 KiB message limit.
             let pings = vec![Message::Ping { nonce: 0 }; 10_000];
-            attacker.send_batch(&pings).await.unwrap();
+            attacker.send_batch_as_one(&pings).await.unwrap();
             let mut pongs = 0;
             loop {
                 match next(&mut attacker).await {

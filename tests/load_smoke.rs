@@ -15,6 +15,8 @@ fn fast_config() -> Config {
     Config {
         rate_per_second: 1_000_000,
         rate_burst: 1_000_000,
+        rate_bytes_per_second: 1 << 30,
+        rate_bytes_burst: 1 << 30,
         ..test_config()
     }
 }
@@ -30,8 +32,16 @@ fn common(url: String) -> Common {
 async fn relay_bounces_every_message_and_reports_the_servers_cpu() {
     // The server in a child process, so the CPU and memory the load
     // generator reports are the server's, not this test's.
-    let server =
-        common::child::Server::start(&["--rate-per-second", "1000000", "--rate-burst", "1000000"]);
+    let server = common::child::Server::start(&[
+        "--rate-per-second",
+        "1000000",
+        "--rate-burst",
+        "1000000",
+        "--rate-bytes-per-second",
+        "1000000000",
+        "--rate-bytes-burst",
+        "1000000000",
+    ]);
     let duration = Duration::from_millis(800);
     let report = relay::run(
         &Common {

@@ -91,22 +91,24 @@ async fn the_rate_limit_engages_and_sustained_abuse_is_disconnected() {
     assert_eq!(expect_closed(&mut c).await, 1008, "policy violation");
 }
 
-#[tokio::test]
-async fn a_slow_consumer_is_cut_off_without_harming_others() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_that_fills_a_queue_is_cut_off_not_the_receiver() {
     let server = start_server(Config {
         outbox_frames: 16,
         outbox_bytes: 1 << 20,
         rate_per_second: 10_000,
         rate_burst: 10_000,
+        rate_bytes_per_second: 1 << 30,
+        rate_bytes_burst: 1 << 30,
         ..test_config()
     })
     .await;
     let mut sender = connect(&server).await;
-    let mut slow = connect(&server).await;
-    join_ok(&mut sender, "slow", RoomMode::Pair).await;
-    join_ok(&mut slow, "slow", RoomMode::Pair).await;
+    let mut late = connect(&server).await;
+    join_ok(&mut sender, "late", RoomMode::Pair).await;
+    join_ok(&mut late, "late", RoomMode::Pair).await;
     assert!(matches!(next(&mut sender).await, Message::PeerJoined(_)));
-    let slow_id = peer(&slow);
+    let late_id = peer(&late);
     // A healthy pair elsewhere.
     let mut c = connect(&server).await;
     let mut d = connect(&server).await;
@@ -114,35 +116,123 @@ async fn a_slow_consumer_is_cut_off_without_harming_others() {
     join_ok(&mut d, "healthy", RoomMode::Pair).await;
     assert!(matches!(next(&mut c).await, Message::PeerJoined(_)));
 
-    // `slow` never reads. 60 KiB offers fill the kernel buffers, then its
-    // outbox, then it is disconnected.
+    // `late` does not read for now. 60 KiB offers fill the kernel buffers,
+    // then its outbox: the sender is told PEER_BUSY for each refused one
+    // and, as it keeps going, is disconnected itself (4016).
     let big = "a".repeat(60 * 1024);
-    let mut busy = false;
-    let mut sent = 0;
-    while sent < 2_000 {
-        sender
-            .send(&offer(Address::Peer(slow_id), &big))
-            .await
-            .unwrap();
-        sent += 1;
-        // Look for the verdict without blocking the flood.
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), sender.recv()).await {
-            match m {
-                Message::Error(e) if e.code == ErrorCode::PeerBusy => busy = true,
-                Message::PeerLeft(p) if p.peer_id == slow_id => break,
-                Message::Error(e) if e.code == ErrorCode::UnknownPeer => {}
-                other => panic!("{other:?}"),
+    let mut busy = 0;
+    let started = std::time::Instant::now();
+    let sender_close = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sender was never stopped"
+        );
+        match sender.send(&offer(Address::Peer(late_id), &big)).await {
+            Ok(_) => {}
+            Err(_) => break expect_closed(&mut sender).await,
+        }
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), sender.recv()).await {
+            match r {
+                Ok(Message::Error(e)) if e.code == ErrorCode::PeerBusy => busy += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(switchboard::client::ClientError::Closed { code, .. }) => break code,
+                Err(e) => panic!("{e}"),
             }
         }
+    };
+    assert_eq!(
+        sender_close, 4016,
+        "the flooding sender is closed with PEER_BUSY"
+    );
+    assert!(
+        busy >= 1,
+        "the sender is told which messages were not delivered"
+    );
+    // The receiver was not punished: reading now, it gets what was queued
+    // for it, then hears that the sender left.
+    let mut offers = 0;
+    loop {
+        match next(&mut late).await {
+            Message::Offer(_) => offers += 1,
+            Message::PeerLeft(p) => {
+                assert_eq!(p.room.as_str(), "late");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
     }
-    assert!(sent < 2_000, "slow consumer was never cut off");
-    assert!(busy, "the sender is told which message was not delivered");
+    assert!(
+        offers > 16,
+        "only {offers} offers were kept for the late reader"
+    );
     // The healthy pair still completes a negotiation.
     d.send(&offer(Address::Peer(peer(&c)), "o")).await.unwrap();
     assert!(matches!(next(&mut c).await, Message::Offer(_)));
     c.send(&answer(Address::Peer(peer(&d)), "a")).await.unwrap();
     assert!(matches!(next(&mut d).await, Message::Answer(_)));
-    drop(slow);
+}
+
+/// Flooding a user by name with 60 KiB offers no longer gets the victim
+/// disconnected: the byte rate stops the sender first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_cannot_get_a_reading_victim_disconnected() {
+    let server = start_server(test_config()).await;
+    let mut attacker = connect(&server).await;
+    let mut victim = connect(&server).await;
+    let mut friend = connect(&server).await;
+    for (c, name) in [
+        (&mut attacker, "mallory"),
+        (&mut victim, "victim"),
+        (&mut friend, "friend"),
+    ] {
+        c.send(&Message::Login { name: user(name) }).await.unwrap();
+        assert!(matches!(next(c).await, Message::LoginResult(r) if r.error.is_none()));
+    }
+    // The victim reads at a normal pace: everything, as it comes.
+    let reading = tokio::spawn(async move {
+        let mut offers = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), victim.recv()).await {
+                Ok(Ok(Message::Offer(o))) if o.peer == Address::User(user("friend")) => {
+                    return (offers, victim)
+                }
+                Ok(Ok(_)) => offers += 1,
+                Ok(Err(e)) => panic!("the victim was disconnected: {e}"),
+                Err(_) => panic!("the friend's offer never came"),
+            }
+        }
+    });
+    let big = "a".repeat(60 * 1024);
+    let started = std::time::Instant::now();
+    let close = loop {
+        if attacker
+            .send(&offer(Address::User(user("victim")), &big))
+            .await
+            .is_err()
+        {
+            break expect_closed(&mut attacker).await;
+        }
+        if let Ok(Err(switchboard::client::ClientError::Closed { code, .. })) =
+            tokio::time::timeout(Duration::from_millis(1), attacker.recv()).await
+        {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the flood was never stopped"
+        );
+    };
+    assert!(
+        close == 1008 || close == 4016,
+        "attacker closed with {close}"
+    );
+    friend
+        .send(&offer(Address::User(user("victim")), "v=0 hello"))
+        .await
+        .unwrap();
+    let (offers, _victim) = reading.await.unwrap();
+    // 256 KiB/s and a 1 MiB burst: a few dozen 60 KiB offers at most.
+    assert!(offers < 200, "{offers} flood offers reached the victim");
 }
 
 fn raw(kind: u8, flags: u8, seq: u32, payload: &[u8]) -> BytesMut {
@@ -257,7 +347,7 @@ async fn bad_input_gets_typed_errors_and_the_connection_stays_usable() {
 
     // Too many frames in one message.
     let pings: Vec<Message> = (0..65).map(|n| Message::Ping { nonce: n }).collect();
-    c.send_batch(&pings).await.unwrap();
+    c.send_batch_as_one(&pings).await.unwrap();
     let mut saw_too_large = false;
     for _ in 0..65 {
         match next(&mut c).await {
@@ -385,4 +475,95 @@ async fn deflate_flag_is_only_valid_on_sdp_messages() {
         Message::Offer(d) => assert!(matches!(d.sdp, Sdp::Deflated(_))),
         other => panic!("{other:?}"),
     }
+}
+
+/// A receiver under a sustained stream from several senders still gets its
+/// own socket read and answered: output does not starve input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_under_a_sustained_stream_is_still_heard() {
+    use futures_util::StreamExt;
+    use switchboard::protocol::{encode, CodecLimits, Frames};
+
+    let server = start_server(Config {
+        rate_per_second: 100_000_000,
+        rate_burst: 100_000_000,
+        rate_bytes_per_second: 1_000_000_000,
+        rate_bytes_burst: 1_000_000_000,
+        outbox_frames: 1 << 20,
+        outbox_bytes: 1 << 30,
+        ..test_config()
+    })
+    .await;
+    // The receiver, on a raw socket so that it can read and write at once.
+    let (ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let frame = |m: &Message, seq: u32| {
+        let mut out = BytesMut::new();
+        encode(m).write(seq, &mut out);
+        WsMessage::Binary(out.freeze())
+    };
+    sink.send(frame(
+        &Message::Hello(switchboard::client::default_hello()),
+        1,
+    ))
+    .await
+    .unwrap();
+    sink.send(frame(&join("stream", RoomMode::Mesh), 2))
+        .await
+        .unwrap();
+    let codec = CodecLimits::default();
+    let (pong_tx, pong_rx) = tokio::sync::oneshot::channel();
+    // Read everything; report the Pong's arrival.
+    let reader = tokio::spawn(async move {
+        let mut pong_tx = Some(pong_tx);
+        while let Some(Ok(msg)) = stream.next().await {
+            let WsMessage::Binary(data) = msg else {
+                continue;
+            };
+            for f in Frames::new(data, 1 << 20, 1 << 16) {
+                let m = switchboard::protocol::decode(&f.unwrap(), &codec).unwrap();
+                if m == (Message::Pong { nonce: 42 }) {
+                    if let Some(tx) = pong_tx.take() {
+                        let _ = tx.send(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+    });
+    // Wait until the receiver is in the room, then four senders stream.
+    let mut probe = connect(&server).await;
+    let joined = join_ok(&mut probe, "stream", RoomMode::Mesh).await;
+    let target = joined.members[0].peer_id;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect(&server).await;
+        join_ok(&mut s, "stream", RoomMode::Mesh).await;
+        let stop = stop.clone();
+        senders.push(tokio::spawn(async move {
+            let batch: Vec<Message> = (0..64).map(|n| ice(Address::Peer(target), n)).collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.send_batch(&batch).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    sink.send(frame(&Message::Ping { nonce: 42 }, 3))
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), pong_rx).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        let _ = s.await;
+    }
+    reader.abort();
+    let answered = answered
+        .expect("the receiver's Ping was not answered within 5 s of a sustained stream")
+        .unwrap();
+    assert!(answered.duration_since(asked) < Duration::from_secs(5));
 }

@@ -68,7 +68,10 @@ pub struct Connection {
     seq: u32,
     limits: CodecLimits,
     welcome: Welcome,
-    inbox: VecDeque<(u32, Message)>,
+    /// Decoded frames not yet returned, and the frames that failed to
+    /// decode, in order: a bad frame is reported where it was, and the
+    /// frames after it are still delivered.
+    inbox: VecDeque<Result<(u32, Message), DecodeError>>,
     out: BytesMut,
 }
 
@@ -98,8 +101,7 @@ impl Connection {
         c.send(&Message::Hello(hello)).await?;
         match c.recv().await {
             Ok(Message::Welcome(w)) => {
-                c.limits.max_payload = w.limits.max_message_bytes as usize;
-                c.limits.max_sdp = w.limits.max_sdp_bytes as usize;
+                c.adopt(&w.limits);
                 c.welcome = w;
                 Ok(c)
             }
@@ -107,6 +109,35 @@ impl Connection {
             Ok(_) => Err(ClientError::Refused(None)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes the limits the server announced (0: not announced, keep the
+    /// default) for what it sends us and what we send it.
+    fn adopt(&mut self, limits: &protocol::Limits) {
+        let set = |field: &mut usize, announced: u32| {
+            if announced > 0 {
+                *field = announced as usize;
+            }
+        };
+        set(&mut self.limits.max_payload, limits.max_message_bytes);
+        set(&mut self.limits.max_sdp, limits.max_sdp_bytes);
+        set(&mut self.limits.max_frames, limits.max_frames_per_message);
+    }
+
+    /// Most frames and bytes in one WebSocket message to the server.
+    fn send_limits(&self) -> (usize, usize) {
+        let l = &self.welcome.limits;
+        let frames = if l.max_frames_per_message > 0 {
+            l.max_frames_per_message as usize
+        } else {
+            usize::MAX
+        };
+        let bytes = if l.max_message_bytes > 0 {
+            l.max_message_bytes as usize
+        } else {
+            usize::MAX
+        };
+        (frames, bytes)
     }
 
     /// The server's Welcome.
@@ -123,8 +154,34 @@ impl Connection {
         Ok(self.seq)
     }
 
-    /// Sends several messages as one WebSocket message with one flush.
+    /// Sends several messages in as few WebSocket messages as the
+    /// server's announced limits allow (frames per message, message size):
+    /// usually one, with one flush.
     pub async fn send_batch(&mut self, messages: &[Message]) -> Result<(), ClientError> {
+        let (max_frames, max_bytes) = self.send_limits();
+        let mut frames = 0;
+        for m in messages {
+            let start = self.out.len();
+            self.seq = next_seq(self.seq);
+            encode_into(m, self.seq, &mut self.out);
+            if frames > 0 && (frames == max_frames || self.out.len() > max_bytes) {
+                // This frame starts the next message.
+                let this = self.out.split_off(start);
+                let data = self.out.split().freeze();
+                self.ws.feed(WsMessage::Binary(data)).await?;
+                self.out.unsplit(this);
+                frames = 0;
+            }
+            frames += 1;
+        }
+        let data = self.out.split().freeze();
+        self.ws.send(WsMessage::Binary(data)).await?;
+        Ok(())
+    }
+
+    /// Sends several messages as one WebSocket message whatever the
+    /// server's limits (for tests of bad input: too many frames, too large).
+    pub async fn send_batch_as_one(&mut self, messages: &[Message]) -> Result<(), ClientError> {
         for m in messages {
             self.seq = next_seq(self.seq);
             encode_into(m, self.seq, &mut self.out);
@@ -145,6 +202,7 @@ impl Connection {
     pub async fn recv_with_seq(&mut self) -> Result<(u32, Message), ClientError> {
         loop {
             if let Some(m) = self.inbox.pop_front() {
+                let m = m?;
                 if let Message::Ping { nonce } = m.1 {
                     self.send(&Message::Pong { nonce }).await?;
                     continue;
@@ -153,9 +211,8 @@ impl Connection {
             }
             match self.ws.next().await {
                 Some(Ok(WsMessage::Binary(data))) => {
-                    for item in protocol::decode_message(data, &self.limits) {
-                        self.inbox.push_back(item?);
-                    }
+                    self.inbox
+                        .extend(protocol::decode_message(data, &self.limits));
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame

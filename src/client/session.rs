@@ -124,6 +124,12 @@ pub enum Event {
     },
     /// The server reported an error.
     Error(ErrorMessage),
+    /// A frame from the server could not be decoded and was skipped (the
+    /// connection goes on).
+    Skipped {
+        /// Why it could not be decoded.
+        error: String,
+    },
     /// The connection was lost; the client is reconnecting.
     Disconnected {
         /// Why.
@@ -462,6 +468,16 @@ impl Session {
                             if self.events.send(event).await.is_err() {
                                 return End::Closed;
                             }
+                        }
+                    }
+                    // A frame this client cannot decode (a type or enum
+                    // value from a newer server) is skipped, as PROTOCOL.md
+                    // §5 says; the connection is fine.
+                    Err(ClientError::Decode(e)) => {
+                        tracing::debug!("skipped a frame from the server: {e}");
+                        let skipped = Event::Skipped { error: e.to_string() };
+                        if self.events.send(skipped).await.is_err() {
+                            return End::Closed;
                         }
                     }
                     Err(e) => return End::Lost(e.to_string()),

@@ -28,11 +28,11 @@ use crate::protocol::frame::next_seq;
 use crate::protocol::{
     self, encode, relay, sdp, Address, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage,
     FieldError, Frames, Join, LeaveReason, LoginResult, Member, Message, MessageType, PeerId,
-    RoomId, RoomMode, Sdp, UserName, Welcome, PROTOCOL_VERSION,
+    RoomId, RoomMode, Sdp, UserName, Welcome, HEADER_LEN, PROTOCOL_VERSION,
 };
 use crate::rate::{RateGuard, Verdict};
 use crate::rooms::{JoinError, LoginError};
-use crate::routing::{CloseReason, Outbox, RouteError, Router, Target};
+use crate::routing::{CloseReason, Origin, Outbox, RouteError, Router, Target};
 
 /// Why the connection ends, and what the client is told.
 #[derive(Debug)]
@@ -360,8 +360,8 @@ where
             // everything after Hello (Hello itself, once per connection,
             // is free). Before Hello there is no session to queue replies
             // in, so a limited ping is just dropped.
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
-                if rate.check() == Verdict::Abuse {
+            Some(Ok(WsMessage::Ping(data) | WsMessage::Pong(data))) => {
+                if rate.check(data.len()) == Verdict::Abuse {
                     return Err(Refusal::Close(Close::abuse()));
                 }
                 continue;
@@ -445,6 +445,7 @@ where
     let max_frames = shared.config.max_frames_per_message;
     let max_bytes = shared.config.max_message_bytes;
     let mut pending: Vec<Encoded> = Vec::new();
+    let mut yield_to_input = false;
     // One timer serves the heartbeat and the write-stall deadline.
     let timer = tokio::time::sleep_until(last_heard + interval);
     tokio::pin!(timer);
@@ -460,12 +461,19 @@ where
         if timer.deadline() != check_at {
             timer.as_mut().reset(check_at);
         }
+        // Output first, so replies leave before the next input is read (and
+        // before a close from the client ends the connection). But a turn
+        // of output writes a bounded amount, and a turn that had to stop
+        // with frames left gives the socket and the timers a look before
+        // output comes first again: a connection receiving a sustained
+        // stream still reads its own socket and runs its timers.
         tokio::select! {
             biased;
-            () = outbox.ready() => {
-                // Drain and write until the outbox is empty, one WebSocket
-                // message (within the announced limits) per write.
-                loop {
+            () = outbox.ready(), if !yield_to_input => {
+                // Drain and write, one WebSocket message (within the
+                // announced limits) per write, until the outbox is empty or
+                // MAX_WRITES_PER_TURN messages went out.
+                for _ in 0..MAX_WRITES_PER_TURN {
                     let closed = outbox.drain(&mut pending, max_frames, max_bytes);
                     if let Some(reason) = closed {
                         return Ending::Close(Box::pin(closing(ws, session, &mut pending, reason)).await);
@@ -484,25 +492,26 @@ where
                         Err(None) => return Ending::SocketGone,
                     }
                 }
+                yield_to_input = outbox.has_pending();
             }
             incoming = ws.next() => {
                 let data = match incoming {
                     Some(Ok(WsMessage::Binary(data))) => data,
                     Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
                     None => return Ending::SocketGone,
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                    Some(Ok(WsMessage::Ping(data) | WsMessage::Pong(data))) => {
                         // tungstenite has queued the pong already; its write
                         // buffer is bounded, and the ping is paid for here.
-                        if let Err(close) = session.admit(0) {
+                        if let Err(close) = session.admit(0, data.len()) {
                             return Ending::Close(close);
                         }
                         last_heard = Instant::now();
                         pinged = false;
                         continue;
                     }
-                    Some(Ok(WsMessage::Text(_) | WsMessage::Frame(_))) => {
+                    Some(Ok(other @ (WsMessage::Text(_) | WsMessage::Frame(_)))) => {
                         last_heard = Instant::now();
-                        match session.admit(0) {
+                        match session.admit(0, other.len()) {
                             Err(close) => return Ending::Close(close),
                             Ok(true) => session.error(
                                 ErrorCode::Malformed,
@@ -548,6 +557,8 @@ where
                 session.ping_nonce += 1;
                 session.reply(&Message::Ping { nonce: session.ping_nonce });
             }
+            // Input and timers had their look; output comes first again.
+            () = tokio::task::yield_now(), if yield_to_input => yield_to_input = false,
         }
     }
 }
@@ -614,7 +625,7 @@ where
     loop {
         tokio::select! {
             result = &mut send => return result.map_err(|_| None),
-            () = outbox.ready() => {
+            () = outbox.changed() => {
                 // More frames or a shutdown are picked up by the caller's
                 // next drain; only an overflow ends the write early.
                 if outbox.closed() == Some(CloseReason::SlowConsumer) {
@@ -681,6 +692,14 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(1), handshake).await;
 }
 
+/// WebSocket messages written per turn of the main loop before the socket
+/// is read again.
+const MAX_WRITES_PER_TURN: usize = 4;
+
+/// `PEER_BUSY` answers within one `rate_abuse_window` after which the sender
+/// itself is disconnected.
+const MAX_BUSY: u32 = 64;
+
 /// The protocol state of one connection: its rooms, its name, its call
 /// partners, its rate limiter. Dropping it leaves every room and frees the
 /// name, so a connection that fails anywhere still cleans up.
@@ -701,6 +720,10 @@ struct Session {
     /// and the last of them: a `RATE_LIMITED` reply with `request_seq` N
     /// reports frame N and every earlier one left unanswered.
     rate_report: Option<(Instant, u32)>,
+    /// `PEER_BUSY` answers in the current window: its start and count.
+    busy: Option<(Instant, u32)>,
+    /// Set when a handler decides the connection must end.
+    closing: Option<Close>,
     seq_out: u32,
     ping_nonce: u64,
     leave_reason: LeaveReason,
@@ -729,6 +752,8 @@ impl Session {
             display_name: String::new(),
             rate,
             rate_report: None,
+            busy: None,
+            closing: None,
             seq_out: 0,
             ping_nonce: 0,
             leave_reason: LeaveReason::Disconnected,
@@ -756,7 +781,7 @@ impl Session {
         let codec = self.shared.codec;
         if data.is_empty() {
             // Nothing to decode, but it was sent and it is paid for.
-            return match self.admit(0) {
+            return match self.admit(0, 0) {
                 Err(close) => Some(close),
                 Ok(accepted) => {
                     if accepted {
@@ -771,8 +796,10 @@ impl Session {
             };
         }
         for frame in Frames::new(data, codec.max_payload, max_frames) {
-            let seq = frame.as_ref().map_or(0, |f| f.header.seq);
-            match self.admit(seq) {
+            let (seq, bytes) = frame
+                .as_ref()
+                .map_or((0, 0), |f| (f.header.seq, HEADER_LEN + f.payload.len()));
+            match self.admit(seq, bytes) {
                 Err(close) => return Some(close),
                 Ok(true) => {}
                 // The rest of a message whose frame layer failed is not
@@ -792,6 +819,9 @@ impl Session {
             };
             if let Some(signal) = relay::scan(&frame, &codec) {
                 if self.relay_in_place(seq, &signal) {
+                    if let Some(close) = self.closing.take() {
+                        return Some(close);
+                    }
                     continue;
                 }
             }
@@ -802,6 +832,9 @@ impl Session {
                 }
                 Err(e) => self.error(e.code(), e.to_string(), seq),
             }
+            if let Some(close) = self.closing.take() {
+                return Some(close);
+            }
         }
         None
     }
@@ -810,9 +843,9 @@ impl Session {
     /// one) out of the rate limit. `Ok(true)`: handle it; `Ok(false)`: it
     /// was dropped (and the client told, within the reply budget);
     /// `Err`: the client is an abuser and the connection must close.
-    fn admit(&mut self, seq: u32) -> Result<bool, Close> {
+    fn admit(&mut self, seq: u32, bytes: usize) -> Result<bool, Close> {
         let rate = self.shared.config.rate_per_second;
-        match self.rate.check() {
+        match self.rate.check(bytes) {
             Verdict::Accept { unreported } => {
                 if unreported > 0 {
                     self.report_drops(unreported);
@@ -1120,10 +1153,33 @@ impl Session {
             .ok()
     }
 
-    /// Delivers to a resolved target, or tells the peer it was not.
-    fn send(&self, seq: u32, target: &Target, frame: Encoded) {
-        if let Err(e) = self.router.deliver(target, frame) {
-            self.route_error(seq, e);
+    /// Delivers to a resolved target, or tells the peer it was not. A
+    /// sender that keeps filling a receiver that cannot keep up is the one
+    /// disconnected (after [`MAX_BUSY`] `PEER_BUSY` in one rate window),
+    /// never the receiver.
+    fn send(&mut self, seq: u32, target: &Target, frame: Encoded) {
+        let origin = Origin {
+            peer: self.peer_id,
+            seq,
+        };
+        let Err(e) = self.router.deliver(target, frame, origin) else {
+            return;
+        };
+        self.route_error(seq, e.clone());
+        if e == RouteError::PeerBusy {
+            let now = Instant::now();
+            let window = self.shared.config.rate_abuse_window;
+            match &mut self.busy {
+                Some((start, count)) if now.duration_since(*start) < window => *count += 1,
+                busy => *busy = Some((now, 1)),
+            }
+            if self.busy.is_some_and(|(_, count)| count >= MAX_BUSY) {
+                self.closing.get_or_insert(Close::app(
+                    ErrorCode::PeerBusy,
+                    "kept sending to a peer that is not keeping up",
+                    LeaveReason::Kicked,
+                ));
+            }
         }
     }
 
@@ -1228,7 +1284,7 @@ impl Session {
                 self.router
                     .resolve(self.peer_id, Some(me), &[], None, &Address::User(partner))
             {
-                let _ = self.router.deliver(&target, frame.clone());
+                self.router.notify(target.peer, frame.clone());
             }
         }
     }
@@ -1246,5 +1302,20 @@ impl Drop for Session {
             self.hang_up_partners(&name, partners);
         }
         self.router.unregister(self.peer_id);
+        // Whoever sent this peer a signal it never got is told so.
+        let cut_off = self.outbox.closed() == Some(CloseReason::SlowConsumer);
+        for origin in self.outbox.take_undelivered(true) {
+            let (code, why) = if cut_off {
+                (ErrorCode::PeerBusy, "it was disconnected for not reading")
+            } else {
+                (ErrorCode::UnknownPeer, "it left first")
+            };
+            let error = encode(&Message::Error(ErrorMessage {
+                code,
+                message: format!("not delivered to {}: {why}", self.peer_id),
+                request_seq: origin.seq,
+            }));
+            self.router.notify(origin.peer, error);
+        }
     }
 }
