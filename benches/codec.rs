@@ -26,7 +26,7 @@ const OFFER: &[u8] = include_bytes!("../tests/data/sdp/chrome-offer.sdp");
 
 fn offer(sdp: Sdp) -> Message {
     Message::Offer(SessionDescription {
-        peer: Address::Peer(PeerId::new(1, 2)),
+        peer: Address::Peer(PeerId::new(1, 0, 2)),
         sdp,
         room: Some(RoomId::new("1001").unwrap()),
     })
@@ -137,7 +137,7 @@ fn ice_batch() -> Message {
         })
         .collect();
     Message::Ice(IceCandidates {
-        peer: Address::Peer(PeerId::new(1, 2)),
+        peer: Address::Peer(PeerId::new(1, 0, 2)),
         candidates,
         end_of_candidates: false,
         room: Some(RoomId::new("1001").unwrap()),

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use switchboard::directory::{Directory, LocalDirectory};
+use switchboard::outbox::{Origin, Outbox, OutboxLimits};
 use switchboard::protocol::{
     encode, Address, Capabilities, Encoded, IceCandidate, IceCandidates, Member, Message, PeerId,
     RoomId, RoomMode,
 };
+use switchboard::registry::Registry;
 use switchboard::rooms::RoomPolicy;
-use switchboard::routing::{LocalRouter, Origin, Outbox, OutboxLimits, Router};
 
 /// Pairs per thread: enough rooms that they spread over the shards.
 const PAIRS_PER_THREAD: usize = 64;
@@ -56,9 +58,10 @@ fn member(peer: PeerId) -> Member {
     }
 }
 
-/// A router with `threads × PAIRS_PER_THREAD` pairs, each in its own room.
-fn setup(shards: usize, threads: usize) -> (Arc<LocalRouter>, Vec<Vec<Pair>>) {
-    let router = Arc::new(LocalRouter::new(
+/// A directory with `threads × PAIRS_PER_THREAD` pairs, each in its own room.
+fn setup(shards: usize, threads: usize) -> (Arc<LocalDirectory>, Vec<Vec<Pair>>) {
+    let router = Arc::new(LocalDirectory::new(
+        Arc::new(Registry::new(shards)),
         shards,
         RoomPolicy {
             default_capacity: 8,
@@ -79,11 +82,13 @@ fn setup(shards: usize, threads: usize) -> (Arc<LocalRouter>, Vec<Vec<Pair>>) {
                     let mut outboxes = Vec::new();
                     for id in &mut ids {
                         serial += 1;
-                        *id = PeerId::new(0, serial);
+                        *id = PeerId::new(0, 0, serial as u32);
                         let outbox = Arc::new(Outbox::new(limits));
-                        router.register(*id, member(*id).capabilities, outbox.clone());
                         router
-                            .join(&room, RoomMode::Pair, None, member(*id))
+                            .registry()
+                            .register(*id, member(*id).capabilities, outbox.clone());
+                        router
+                            .join_now(&room, RoomMode::Pair, None, member(*id), true)
                             .unwrap();
                         outboxes.push(outbox);
                     }
@@ -101,14 +106,14 @@ fn setup(shards: usize, threads: usize) -> (Arc<LocalRouter>, Vec<Vec<Pair>>) {
 }
 
 /// `iters` resolve + deliver on one thread, round-robin over its pairs.
-fn work(router: &LocalRouter, pairs: &[Pair], iters: u64) {
+fn work(router: &LocalDirectory, pairs: &[Pair], iters: u64) {
     let frames: Vec<Encoded> = pairs.iter().map(|p| frame(p.from)).collect();
     let mut drained = Vec::with_capacity(64);
     for i in 0..iters as usize {
         let k = i % pairs.len();
         let p = &pairs[k];
         let target = router
-            .resolve(p.from, None, &p.room, None, &Address::Peer(p.to))
+            .resolve_now(p.from, None, &p.room, None, &Address::Peer(p.to))
             .unwrap();
         let origin = Origin {
             peer: p.from,

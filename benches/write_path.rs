@@ -30,7 +30,7 @@ fn frames() -> Vec<Encoded> {
     (0..FRAMES as u64)
         .map(|n| {
             encode(&Message::Ice(IceCandidates {
-                peer: Address::Peer(PeerId::new(0, n + 1)),
+                peer: Address::Peer(PeerId::new(0, 0, n as u32 + 1)),
                 candidates: vec![IceCandidate {
                     candidate: format!(
                         "candidate:842163049 1 udp 1677729535 203.0.113.7 {} typ srflx \

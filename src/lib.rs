@@ -7,8 +7,13 @@
 //!   notices out). Pure and fuzzable.
 //! - [`rate`]: the per-client rate guard (token bucket, limited replies,
 //!   abuse by ratio over a window). Pure, clock passed in.
-//! - [`routing`]: the sharded routing table and per-peer bounded outboxes,
-//!   behind the [`routing::Router`] trait.
+//! - [`outbox`]: the bounded per-peer queue of frames to write.
+//! - [`registry`]: the peers connected to this node (synchronous, the
+//!   relay's hot path).
+//! - [`directory`]: rooms, names, calls and routes behind the asynchronous
+//!   [`directory::Directory`] seam; [`directory::LocalDirectory`] in memory.
+//! - [`session`]: one connection's protocol state and rules, sans I/O, time
+//!   passed in.
 //! - [`client`]: an async client (used by the tests and the load generator).
 //! - [`config`]: typed configuration and its defaults.
 //! - [`server`]: the I/O layer: accept loop, HTTP, one task per WebSocket.
@@ -20,11 +25,14 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod directory;
 pub mod load;
+pub mod outbox;
 mod proto;
 pub mod protocol;
 pub mod rate;
+pub mod registry;
 pub mod rooms;
-pub mod routing;
 pub mod server;
+pub mod session;
 pub mod turn;

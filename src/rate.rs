@@ -1,8 +1,9 @@
 //! The per-client rate guard: what a client may send, how often it hears
 //! that it sent too much, and when it is an abuser to disconnect.
 //!
-//! Sans-IO: the clock is a type parameter (governor's [`Clock`]), so tests
-//! drive it with a fake clock. Every inbound unit costs one token: each
+//! Sans-IO: time is passed in. Every check takes `now`, which the guard
+//! hands to its governor buckets through a [`PassedClock`], so tests
+//! decide what time it is and nothing here reads a clock. Every inbound unit costs one token: each
 //! protocol frame, and each WebSocket message or control frame that carries
 //! no frame (ping, pong, text, an empty message, one whose frame layer
 //! failed), before Hello as after it. Nothing a client sends is free, so no
@@ -24,9 +25,10 @@
 //!   the limit is throttled; one well above it is closed.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock, Reference};
+use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
@@ -74,43 +76,70 @@ pub enum Verdict {
     Abuse,
 }
 
-type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// A governor clock that says what it was last told: the time of the
+/// input being judged, in nanoseconds since the guard was made.
+#[derive(Debug, Default)]
+pub struct PassedClock(AtomicU64);
+
+impl PassedClock {
+    fn set(&self, now: Nanos) {
+        self.0.store(now.as_u64(), Ordering::Relaxed);
+    }
+}
+
+impl Clone for PassedClock {
+    fn clone(&self) -> PassedClock {
+        PassedClock(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl Clock for PassedClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.load(Ordering::Relaxed))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, PassedClock, NoOpMiddleware<Nanos>>;
 
 /// One client's rate state.
-pub struct RateGuard<C: Clock = DefaultClock> {
-    limiter: Limiter<C>,
-    bytes: Limiter<C>,
-    window_start: C::Instant,
+pub struct RateGuard {
+    limiter: Limiter,
+    bytes: Limiter,
+    /// What time 0 of the buckets is.
+    origin: Instant,
+    window_start: Nanos,
     accepted: u32,
     dropped: u32,
-    reply_second: C::Instant,
+    reply_second: Nanos,
     replies: u16,
     unreported: u32,
     abuse_threshold: u32,
     abuse_window: Nanos,
 }
 
-impl<C: Clock + Clone> RateGuard<C> {
-    /// A guard with a full bucket, reading time from `clock`.
-    pub fn new(policy: RatePolicy, clock: C) -> RateGuard<C> {
+impl RateGuard {
+    /// A guard with full buckets at `now`.
+    pub fn new(policy: RatePolicy, now: Instant) -> RateGuard {
         let rate = NonZeroU32::new(policy.per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
         let byte_rate = NonZeroU32::new(policy.bytes_per_second).unwrap_or(NonZeroU32::MIN);
         let byte_burst = NonZeroU32::new(policy.bytes_burst).unwrap_or(NonZeroU32::MIN);
-        let now = clock.now();
         RateGuard {
             bytes: RateLimiter::direct_with_clock(
                 Quota::per_second(byte_rate).allow_burst(byte_burst),
-                clock.clone(),
+                PassedClock::default(),
             ),
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
-                clock,
+                PassedClock::default(),
             ),
-            window_start: now,
+            origin: now,
+            window_start: Nanos::from(0),
             accepted: 0,
             dropped: 0,
-            reply_second: now,
+            reply_second: Nanos::from(0),
             replies: 0,
             unreported: 0,
             abuse_threshold: policy.abuse_threshold.max(1),
@@ -120,8 +149,10 @@ impl<C: Clock + Clone> RateGuard<C> {
 
     /// Judges one inbound unit of `bytes` bytes: it needs a unit token and
     /// `bytes` byte tokens.
-    pub fn check(&mut self, bytes: usize) -> Verdict {
-        let now = self.limiter.clock().now();
+    pub fn check(&mut self, now: Instant, bytes: usize) -> Verdict {
+        let now = Nanos::from(now.saturating_duration_since(self.origin));
+        self.limiter.clock().set(now);
+        self.bytes.clock().set(now);
         if now.duration_since(self.window_start) >= self.abuse_window {
             self.window_start = now;
             self.accepted = 0;
@@ -169,7 +200,17 @@ impl<C: Clock + Clone> RateGuard<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
+
+    /// A guard and the time, which the test moves on.
+    struct Clock {
+        now: Instant,
+    }
+
+    impl Clock {
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+        }
+    }
 
     fn policy() -> RatePolicy {
         RatePolicy {
@@ -182,53 +223,53 @@ mod tests {
         }
     }
 
-    fn guard() -> (RateGuard<FakeRelativeClock>, FakeRelativeClock) {
-        let clock = FakeRelativeClock::default();
-        (RateGuard::new(policy(), clock.clone()), clock)
+    fn guard() -> (RateGuard, Clock) {
+        let now = Instant::now();
+        (RateGuard::new(policy(), now), Clock { now })
     }
 
     #[test]
     fn a_burst_passes_then_units_are_dropped_and_replies_are_limited() {
-        let (mut g, _clock) = guard();
+        let (mut g, clock) = guard();
         for _ in 0..10 {
-            assert_eq!(g.check(1), Verdict::Accept { unreported: 0 });
+            assert_eq!(g.check(clock.now, 1), Verdict::Accept { unreported: 0 });
         }
         // The next ten drops each get a reply, then the budget is spent.
         for _ in 0..10 {
-            assert_eq!(g.check(1), Verdict::Drop { reply: Some(1) });
+            assert_eq!(g.check(clock.now, 1), Verdict::Drop { reply: Some(1) });
         }
         for _ in 0..5 {
-            assert_eq!(g.check(1), Verdict::Drop { reply: None });
+            assert_eq!(g.check(clock.now, 1), Verdict::Drop { reply: None });
         }
     }
 
     #[test]
     fn unreported_drops_are_reported_by_the_next_reply_or_accept() {
-        let (mut g, clock) = guard();
+        let (mut g, mut clock) = guard();
         for _ in 0..10 {
-            g.check(1);
+            g.check(clock.now, 1);
         }
         for _ in 0..10 {
-            g.check(1);
+            g.check(clock.now, 1);
         }
         for _ in 0..3 {
-            assert_eq!(g.check(1), Verdict::Drop { reply: None });
+            assert_eq!(g.check(clock.now, 1), Verdict::Drop { reply: None });
         }
         // A second later the bucket has refilled and the reply budget too:
         // the first accepted unit carries the three unreported drops.
         clock.advance(Duration::from_secs(1));
-        assert_eq!(g.check(1), Verdict::Accept { unreported: 3 });
-        assert_eq!(g.check(1), Verdict::Accept { unreported: 0 });
+        assert_eq!(g.check(clock.now, 1), Verdict::Accept { unreported: 3 });
+        assert_eq!(g.check(clock.now, 1), Verdict::Accept { unreported: 0 });
     }
 
     #[test]
     fn a_flood_well_above_the_limit_is_abuse() {
-        let (mut g, clock) = guard();
+        let (mut g, mut clock) = guard();
         let mut closed_after = None;
         // 64x the rate of 100/s: 64 units every 10 ms.
         'outer: for step in 0..1_000u32 {
             for _ in 0..64 {
-                if g.check(1) == Verdict::Abuse {
+                if g.check(clock.now, 1) == Verdict::Abuse {
                     closed_after = Some(step * 10);
                     break 'outer;
                 }
@@ -241,11 +282,11 @@ mod tests {
 
     #[test]
     fn a_client_just_above_the_limit_is_throttled_not_closed() {
-        let (mut g, clock) = guard();
+        let (mut g, mut clock) = guard();
         // 1.5x the rate for a minute: drops are fewer than accepts.
         for ms in 0..60_000u32 {
             if ms % 20 < 3 {
-                assert_ne!(g.check(1), Verdict::Abuse, "closed at {ms} ms");
+                assert_ne!(g.check(clock.now, 1), Verdict::Abuse, "closed at {ms} ms");
             }
             clock.advance(Duration::from_millis(1));
         }
@@ -253,11 +294,11 @@ mod tests {
 
     #[test]
     fn the_abuse_count_starts_again_each_window() {
-        let (mut g, clock) = guard();
+        let (mut g, mut clock) = guard();
         // 40 drops (under the threshold of 50) in each of many windows.
         for _ in 0..20 {
             for _ in 0..50 {
-                assert_ne!(g.check(1), Verdict::Abuse);
+                assert_ne!(g.check(clock.now, 1), Verdict::Abuse);
             }
             clock.advance(Duration::from_secs(10));
         }
@@ -265,23 +306,25 @@ mod tests {
 
     #[test]
     fn bytes_are_limited_too() {
-        let clock = FakeRelativeClock::default();
+        let mut clock = Clock {
+            now: Instant::now(),
+        };
         let mut g = RateGuard::new(
             RatePolicy {
                 bytes_per_second: 10_000,
                 bytes_burst: 20_000,
                 ..policy()
             },
-            clock.clone(),
+            clock.now,
         );
         // Two 10 KB frames use the byte burst; the third waits a second.
-        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
-        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
-        assert!(matches!(g.check(10_000), Verdict::Drop { .. }));
+        assert!(matches!(g.check(clock.now, 10_000), Verdict::Accept { .. }));
+        assert!(matches!(g.check(clock.now, 10_000), Verdict::Accept { .. }));
+        assert!(matches!(g.check(clock.now, 10_000), Verdict::Drop { .. }));
         clock.advance(Duration::from_secs(1));
-        assert!(matches!(g.check(10_000), Verdict::Accept { .. }));
+        assert!(matches!(g.check(clock.now, 10_000), Verdict::Accept { .. }));
         // A unit larger than the whole burst can never pass.
         clock.advance(Duration::from_secs(10));
-        assert!(matches!(g.check(30_000), Verdict::Drop { .. }));
+        assert!(matches!(g.check(clock.now, 30_000), Verdict::Drop { .. }));
     }
 }

@@ -154,7 +154,7 @@ fn candidate(n: u32) -> IceCandidate {
 /// One message of every type, with realistic content.
 fn messages() -> Vec<(&'static str, Message)> {
     let member = Member {
-        peer_id: PeerId::new(1, 2),
+        peer_id: PeerId::new(1, 0, 2),
         display_name: "Ann".into(),
         user: Some(user("ann")),
         capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
@@ -173,7 +173,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "welcome",
             Message::Welcome(Welcome {
-                peer_id: PeerId::new(1, 1),
+                peer_id: PeerId::new(1, 0, 1),
                 protocol_version: 1,
                 limits: Limits {
                     max_message_bytes: 128 * 1024,
@@ -237,7 +237,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 members: vec![
                     member.clone(),
                     Member {
-                        peer_id: PeerId::new(1, 3),
+                        peer_id: PeerId::new(1, 0, 3),
                         display_name: String::new(),
                         user: None,
                         capabilities: Capabilities::empty(),
@@ -258,7 +258,7 @@ fn messages() -> Vec<(&'static str, Message)> {
             "peer_left",
             Message::PeerLeft(PeerLeft {
                 room: room("1001"),
-                peer_id: PeerId::new(1, 2),
+                peer_id: PeerId::new(1, 0, 2),
                 reason: LeaveReason::TimedOut,
             }),
         ),
@@ -294,7 +294,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "offer_plain",
             Message::Offer(SessionDescription {
-                peer: Address::Peer(PeerId::new(1, 2)),
+                peer: Address::Peer(PeerId::new(1, 0, 2)),
                 sdp: Sdp::Plain(offer.clone().into()),
                 room: Some(room("1001")),
             }),
@@ -310,7 +310,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "answer_deflated",
             Message::Answer(SessionDescription {
-                peer: Address::Peer(PeerId::new(1, 3)),
+                peer: Address::Peer(PeerId::new(1, 0, 3)),
                 sdp: Sdp::Deflated(sdp::deflate(&sample("firefox-answer.sdp")).into()),
                 room: Some(room("1001")),
             }),
@@ -318,7 +318,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "ice_batch",
             Message::Ice(IceCandidates {
-                peer: Address::Peer(PeerId::new(1, 2)),
+                peer: Address::Peer(PeerId::new(1, 0, 2)),
                 candidates: (0..8).map(candidate).collect(),
                 end_of_candidates: false,
                 room: Some(room("1001")),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 
 use common::*;
+use switchboard::directory::{Directory, LocalDirectory};
 use switchboard::protocol::{Address, IceCandidates, Message, RoomMode};
-use switchboard::routing::Router;
 
 const PAIRS: usize = 500;
 const CANDIDATES: u32 = 4;
@@ -20,7 +20,7 @@ async fn negotiate(
     url: String,
     room_name: String,
     all_joined: Arc<Barrier>,
-    router: Arc<dyn Router>,
+    directory: Arc<LocalDirectory>,
 ) -> (usize, usize) {
     let hello = switchboard::client::default_hello;
     let mut a = switchboard::client::Connection::connect(&url, hello())
@@ -37,7 +37,11 @@ async fn negotiate(
     let (ida, idb) = (peer(&a), peer(&b));
     // Everyone is connected and joined before anyone negotiates.
     if all_joined.wait().await.is_leader() {
-        assert_eq!(router.peer_count(), 2 * PAIRS, "all connected at once");
+        assert_eq!(
+            directory.registry().peer_count(),
+            2 * PAIRS,
+            "all connected at once"
+        );
     }
 
     let mut to_a = vec![offer(Address::Peer(ida), "v=0 offer")];
@@ -92,7 +96,7 @@ async fn a_thousand_clients_in_500_rooms_all_complete_their_negotiation() {
     if soft < 4096 {
         rlimit::Resource::NOFILE.set(hard.min(8192), hard).unwrap();
     }
-    let (server, router) = start_server_with_router(switchboard::config::Config {
+    let (server, directory) = start_server_with_directory(switchboard::config::Config {
         max_connections_per_ip: 2 * PAIRS + 10,
         ..test_config()
     })
@@ -105,7 +109,7 @@ async fn a_thousand_clients_in_500_rooms_all_complete_their_negotiation() {
             url.clone(),
             format!("room-{pair}"),
             barrier.clone(),
-            router.clone(),
+            directory.clone(),
         )));
     }
     let mut delivered = 0;

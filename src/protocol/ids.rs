@@ -11,21 +11,28 @@ pub const MAX_ID_BYTES: usize = 64;
 
 /// The id of one connection, unique across every node of a routing space.
 ///
-/// The high 16 bits name the node that owns the connection and the low 48
-/// bits count connections on that node, so a node can route to a peer it does
-/// not host without a directory lookup for the node.
+/// The high 16 bits name the node that owns the connection, the next 16
+/// are the node's epoch (a value per start of the node, so a restarted node
+/// never issues an id another node may still hold), and the low 32 count
+/// connections within the epoch. A node can route to a peer it does not
+/// host without a directory lookup for the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
 
 impl PeerId {
-    /// Builds the id of the `serial`-th connection of node `node`.
-    pub fn new(node: u16, serial: u64) -> PeerId {
-        PeerId((u64::from(node) << 48) | (serial & ((1 << 48) - 1)))
+    /// The id of the `serial`-th connection of node `node` in `epoch`.
+    pub fn new(node: u16, epoch: u16, serial: u32) -> PeerId {
+        PeerId((u64::from(node) << 48) | (u64::from(epoch) << 32) | u64::from(serial))
     }
 
     /// The node that owns this peer.
     pub fn node(self) -> u16 {
         (self.0 >> 48) as u16
+    }
+
+    /// The epoch of its node in which this id was issued.
+    pub fn epoch(self) -> u16 {
+        (self.0 >> 32) as u16
     }
 }
 
@@ -217,8 +224,10 @@ mod tests {
 
     #[test]
     fn peer_id_carries_its_node() {
-        let id = PeerId::new(7, 42);
+        let id = PeerId::new(7, 0x1234, 42);
         assert_eq!(id.node(), 7);
-        assert_eq!(id.0 & 0xffff_ffff_ffff, 42);
+        assert_eq!(id.epoch(), 0x1234);
+        assert_eq!(id.0 & 0xffff_ffff, 42);
+        assert_ne!(id, PeerId::new(7, 0x1235, 42), "another start, another id");
     }
 }

@@ -21,6 +21,7 @@ use tracing::{debug, Instrument};
 use super::readahead::ReadAhead;
 use super::{assets, connection, Admission, Shared};
 use crate::auth::{self, AuthError};
+use crate::directory::Directory;
 
 /// The access token a client offered in `Sec-WebSocket-Protocol`, if any,
 /// or why that header could not be read. Checked after Hello, so that a
@@ -64,8 +65,12 @@ pub(super) fn refuse_now(stream: &TcpStream, why: &'static str) {
 
 /// Serves HTTP on one accepted connection (plain TCP or TLS) until it
 /// upgrades or closes.
-pub(super) async fn serve<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, entry: Entry)
-where
+pub(super) async fn serve<S, D: Directory>(
+    shared: Arc<Shared<D>>,
+    stream: S,
+    addr: SocketAddr,
+    entry: Entry,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (admission, refused) = match entry {
@@ -85,7 +90,7 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.handshake_timeout)
+        .header_read_timeout(shared.ctx.config.handshake_timeout)
         .keep_alive(refused.is_none())
         .max_buf_size(16 * 1024);
     let conn = builder
@@ -96,9 +101,9 @@ where
     }
 }
 
-fn route(
+fn route<D: Directory>(
     mut req: Request<Incoming>,
-    shared: &Arc<Shared>,
+    shared: &Arc<Shared<D>>,
     addr: SocketAddr,
     admission: &parking_lot::Mutex<Option<Admission>>,
     refusal: Option<&'static str>,
@@ -137,7 +142,7 @@ fn route(
                     )
                 }
             };
-            if !origin_allowed(&req, &shared.config.allowed_origins) {
+            if !origin_allowed(&req, &shared.ctx.config.allowed_origins) {
                 debug!(%addr, origin = ?req.headers().get(header::ORIGIN), "origin refused");
                 return text(StatusCode::FORBIDDEN, "origin not allowed\n");
             }
@@ -157,14 +162,14 @@ fn route(
                     }
                 };
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(shared.config.read_buffer_bytes)
+                    .read_buffer_size(shared.ctx.config.read_buffer_bytes)
                     .write_buffer_size(0)
                     // Bounded: pongs and close replies that tungstenite
                     // queues by itself pile up here when a client sends
                     // pings and never reads.
-                    .max_write_buffer_size(shared.config.write_buffer_limit())
-                    .max_message_size(Some(shared.config.max_message_bytes))
-                    .max_frame_size(Some(shared.config.max_message_bytes));
+                    .max_write_buffer_size(shared.ctx.config.write_buffer_limit())
+                    .max_message_size(Some(shared.ctx.config.max_message_bytes))
+                    .max_frame_size(Some(shared.ctx.config.max_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(
                     ReadAhead::new(TokioIo::new(upgraded)),
                     Role::Server,

@@ -32,34 +32,35 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config};
-use crate::protocol::{CodecLimits, PeerId};
+use crate::directory::{Directory, LocalDirectory};
+use crate::outbox::{CloseReason, OutboxLimits};
+use crate::protocol::PeerId;
+use crate::registry::Registry;
 use crate::rooms::RoomPolicy;
-use crate::routing::{CloseReason, LocalRouter, OutboxLimits, Router};
+use crate::session::Context;
 use crate::turn::TurnConfig;
 
 /// State shared by every connection of one server.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub codec: CodecLimits,
-    pub router: Arc<dyn Router>,
+pub(crate) struct Shared<D> {
+    /// What the sessions share: configuration, codec limits, directory.
+    pub ctx: Arc<Context<D>>,
     pub outbox: OutboxLimits,
     /// The token verifier, with `auth = token`.
     pub auth: Option<Authenticator>,
     /// The TURN credential issuer, with a TURN secret configured.
     pub turn: Option<TurnConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    /// One clock for every rate limiter: creating a clock calibrates it,
-    /// which cost more than the rest of a connection's set-up together.
-    pub clock: governor::clock::DefaultClock,
+    /// This start's epoch: the bits above the serial in every peer id.
+    epoch: u16,
     next_serial: AtomicU64,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     connections: Arc<Semaphore>,
     /// Connections over a limit being answered with a 503 (or `/healthz`).
     refusals: Arc<Semaphore>,
 }
 
-impl Shared {
-    fn new(config: Config, router: Arc<dyn Router>) -> std::io::Result<Shared> {
+impl<D: Directory> Shared<D> {
+    fn new(config: Config, directory: Arc<D>) -> std::io::Result<Shared<D>> {
         let invalid = |e: crate::config::ConfigError| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
         };
@@ -76,26 +77,29 @@ impl Shared {
             auth: config.authenticator().map_err(invalid)?,
             turn: config.turn(),
             tls,
-            codec: config.codec_limits(),
             outbox: OutboxLimits {
                 frames: config.outbox_frames,
                 bytes: config.outbox_bytes,
             },
             connections: Arc::new(Semaphore::new(config.max_connections)),
             refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
-            clock: governor::clock::DefaultClock::default(),
-            router,
+            epoch: start_epoch(),
             next_serial: AtomicU64::new(1),
-            per_ip: Mutex::new(HashMap::new()),
-            config,
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+            ctx: Arc::new(Context {
+                codec: config.codec_limits(),
+                config,
+                directory,
+            }),
         })
     }
 
+    /// A peer id never issued before by this node: its node id, its epoch
+    /// (which moves on if the 32-bit serial wraps) and the serial.
     pub fn next_peer_id(&self) -> PeerId {
-        PeerId::new(
-            self.config.node_id,
-            self.next_serial.fetch_add(1, Ordering::Relaxed),
-        )
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch.wrapping_add((serial >> 32) as u16);
+        PeerId::new(self.ctx.config.node_id, epoch, serial as u32)
     }
 
     /// Counts a connection from `ip`; `None` when that IP (an IPv6 /64) is
@@ -104,12 +108,12 @@ impl Shared {
         let ip = admission_key(ip);
         let mut per_ip = self.per_ip.lock();
         let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.config.max_connections_per_ip {
+        if *count >= self.ctx.config.max_connections_per_ip {
             return None;
         }
         *count += 1;
         Some(IpGuard {
-            shared: self.clone(),
+            per_ip: self.per_ip.clone(),
             ip,
         })
     }
@@ -130,15 +134,24 @@ fn admission_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// This start's epoch: the time of the start in seconds, modulo 2¹⁶, so a
+/// node that restarts does not issue the ids of its previous run again (a
+/// cluster directory hands out epochs that cannot collide at all).
+fn start_epoch() -> u16 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u16)
+}
+
 /// Holds one of an IP's connection slots until dropped.
 pub(crate) struct IpGuard {
-    shared: Arc<Shared>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        let mut per_ip = self.shared.per_ip.lock();
+        let mut per_ip = self.per_ip.lock();
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -154,9 +167,10 @@ pub(crate) struct Admission {
     _ip: IpGuard,
 }
 
-/// Builds the default in-memory router for `config`.
-pub fn local_router(config: &Config) -> Arc<dyn Router> {
-    Arc::new(LocalRouter::new(
+/// Builds the default in-memory directory (one node) for `config`.
+pub fn local_directory(config: &Config) -> Arc<LocalDirectory> {
+    Arc::new(LocalDirectory::new(
+        Arc::new(Registry::new(config.shards)),
         config.shards,
         RoomPolicy {
             default_capacity: config.default_room_capacity,
@@ -172,28 +186,28 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let router = local_router(&config);
-    run_with_router(listener, config, router, shutdown).await
+    let directory = local_directory(&config);
+    run_with_directory(listener, config, directory, shutdown).await
 }
 
-/// [`run`] with a router of the caller's choosing.
-pub async fn run_with_router(
+/// [`run`] with a directory of the caller's choosing.
+pub async fn run_with_directory<D: Directory>(
     listener: TcpListener,
     config: Config,
-    router: Arc<dyn Router>,
+    directory: Arc<D>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut config = config;
     descriptors::fit(&mut config);
-    let shared = Arc::new(Shared::new(config, router)?);
+    let shared = Arc::new(Shared::new(config, directory)?);
     let local = listener.local_addr()?;
     info!(
         addr = %local,
         tls = shared.tls.is_some(),
-        auth = ?shared.config.auth,
+        auth = ?shared.ctx.config.auth,
         "listening"
     );
-    warn_if_open(&shared.config, local);
+    warn_if_open(&shared.ctx.config, local);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -246,7 +260,7 @@ fn warn_if_open(config: &Config, local: SocketAddr) {
     }
 }
 
-fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr) {
+fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let admission = match shared.connections.clone().try_acquire_owned() {
         Err(_) => Err("too many connections\n"),
@@ -292,7 +306,7 @@ fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr)
             tokio::spawn(async move {
                 // The TLS handshake gets the handshake timeout of its own;
                 // HTTP headers and Hello then get theirs.
-                let timeout = shared.config.handshake_timeout;
+                let timeout = shared.ctx.config.handshake_timeout;
                 match tokio::time::timeout(timeout, handshake).await {
                     Ok(Ok(tls)) => http::serve(shared, tls, addr, entry).await,
                     Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
@@ -303,21 +317,22 @@ fn accept(shared: &Arc<Shared>, stream: tokio::net::TcpStream, addr: SocketAddr)
     }
 }
 
-async fn drain(shared: &Arc<Shared>) {
+async fn drain<D: Directory>(shared: &Arc<Shared<D>>) {
+    let registry = shared.ctx.directory.registry();
     info!(
-        connections = shared.router.peer_count(),
+        connections = registry.peer_count(),
         "shutting down: telling clients"
     );
-    shared.router.close_all(CloseReason::Shutdown);
-    let all = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
-    let grace = shared.config.shutdown_grace;
+    registry.close_all(CloseReason::Shutdown);
+    let all = u32::try_from(shared.ctx.config.max_connections).unwrap_or(u32::MAX);
+    let grace = shared.ctx.config.shutdown_grace;
     // Every connection holds a permit until its task ends.
     if tokio::time::timeout(grace, shared.connections.acquire_many(all))
         .await
         .is_err()
     {
         warn!(
-            remaining = shared.router.peer_count(),
+            remaining = registry.peer_count(),
             "shutdown grace expired with connections open"
         );
     }
@@ -351,7 +366,7 @@ mod tests {
                     max_connections_per_ip: 2,
                     ..Config::default()
                 },
-                local_router(&Config::default()),
+                local_directory(&Config::default()),
             )
             .unwrap(),
         );

@@ -52,23 +52,26 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start_server(config: Config) -> TestServer {
-    start_server_with_router(config).await.0
+    start_server_with_directory(config).await.0
 }
 
-/// [`start_server`], also returning its routing table, so a test can see
-/// what the server holds (how many are connected) without asking it over
-/// the network.
-pub async fn start_server_with_router(
+/// [`start_server`], also returning its directory, so a test can see what
+/// the server holds (how many are connected) without asking it over the
+/// network.
+pub async fn start_server_with_directory(
     config: Config,
-) -> (TestServer, std::sync::Arc<dyn switchboard::routing::Router>) {
+) -> (
+    TestServer,
+    std::sync::Arc<switchboard::directory::LocalDirectory>,
+) {
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let router = switchboard::server::local_router(&config);
-    let task = tokio::spawn(switchboard::server::run_with_router(
+    let directory = switchboard::server::local_directory(&config);
+    let task = tokio::spawn(switchboard::server::run_with_directory(
         listener,
         config,
-        router.clone(),
+        directory.clone(),
         async {
             let _ = rx.await;
         },
@@ -78,7 +81,7 @@ pub async fn start_server_with_router(
         shutdown: Some(tx),
         task: Some(task),
     };
-    (server, router)
+    (server, directory)
 }
 
 pub async fn connect(server: &TestServer) -> Connection {
