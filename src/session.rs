@@ -92,6 +92,19 @@ impl Close {
 /// itself is disconnected.
 const MAX_BUSY: u32 = 64;
 
+/// The rarely needed part of a session's state.
+#[derive(Default)]
+struct Trouble {
+    /// When drops past the reply budget are to be reported at the latest,
+    /// and the last of them: a `RATE_LIMITED` reply with `request_seq` N
+    /// reports frame N and every earlier one left unanswered.
+    rate_report: Option<(Instant, u32)>,
+    /// `PEER_BUSY` answers in the current window: its start and count.
+    busy: Option<(Instant, u32)>,
+    /// Set when a handler decides the connection must end.
+    closing: Option<Close>,
+}
+
 /// The protocol state of one connection: its rooms, its name, its call
 /// partners, its rate limiter. Dropping it leaves every room and frees the
 /// name, so a connection that fails anywhere still cleans up.
@@ -116,14 +129,10 @@ pub struct Session<D> {
     /// since.
     last_heard: Instant,
     pinged: bool,
-    /// When drops past the reply budget are to be reported at the latest,
-    /// and the last of them: a `RATE_LIMITED` reply with `request_seq` N
-    /// reports frame N and every earlier one left unanswered.
-    rate_report: Option<(Instant, u32)>,
-    /// `PEER_BUSY` answers in the current window: its start and count.
-    busy: Option<(Instant, u32)>,
-    /// Set when a handler decides the connection must end.
-    closing: Option<Close>,
+    /// What only a misbehaving or troubled connection needs (drop
+    /// reports, `PEER_BUSY` counts, a decided close), allocated the first
+    /// time: an idle connection keeps one pointer.
+    trouble: Option<Box<Trouble>>,
     seq_out: u32,
     ping_nonce: u64,
     /// How the session's rooms hear of its end.
@@ -161,9 +170,7 @@ impl<D: Directory> Session<D> {
             started: (now, wall),
             last_heard: now,
             pinged: false,
-            rate_report: None,
-            busy: None,
-            closing: None,
+            trouble: None,
             seq_out: 0,
             ping_nonce: 0,
             leave_reason: LeaveReason::Disconnected,
@@ -232,7 +239,7 @@ impl<D: Directory> Session<D> {
             };
             if let Some(signal) = relay::scan(&frame, &codec) {
                 if self.relay_in_place(seq, &signal).await {
-                    if let Some(close) = self.closing.take() {
+                    if let Some(close) = self.trouble.as_mut().and_then(|t| t.closing.take()) {
                         return Some(close);
                     }
                     continue;
@@ -245,7 +252,7 @@ impl<D: Directory> Session<D> {
                 }
                 Err(e) => self.error(e.code(), e.to_string(), seq),
             }
-            if let Some(close) = self.closing.take() {
+            if let Some(close) = self.trouble.as_mut().and_then(|t| t.closing.take()) {
                 return Some(close);
             }
         }
@@ -275,15 +282,17 @@ impl<D: Directory> Session<D> {
                     )
                 };
                 self.error(ErrorCode::RateLimited, message, seq);
-                self.rate_report = None;
+                if let Some(t) = self.trouble.as_mut() {
+                    t.rate_report = None;
+                }
                 Ok(false)
             }
             Verdict::Drop { reply: None } => {
                 let now = self.now;
                 let due = self
-                    .rate_report
+                    .rate_report()
                     .map_or_else(|| now + Duration::from_secs(1), |(due, _)| due);
-                self.rate_report = Some((due, seq));
+                self.trouble().rate_report = Some((due, seq));
                 Ok(false)
             }
             Verdict::Abuse => {
@@ -296,7 +305,11 @@ impl<D: Directory> Session<D> {
     /// Reports drops that got no reply of their own (the reply budget was
     /// spent), covering them with the last one's sequence number.
     fn report_drops(&mut self, count: u32) {
-        let last = self.rate_report.take().map_or(0, |(_, seq)| seq);
+        let last = self
+            .trouble
+            .as_mut()
+            .and_then(|t| t.rate_report.take())
+            .map_or(0, |(_, seq)| seq);
         if count == 0 {
             return;
         }
@@ -312,7 +325,7 @@ impl<D: Directory> Session<D> {
 
     /// Sends the drop report if its time has come.
     fn report_drops_due(&mut self, now: Instant) {
-        if self.rate_report.is_some_and(|(due, _)| due <= now) {
+        if self.rate_report().is_some_and(|(due, _)| due <= now) {
             let count = self.rate.take_unreported();
             self.report_drops(count);
         }
@@ -355,7 +368,7 @@ impl<D: Directory> Session<D> {
         } else {
             self.last_heard + config.heartbeat_interval
         };
-        match self.rate_report {
+        match self.rate_report() {
             Some((due, _)) => heartbeat.min(due),
             None => heartbeat,
         }
@@ -366,7 +379,7 @@ impl<D: Directory> Session<D> {
     /// the heartbeat timeout.
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
         self.now = now;
-        if self.rate_report.is_some_and(|(due, _)| due <= now) {
+        if self.rate_report().is_some_and(|(due, _)| due <= now) {
             self.report_drops_due(now);
             return None;
         }
@@ -387,6 +400,16 @@ impl<D: Directory> Session<D> {
             });
         }
         None
+    }
+
+    fn trouble(&mut self) -> &mut Trouble {
+        self.trouble.get_or_insert_with(Box::default)
+    }
+
+    /// When drops past the reply budget are to be reported at the latest,
+    /// and the last of them.
+    fn rate_report(&self) -> Option<(Instant, u32)> {
+        self.trouble.as_ref().and_then(|t| t.rate_report)
     }
 
     /// The sequence number of the next frame written to the client.
@@ -672,12 +695,13 @@ impl<D: Directory> Session<D> {
         if e == RouteError::PeerBusy {
             let now = self.now;
             let window = self.ctx.config.rate_abuse_window;
-            match &mut self.busy {
+            let trouble = self.trouble();
+            match &mut trouble.busy {
                 Some((start, count)) if now.duration_since(*start) < window => *count += 1,
                 busy => *busy = Some((now, 1)),
             }
-            if self.busy.is_some_and(|(_, count)| count >= MAX_BUSY) {
-                self.closing.get_or_insert(Close::app(
+            if trouble.busy.is_some_and(|(_, count)| count >= MAX_BUSY) {
+                trouble.closing.get_or_insert(Close::app(
                     ErrorCode::PeerBusy,
                     "kept sending to a peer that is not keeping up",
                     LeaveReason::Kicked,
