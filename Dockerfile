@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build of the switchboard server. No protoc is needed: build.rs
-# compiles proto/ with protox. The demo page is embedded in the binary.
+# Multi-stage build of the switchboard server. No protoc is needed: the
+# protocol crate's build.rs compiles proto/ with protox. The demo page is embedded in the binary.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # The slim image has gcc; jemalloc's build also needs make.
 RUN apt-get update && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock ./
+COPY crates crates
 COPY proto proto
 COPY src src
 COPY benches benches

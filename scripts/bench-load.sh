@@ -7,7 +7,7 @@
 # Scenarios: relay1 relay16 pair handshake handshake-reuse idle churn
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 PORT=${PORT:-18700}
 # Another server binary (say, an older build) to compare against.
 SERVER_BIN=${SERVER_BIN:-target/release/switchboard}

@@ -21,9 +21,12 @@ if ((${#need[@]})); then
     fi
 fi
 
+echo "==> crate layers"
+scripts/check-layers.sh
+
 echo "==> cargo test"
-cargo test --all-targets
-cargo test --doc
+cargo test --workspace --all-targets
+cargo test --workspace --doc
 
 echo "==> browser SDK and end-to-end tests"
 cargo build --bin switchboard

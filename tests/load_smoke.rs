@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{start_server, test_config};
 use switchboard::config::Config;
-use switchboard::load::{churn, handshake, idle, relay, Common};
+use switchboard_load::{churn, handshake, idle, relay, Common};
 
 /// The test server with rate limits out of the way: the load generator
 /// measures throughput, not the limiter.

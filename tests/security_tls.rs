@@ -7,21 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
-use switchboard::client::default_hello;
+use switchboard::client::{default_hello, Connection};
 use switchboard::config::Config;
-use switchboard::protocol::{
-    decode_message, encode_into, CodecLimits, Message, RoomMode, PROTOCOL_VERSION,
-};
+use switchboard::protocol::{Message, RoomMode, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 
 struct Pki {
     dir: PathBuf,
@@ -60,8 +54,8 @@ fn tls_config(pki: &Pki) -> Config {
     }
 }
 
-/// A client that trusts only the generated certificate.
-fn connector(pki: &Pki) -> TlsConnector {
+/// A TLS configuration that trusts only the generated certificate.
+fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.cert.clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -71,77 +65,44 @@ fn connector(pki: &Pki) -> TlsConnector {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 async fn tls_connect(server: &TestServer, pki: &Pki) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    connector(pki)
+    TlsConnector::from(client_config(pki))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake with the generated certificate")
 }
 
-type Wss = WebSocketStream<TlsStream<TcpStream>>;
-
-async fn send(ws: &mut Wss, seq: u32, message: &Message) {
-    let mut out = BytesMut::new();
-    encode_into(message, seq, &mut out);
-    ws.send(WsMessage::Binary(out.freeze())).await.unwrap();
-}
-
-async fn recv(ws: &mut Wss) -> Message {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message in time")
-        {
-            Some(Ok(WsMessage::Binary(data))) => {
-                return decode_message(data, &CodecLimits::default())
-                    .next()
-                    .unwrap()
-                    .unwrap()
-                    .1
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-async fn wss_peer(server: &TestServer, pki: &Pki) -> (Wss, switchboard::protocol::PeerId) {
+/// A client of the client crate over wss://, trusting only the generated
+/// certificate.
+async fn wss_peer(server: &TestServer, pki: &Pki) -> Connection {
     let url = format!("wss://localhost:{}/ws", server.addr.port());
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls_connect(server, pki).await)
+    let c = Connection::connect_with_tls(&url, default_hello(), client_config(pki))
         .await
-        .unwrap();
-    send(&mut ws, 1, &Message::Hello(default_hello())).await;
-    match recv(&mut ws).await {
-        Message::Welcome(w) => {
-            assert_eq!(w.protocol_version, PROTOCOL_VERSION);
-            (ws, w.peer_id)
-        }
-        other => panic!("{other:?}"),
-    }
+        .expect("wss:// connection with the generated certificate");
+    assert_eq!(c.welcome().protocol_version, PROTOCOL_VERSION);
+    c
 }
 
 #[tokio::test]
 async fn wss_hello_welcome_join_and_offer() {
     let pki = self_signed();
     let server = start_server(tls_config(&pki)).await;
-    let (mut a, a_id) = wss_peer(&server, &pki).await;
-    let (mut b, _) = wss_peer(&server, &pki).await;
-    send(&mut a, 2, &join("tls-room", RoomMode::Pair)).await;
-    assert!(matches!(recv(&mut a).await, Message::Joined(j) if !j.initiator));
-    send(&mut b, 2, &join("tls-room", RoomMode::Pair)).await;
-    assert!(matches!(recv(&mut b).await, Message::Joined(j) if j.initiator));
-    assert!(matches!(recv(&mut a).await, Message::PeerJoined(_)));
-    send(
-        &mut b,
-        3,
-        &offer(switchboard::protocol::Address::Peer(a_id), "v=0"),
-    )
-    .await;
-    assert!(matches!(recv(&mut a).await, Message::Offer(_)));
+    let mut a = wss_peer(&server, &pki).await;
+    let mut b = wss_peer(&server, &pki).await;
+    assert!(!join_ok(&mut a, "tls-room", RoomMode::Pair).await.initiator);
+    assert!(join_ok(&mut b, "tls-room", RoomMode::Pair).await.initiator);
+    assert!(matches!(next(&mut a).await, Message::PeerJoined(_)));
+    b.send(&offer(
+        switchboard::protocol::Address::Peer(peer(&a)),
+        "v=0",
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(next(&mut a).await, Message::Offer(_)));
 }
 
 #[tokio::test]
@@ -174,7 +135,7 @@ async fn plaintext_and_stalled_handshakes_on_the_tls_port_are_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "a stalled TLS handshake was not dropped");
     // The server still serves TLS clients.
-    let (mut ws, _) = wss_peer(&server, &pki).await;
-    send(&mut ws, 2, &Message::Ping { nonce: 9 }).await;
-    assert_eq!(recv(&mut ws).await, Message::Pong { nonce: 9 });
+    let mut ws = wss_peer(&server, &pki).await;
+    ws.send(&Message::Ping { nonce: 9 }).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::Pong { nonce: 9 });
 }

@@ -1,6 +1,6 @@
 /**
  * Bytes in, validated `Message`s out, and back; mirrors `decode`/`encode` in
- * `src/protocol/mod.rs`. The only module that touches generated protobuf
+ * `crates/protocol/src/lib.rs`. The only module that touches generated protobuf
  * types. Pure: no sockets, no timers.
  */
 import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";

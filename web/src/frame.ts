@@ -1,6 +1,6 @@
 /**
  * The frame layer: a 12-byte header in front of each protobuf payload, and
- * several frames to one WebSocket message. Mirrors `src/protocol/frame.rs`.
+ * several frames to one WebSocket message. Mirrors `crates/protocol/src/frame.rs`.
  *
  * ```text
  * offset  size  field

@@ -16,7 +16,7 @@ const samples = readdirSync(sdpDir)
 const kind = (k: string) => (e: unknown) => e instanceof SdpError && e.detail.kind === k;
 
 test("the dictionary equals the server's file byte for byte", () => {
-  const rust = readFileSync(join(repoDir, "src/protocol/sdp_dictionary_v1.txt"));
+  const rust = readFileSync(join(repoDir, "crates/protocol/src/sdp_dictionary_v1.txt"));
   assert.ok(Buffer.from(dictionary()).equals(rust));
 });
 

@@ -12,8 +12,8 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use switchboard::protocol::ice::{BatchConfig, IceBatcher};
-//! use switchboard::protocol::IceCandidate;
+//! use switchboard_protocol::ice::{BatchConfig, IceBatcher};
+//! use switchboard_protocol::IceCandidate;
 //!
 //! let mut batcher = IceBatcher::new(BatchConfig::default());
 //! let t0 = Instant::now();
@@ -155,7 +155,7 @@ impl IceBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::PeerId;
+    use crate::PeerId;
 
     fn candidate(n: u32) -> IceCandidate {
         IceCandidate {

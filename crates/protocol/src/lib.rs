@@ -1,8 +1,11 @@
-//! The sans-IO wire protocol.
+//! The switchboard wire protocol, sans I/O: what a client in Rust needs to
+//! speak to a switchboard server, and nothing else (no tokio, no sockets).
 //!
 //! Bytes in, validated [`Message`]s out, and back. Nothing here knows about
 //! sockets, tasks or clocks (time is passed in), so every rule is unit-tested
 //! and fuzzed without a server.
+//!
+//! # Layout
 //!
 //! - [`frame`]: the 12-byte header and the frames of one WebSocket message.
 //! - [`message`]: the validated message types.
@@ -15,6 +18,7 @@ pub mod frame;
 pub mod ice;
 pub mod ids;
 pub mod message;
+mod proto;
 pub mod relay;
 pub mod sdp;
 

@@ -71,8 +71,8 @@ pub struct Report {
     pub cpu: CpuShare,
 }
 
-const OFFER: &str = include_str!("../../tests/data/sdp/chrome-offer.sdp");
-const ANSWER: &str = include_str!("../../tests/data/sdp/chrome-answer.sdp");
+const OFFER: &str = include_str!("../../../tests/data/sdp/chrome-offer.sdp");
+const ANSWER: &str = include_str!("../../../tests/data/sdp/chrome-answer.sdp");
 
 /// The SDPs of a run, plain and deflated.
 struct Sdps {

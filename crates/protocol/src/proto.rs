@@ -1,7 +1,7 @@
 //! The generated protobuf types of `proto/switchboard/v1/signal.proto`.
 //!
-//! Only the codec (`crate::protocol`) uses these; the rest of the crate works
-//! with the validated domain types of `crate::protocol::message`.
+//! Only the codec (this crate's modules) uses these; everything else works
+//! with the validated domain types of [`crate::message`].
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 include!(concat!(env!("OUT_DIR"), "/switchboard.v1.rs"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use switchboard::load::{self, churn, handshake, idle, relay, Common, LoadError};
+use switchboard_load::{self as load, churn, handshake, idle, relay, Common, LoadError};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Load generator for the switchboard signaling server")]

@@ -20,6 +20,10 @@
 
 pub mod churn;
 pub mod handshake;
+#[doc(no_inline)]
+pub use switchboard_client as client;
+#[doc(no_inline)]
+pub use switchboard_protocol as protocol;
 pub mod idle;
 pub mod relay;
 
@@ -42,8 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::client::default_hello;
 use crate::protocol::frame::{next_seq, write_frame};
 use crate::protocol::{
-    self, encode_into, CodecLimits, DecodeError, Flags, Frames, Message, MessageType, PeerId,
-    RawFrame,
+    encode_into, CodecLimits, DecodeError, Flags, Frames, Message, MessageType, PeerId, RawFrame,
 };
 
 /// Why a load run failed before it could report.

@@ -165,7 +165,7 @@ mod tests {
 
     /// Every browser-generated sample in `tests/data/sdp`, by file name.
     fn samples() -> Vec<(String, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sdp");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/sdp");
         let mut samples: Vec<_> = std::fs::read_dir(&dir)
             .expect("tests/data/sdp exists")
             .map(|entry| entry.unwrap().path())

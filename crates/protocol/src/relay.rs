@@ -227,7 +227,7 @@ fn check_candidate(mut buf: &[u8]) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{
+    use crate::{
         decode, encode, Header, IceCandidate, IceCandidates, Message, Sdp, SessionDescription,
     };
 

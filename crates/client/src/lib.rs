@@ -1,4 +1,8 @@
-//! An async client for the switchboard protocol.
+//! An async client for the switchboard protocol, over `ws://` or `wss://`
+//! (rustls). Depends on the protocol crate, re-exported as [`protocol`],
+//! and on tokio; not on anything of the server's.
+//!
+//! # Layout
 //!
 //! - [`Client`] (in `session`): what an application uses. A background task
 //!   keeps one session alive across reconnects, compresses SDP, batches ICE
@@ -11,6 +15,8 @@
 mod session;
 
 pub use session::{backoff, Client, ClientConfig, Event};
+#[doc(no_inline)]
+pub use switchboard_protocol as protocol;
 
 use std::collections::VecDeque;
 
@@ -23,7 +29,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::frame::next_seq;
 use crate::protocol::{
-    self, encode_into, CodecLimits, DecodeError, Hello, Message, Welcome, PROTOCOL_VERSION,
+    encode_into, CodecLimits, DecodeError, Hello, Message, Welcome, PROTOCOL_VERSION,
 };
 use crate::protocol::{Capabilities, ErrorMessage};
 
@@ -83,6 +89,24 @@ impl Connection {
             url,
             Some(WebSocketConfig::default().read_buffer_size(16 * 1024)),
             true,
+        )
+        .await?;
+        Connection::handshake(ws, hello).await
+    }
+
+    /// [`Connection::connect`] over `wss://` with a TLS configuration of
+    /// the caller's (its own root certificates, say). `connect` itself
+    /// accepts `wss://` URLs too, checked against the web PKI roots.
+    pub async fn connect_with_tls(
+        url: &str,
+        hello: Hello,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Connection, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(WebSocketConfig::default().read_buffer_size(16 * 1024)),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(tls)),
         )
         .await?;
         Connection::handshake(ws, hello).await
