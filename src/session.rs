@@ -323,14 +323,6 @@ impl<D: Directory> Session<D> {
         );
     }
 
-    /// Sends the drop report if its time has come.
-    fn report_drops_due(&mut self, now: Instant) {
-        if self.rate_report().is_some_and(|(due, _)| due <= now) {
-            let count = self.rate.take_unreported();
-            self.report_drops(count);
-        }
-    }
-
     /// A WebSocket message or control frame without protocol frames (a
     /// ping, a pong, a text message) arrived at `now`, `bytes` long; `text`
     /// if it was a text message, which gets `MALFORMED`. Paid for out of
@@ -380,7 +372,8 @@ impl<D: Directory> Session<D> {
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
         self.now = now;
         if self.rate_report().is_some_and(|(due, _)| due <= now) {
-            self.report_drops_due(now);
+            let count = self.rate.take_unreported();
+            self.report_drops(count);
             return None;
         }
         let config = &self.ctx.config;

@@ -335,6 +335,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let refuse = |code, reason: &str| Refusal::Error(code, reason.to_owned());
+    let closed_before_hello = || {
+        Close::app(
+            ErrorCode::HelloRequired,
+            "closed before hello",
+            LeaveReason::Disconnected,
+        )
+    };
     loop {
         let incoming = ws.next().await;
         let data = match incoming {
@@ -356,23 +363,14 @@ where
                     "binary protocol frames expected",
                 ))
             }
+            // The socket failed or ended: a WebSocket error has its RFC
+            // code; anything else closes as a missing Hello.
             Some(Err(e)) => {
-                return Err(match ws_error_close(&e) {
-                    Some(close) => Refusal::Close(close),
-                    None => Refusal::Close(Close::app(
-                        ErrorCode::HelloRequired,
-                        "closed before hello",
-                        LeaveReason::Disconnected,
-                    )),
-                })
+                return Err(Refusal::Close(
+                    ws_error_close(&e).unwrap_or_else(closed_before_hello),
+                ))
             }
-            None => {
-                return Err(Refusal::Close(Close::app(
-                    ErrorCode::HelloRequired,
-                    "closed before hello",
-                    LeaveReason::Disconnected,
-                )))
-            }
+            None => return Err(Refusal::Close(closed_before_hello())),
         };
         // The frames after Hello in the same message are handled once the
         // session exists.
