@@ -21,6 +21,7 @@ pub mod message;
 mod proto;
 pub mod relay;
 pub mod sdp;
+pub mod text;
 
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
@@ -112,6 +113,16 @@ pub enum DecodeError {
     /// A field is invalid.
     #[error("invalid field: {0}")]
     Field(#[from] FieldError),
+    /// A text frame is not a well-formed JSON envelope, or its body does
+    /// not fit its type's schema.
+    #[error("malformed json: {0}")]
+    Json(String),
+    /// A text frame names a type this version does not know.
+    #[error("unknown message type {name:?}")]
+    UnknownName {
+        /// The name (at most 64 characters of it).
+        name: String,
+    },
     /// Compressed SDP could not be inflated within the limit.
     #[error("bad compressed sdp: {0}")]
     Compression(#[from] sdp::SdpError),
@@ -124,9 +135,12 @@ impl DecodeError {
             DecodeError::Incomplete { .. }
             | DecodeError::Truncated
             | DecodeError::BadFlags { .. }
-            | DecodeError::Protobuf(_) => ErrorCode::Malformed,
+            | DecodeError::Protobuf(_)
+            | DecodeError::Json(_) => ErrorCode::Malformed,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+            DecodeError::UnknownType { .. } | DecodeError::UnknownName { .. } => {
+                ErrorCode::UnknownType
+            }
             DecodeError::TooLarge { .. } | DecodeError::TooManyFrames { .. } => ErrorCode::TooLarge,
             DecodeError::Field(FieldError::TooLong { .. } | FieldError::TooMany { .. }) => {
                 ErrorCode::TooLarge

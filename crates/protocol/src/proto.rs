@@ -5,3 +5,4 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 include!(concat!(env!("OUT_DIR"), "/switchboard.v1.rs"));
+include!(concat!(env!("OUT_DIR"), "/switchboard.v1.serde.rs"));
