@@ -324,21 +324,22 @@ impl<D: Directory> Session<D> {
     }
 
     /// A WebSocket message or control frame without protocol frames (a
-    /// ping, a pong, a text message) arrived at `now`, `bytes` long; `text`
-    /// if it was a text message, which gets `MALFORMED`. Paid for out of
+    /// ping, a pong, a text message that is not a frame) arrived at `now`,
+    /// `bytes` long; `error` is the answer it gets, if any. Paid for out of
     /// the rate limit like a frame.
-    pub fn on_frameless(&mut self, now: Instant, bytes: usize, text: bool) -> Option<Close> {
+    pub fn on_frameless(
+        &mut self,
+        now: Instant,
+        bytes: usize,
+        error: Option<ErrorMessage>,
+    ) -> Option<Close> {
         self.now = now;
         self.heard(now);
         match self.admit(0, bytes) {
             Err(close) => Some(close),
             Ok(accepted) => {
-                if accepted && text {
-                    self.error(
-                        ErrorCode::Malformed,
-                        "binary protocol frames expected".into(),
-                        0,
-                    );
+                if let (true, Some(error)) = (accepted, error) {
+                    self.reply(&Message::Error(error));
                 }
                 None
             }

@@ -321,7 +321,8 @@ async fn bad_input_gets_typed_errors_and_the_connection_stays_usable() {
     .unwrap();
     expect_error(&mut c, ErrorCode::Malformed).await;
 
-    // Unknown target, server-only messages, a second hello, text frames.
+    // Unknown target, server-only messages, a second hello, text that is
+    // not a JSON frame.
     c.send(&ice(
         Address::Peer(switchboard::protocol::PeerId(999_999)),
         1,
@@ -334,7 +335,7 @@ async fn bad_input_gets_typed_errors_and_the_connection_stays_usable() {
     c.send(&Message::Hello(default_hello())).await.unwrap();
     expect_error(&mut c, ErrorCode::HelloRequired).await;
     c.socket()
-        .send(WsMessage::Text("{\"type\":\"join\"}".into()))
+        .send(WsMessage::Text("{\"type\":\"join\"".into()))
         .await
         .unwrap();
     expect_error(&mut c, ErrorCode::Malformed).await;

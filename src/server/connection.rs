@@ -62,6 +62,15 @@ fn ws_error_close(e: &tungstenite::Error) -> Option<Close> {
 /// an `async fn` taking the socket by value would store it twice (as the
 /// argument and as the local it is moved into), and this future lives as
 /// long as the connection.
+/// How a client's frames travel: binary frames (the protocol proper) or
+/// JSON text frames (`protocol::text`). Chosen by the client's Hello; the
+/// server answers in the same form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Binary,
+    Json,
+}
+
 pub(super) fn run<S, D: Directory>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared<D>>,
@@ -111,7 +120,7 @@ where
             read_hello(ws, shared, &mut rate),
         ))
         .await;
-        let (hello, after_hello) = match hello {
+        let (hello, after_hello, encoding) = match hello {
             Ok(Ok(hello)) => hello,
             Ok(Err(Refusal::Close(close))) => {
                 Box::pin(close_within(ws, close)).await;
@@ -121,13 +130,19 @@ where
                 Box::pin(finish_client_close(ws)).await;
                 return;
             }
-            Ok(Err(Refusal::Error(code, message))) => {
-                Box::pin(refuse_within(ws, code, message)).await;
+            Ok(Err(Refusal::Error(code, message, encoding))) => {
+                Box::pin(refuse_within(ws, encoding, code, message)).await;
                 return;
             }
             Err(_) => {
                 let message = "no hello before the handshake timeout".to_owned();
-                Box::pin(refuse_within(ws, ErrorCode::HelloRequired, message)).await;
+                Box::pin(refuse_within(
+                    ws,
+                    Encoding::Binary,
+                    ErrorCode::HelloRequired,
+                    message,
+                ))
+                .await;
                 return;
             }
         };
@@ -135,7 +150,13 @@ where
             Ok(grant) => grant,
             Err(message) => {
                 debug!(%message, "unauthenticated");
-                Box::pin(refuse_within(ws, ErrorCode::Unauthenticated, message)).await;
+                Box::pin(refuse_within(
+                    ws,
+                    encoding,
+                    ErrorCode::Unauthenticated,
+                    message,
+                ))
+                .await;
                 return;
             }
         };
@@ -201,7 +222,7 @@ where
         };
         let ending = match early {
             Some(ending) => ending,
-            None => serve(ws, &mut session, &outbox, shared).await,
+            None => serve(ws, encoding, &mut session, &outbox, shared).await,
         };
         let ending_was_client_close = matches!(ending, Ending::ClientClosed);
         let close = match ending {
@@ -267,7 +288,7 @@ fn authenticate<D>(
 /// Why no session starts.
 enum Refusal {
     /// Tell the client in an `Error` frame, then close with 4000 + the code.
-    Error(ErrorCode, String),
+    Error(ErrorCode, String, Encoding),
     /// Close with this code only (a WebSocket-level failure or abuse).
     Close(Close),
     /// The client closed first: answer its close frame.
@@ -287,19 +308,21 @@ enum Ending {
 /// Tells the client why it is refused, in an `Error` frame (sequence
 /// number 1, the first the server sends), then closes with 4000 + `code`;
 /// gives up after a second.
-async fn refuse_within<S>(ws: &mut WebSocketStream<S>, code: ErrorCode, message: String)
-where
+async fn refuse_within<S>(
+    ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
+    code: ErrorCode,
+    message: String,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let refuse = async {
-        let mut out = BytesMut::new();
-        encode(&Message::Error(ErrorMessage {
+        let error = encode(&Message::Error(ErrorMessage {
             code,
             message,
             request_seq: 0,
-        }))
-        .write(1, &mut out);
-        ws.send(WsMessage::Binary(out.freeze())).await?;
+        }));
+        send_frames(ws, encoding, &mut vec![error], || 1).await?;
         let reason = match code {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::UnsupportedVersion => "unsupported protocol version",
@@ -330,11 +353,10 @@ async fn read_hello<S, D>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared<D>,
     rate: &mut RateGuard,
-) -> Result<(protocol::Hello, Bytes), Refusal>
+) -> Result<(protocol::Hello, Bytes, Encoding), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let refuse = |code, reason: &str| Refusal::Error(code, reason.to_owned());
     let closed_before_hello = || {
         Close::app(
             ErrorCode::HelloRequired,
@@ -344,8 +366,18 @@ where
     };
     loop {
         let incoming = ws.next().await;
-        let data = match incoming {
-            Some(Ok(WsMessage::Binary(data))) => data,
+        let (data, encoding) = match incoming {
+            Some(Ok(WsMessage::Binary(data))) => (data, Encoding::Binary),
+            Some(Ok(WsMessage::Text(text))) => match protocol::text::to_frame(&text) {
+                Ok(frame) => (frame, Encoding::Json),
+                Err(e) => {
+                    return Err(Refusal::Error(
+                        e.code(),
+                        format!("malformed hello: {e}"),
+                        Encoding::Json,
+                    ))
+                }
+            },
             // The only messages that do not end this phase: paid for like
             // everything after Hello (Hello itself, once per connection,
             // is free). Before Hello there is no session to queue replies
@@ -358,9 +390,10 @@ where
             }
             Some(Ok(WsMessage::Close(_))) => return Err(Refusal::ClientClosed),
             Some(Ok(_)) => {
-                return Err(refuse(
+                return Err(Refusal::Error(
                     ErrorCode::Malformed,
-                    "binary protocol frames expected",
+                    "protocol frames expected (binary, or JSON text)".to_owned(),
+                    Encoding::Binary,
                 ))
             }
             // The socket failed or ended: a WebSocket error has its RFC
@@ -377,11 +410,17 @@ where
         let mut rest = data;
         let frame = match protocol::frame::split_frame(&mut rest, shared.ctx.codec.max_payload) {
             Ok(frame) => frame,
-            Err(e) => return Err(Refusal::Error(e.code(), format!("malformed hello: {e}"))),
+            Err(e) => {
+                return Err(Refusal::Error(
+                    e.code(),
+                    format!("malformed hello: {e}"),
+                    encoding,
+                ))
+            }
         };
         return match protocol::decode(&frame, &shared.ctx.codec) {
             Ok(Message::Hello(hello)) if hello.protocol_version >= PROTOCOL_VERSION => {
-                Ok((hello, rest))
+                Ok((hello, rest, encoding))
             }
             Ok(Message::Hello(hello)) => Err(Refusal::Error(
                 ErrorCode::UnsupportedVersion,
@@ -390,10 +429,12 @@ where
                      (0 is the proto3 default: a field left unset)",
                     hello.protocol_version
                 ),
+                encoding,
             )),
-            Ok(_) => Err(refuse(
+            Ok(_) => Err(Refusal::Error(
                 ErrorCode::HelloRequired,
-                "the first frame must be hello",
+                "the first frame must be hello".to_owned(),
+                encoding,
             )),
             // An over-long token is a refused token, whatever its length.
             Err(DecodeError::Field(e @ FieldError::TooLong {
@@ -402,8 +443,9 @@ where
             })) => Err(Refusal::Error(
                 ErrorCode::Unauthenticated,
                 format!("access token refused: {e}"),
+                encoding,
             )),
-            Err(e) => Err(Refusal::Error(e.code(), format!("malformed hello: {e}"))),
+            Err(e) => Err(Refusal::Error(e.code(), format!("malformed hello: {e}"), encoding)),
         };
     }
 }
@@ -412,6 +454,7 @@ where
 /// when the client went away by itself.
 async fn serve<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
     session: &mut Session<D>,
     outbox: &Outbox,
     shared: &Shared<D>,
@@ -448,7 +491,7 @@ where
                 for _ in 0..MAX_WRITES_PER_TURN {
                     let closed = outbox.drain(&mut pending, max_frames, max_bytes);
                     if let Some(reason) = closed {
-                        return Ending::Close(Box::pin(closing(ws, session, &mut pending, reason)).await);
+                        return Ending::Close(Box::pin(closing(ws, encoding, session, &mut pending, reason)).await);
                     }
                     if pending.is_empty() {
                         break;
@@ -457,7 +500,7 @@ where
                     // Boxed: the write's state would otherwise widen every
                     // idle connection's task by its size (an allocation per
                     // write is far cheaper than the system call it makes).
-                    let write = write_bounded(ws, session, &mut pending, outbox, timer.as_mut(), stalled);
+                    let write = write_bounded(ws, encoding, session, &mut pending, outbox, timer.as_mut(), stalled);
                     match Box::pin(write).await {
                         Ok(()) => {}
                         Err(Some(close)) => return Ending::Close(close),
@@ -475,13 +518,27 @@ where
                     Some(Ok(WsMessage::Ping(data) | WsMessage::Pong(data))) => {
                         // tungstenite has queued the pong already; its write
                         // buffer is bounded, and the ping is paid for here.
-                        if let Some(close) = session.on_frameless(now, data.len(), false) {
+                        if let Some(close) = session.on_frameless(now, data.len(), None) {
                             return Ending::Close(close);
                         }
                         continue;
                     }
-                    Some(Ok(other @ (WsMessage::Text(_) | WsMessage::Frame(_)))) => {
-                        if let Some(close) = session.on_frameless(now, other.len(), true) {
+                    Some(Ok(WsMessage::Text(text))) => match protocol::text::to_frame(&text) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            let error = ErrorMessage {
+                                code: e.code(),
+                                message: e.to_string(),
+                                request_seq: protocol::text::claimed_seq(&text),
+                            };
+                            if let Some(close) = session.on_frameless(now, text.len(), Some(error)) {
+                                return Ending::Close(close);
+                            }
+                            continue;
+                        }
+                    },
+                    Some(Ok(other @ WsMessage::Frame(_))) => {
+                        if let Some(close) = session.on_frameless(now, other.len(), None) {
                             return Ending::Close(close);
                         }
                         continue;
@@ -500,7 +557,7 @@ where
                 if let Some(close) = received {
                     // Flush what is queued (the error explaining the close).
                     let _ = outbox.drain(&mut pending, max_frames, max_bytes);
-                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, session, &mut pending));
+                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, encoding, session, &mut pending));
                     let _ = Box::pin(flush).await;
                     return Ending::Close(close);
                 }
@@ -519,6 +576,7 @@ where
 /// How to end a connection whose outbox was closed.
 async fn closing<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
     reason: CloseReason,
@@ -535,7 +593,11 @@ where
                 message: "server is shutting down".into(),
                 request_seq: 0,
             })));
-            let _ = tokio::time::timeout(Duration::from_secs(1), write(ws, session, pending)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                write(ws, encoding, session, pending),
+            )
+            .await;
             Close {
                 code: CloseCode::Away.into(),
                 reason: "server shutting down",
@@ -551,6 +613,7 @@ where
 /// `Err(None)`: the socket failed; `Err(Some)`: cut the client off.
 async fn write_bounded<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
     outbox: &Outbox,
@@ -560,7 +623,7 @@ async fn write_bounded<S, D: Directory>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let send = write(ws, session, pending);
+    let send = write(ws, encoding, session, pending);
     tokio::pin!(send);
     // Most writes complete at once: only arm the timer when one does not.
     if let Some(result) = futures_util::FutureExt::now_or_never(&mut send) {
@@ -582,29 +645,71 @@ where
     }
 }
 
-/// Writes every pending frame as one WebSocket message with one flush.
+/// Writes every pending frame with one flush.
 async fn write<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let total: usize = pending.iter().map(Encoded::frame_len).sum();
-    // A fresh buffer each time: one kept between writes would hold on to
-    // the largest message ever sent by this connection.
-    let mut out = BytesMut::with_capacity(total);
-    for frame in pending.drain(..) {
-        frame.write(session.next_seq_out(), &mut out);
-    }
+    let sent = send_frames(ws, encoding, pending, || session.next_seq_out()).await;
     // An idle connection keeps no frame list.
     *pending = Vec::new();
-    let message: Bytes = out.freeze();
-    ws.send(WsMessage::Binary(message)).await
+    sent
+}
+
+/// Sends `frames`, numbered by `seq`, with one flush: as one binary
+/// WebSocket message holding them all, or as one JSON text message each.
+async fn send_frames<S>(
+    ws: &mut WebSocketStream<S>,
+    encoding: Encoding,
+    frames: &mut Vec<Encoded>,
+    mut seq: impl FnMut() -> u32,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if frames.is_empty() {
+        return Ok(());
+    }
+    match encoding {
+        Encoding::Binary => {
+            let total: usize = frames.iter().map(Encoded::frame_len).sum();
+            // A fresh buffer each time: one kept between writes would hold
+            // on to the largest message ever sent by this connection.
+            let mut out = BytesMut::with_capacity(total);
+            for frame in frames.drain(..) {
+                frame.write(seq(), &mut out);
+            }
+            ws.send(WsMessage::Binary(out.freeze())).await
+        }
+        Encoding::Json => {
+            for frame in frames.drain(..) {
+                let seq = seq();
+                let text = protocol::text::to_text(frame.kind, frame.flags, seq, &frame.payload)
+                    .unwrap_or_else(|e| {
+                        // Only a relayed payload the relay check let through
+                        // can fail here: say so instead of dropping it.
+                        tracing::warn!(error = %e, "frame not shown as json");
+                        let error = encode(&Message::Error(ErrorMessage {
+                            code: ErrorCode::Malformed,
+                            message: format!(
+                                "a {:?} frame could not be shown as json: {e}",
+                                frame.kind
+                            ),
+                            request_seq: 0,
+                        }));
+                        protocol::text::to_text(error.kind, error.flags, seq, &error.payload)
+                            .unwrap_or_default()
+                    });
+                ws.feed(WsMessage::text(text)).await?;
+            }
+            ws.flush().await
+        }
+    }
 }
 
 async fn close_with<S>(ws: &mut WebSocketStream<S>, close: Close) -> Result<(), tungstenite::Error>

@@ -186,9 +186,9 @@ pub fn to_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
     use crate::frame::split_frame;
     use crate::{decode, CodecLimits, Message};
+    use prost::Message as _;
 
     fn message(text: &str) -> Result<Message, DecodeError> {
         let mut bytes = to_frame(text)?;
