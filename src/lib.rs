@@ -23,6 +23,7 @@
 //! - [`turn`]: time-limited TURN credentials in coturn's REST scheme. Pure.
 
 pub mod auth;
+pub mod compat;
 pub mod config;
 pub mod directory;
 pub mod outbox;

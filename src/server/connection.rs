@@ -24,6 +24,7 @@ use tracing::debug;
 use super::http::HeaderToken;
 use super::{Admission, Shared};
 use crate::auth::Grant;
+use crate::compat::{Dialect, Outbound, Translator};
 use crate::directory::Directory;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{
@@ -65,10 +66,12 @@ fn ws_error_close(e: &tungstenite::Error) -> Option<Close> {
 /// How a client's frames travel: binary frames (the protocol proper) or
 /// JSON text frames (`protocol::text`). Chosen by the client's Hello; the
 /// server answers in the same form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A compat endpoint's client speaks a tutorial's dialect instead.
+#[derive(Debug)]
 enum Encoding {
     Binary,
     Json,
+    Compat(Box<Translator>),
 }
 
 pub(super) fn run<S, D: Directory>(
@@ -76,6 +79,7 @@ pub(super) fn run<S, D: Directory>(
     shared: Arc<Shared<D>>,
     admission: Admission,
     header_token: HeaderToken,
+    dialect: Option<Dialect>,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -89,6 +93,7 @@ where
         shared,
         _admission: admission,
         header_token,
+        dialect,
     });
     async move { conn.run().await }
 }
@@ -100,6 +105,8 @@ struct Conn<S, D> {
     /// What `Sec-WebSocket-Protocol` carried; taken at Hello. Boxed so that
     /// the common case (no header token) costs one word.
     header_token: Option<Box<HeaderToken>>,
+    /// Set on a compat endpoint: no Hello comes, the server assumes one.
+    dialect: Option<Dialect>,
 }
 
 impl<S, D: Directory> Conn<S, D>
@@ -115,12 +122,26 @@ where
         let mut rate = RateGuard::new(config.rate_policy(), Instant::now().into_std());
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
-        let hello = Box::pin(tokio::time::timeout_at(
-            deadline,
-            read_hello(ws, shared, &mut rate),
-        ))
-        .await;
-        let (hello, after_hello, encoding) = match hello {
+        let hello = match self.dialect {
+            Some(dialect) => Ok(Ok((
+                protocol::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    capabilities: Capabilities::default(),
+                    access_token: None,
+                    user_agent: format!("compat/{dialect:?}"),
+                },
+                Bytes::new(),
+                Encoding::Compat(Box::new(Translator::new(dialect))),
+            ))),
+            None => {
+                Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    read_hello(ws, shared, &mut rate),
+                ))
+                .await
+            }
+        };
+        let (hello, after_hello, mut encoding) = match hello {
             Ok(Ok(hello)) => hello,
             Ok(Err(Refusal::Close(close))) => {
                 Box::pin(close_within(ws, close)).await;
@@ -130,15 +151,15 @@ where
                 Box::pin(finish_client_close(ws)).await;
                 return;
             }
-            Ok(Err(Refusal::Error(code, message, encoding))) => {
-                Box::pin(refuse_within(ws, encoding, code, message)).await;
+            Ok(Err(Refusal::Error(code, message, mut encoding))) => {
+                Box::pin(refuse_within(ws, &mut encoding, code, message)).await;
                 return;
             }
             Err(_) => {
                 let message = "no hello before the handshake timeout".to_owned();
                 Box::pin(refuse_within(
                     ws,
-                    Encoding::Binary,
+                    &mut Encoding::Binary,
                     ErrorCode::HelloRequired,
                     message,
                 ))
@@ -152,7 +173,7 @@ where
                 debug!(%message, "unauthenticated");
                 Box::pin(refuse_within(
                     ws,
-                    encoding,
+                    &mut encoding,
                     ErrorCode::Unauthenticated,
                     message,
                 ))
@@ -222,7 +243,7 @@ where
         };
         let ending = match early {
             Some(ending) => ending,
-            None => serve(ws, encoding, &mut session, &outbox, shared).await,
+            None => serve(ws, &mut encoding, &mut session, &outbox, shared).await,
         };
         let ending_was_client_close = matches!(ending, Ending::ClientClosed);
         let close = match ending {
@@ -310,7 +331,7 @@ enum Ending {
 /// gives up after a second.
 async fn refuse_within<S>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     code: ErrorCode,
     message: String,
 ) where
@@ -454,7 +475,7 @@ where
 /// when the client went away by itself.
 async fn serve<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     session: &mut Session<D>,
     outbox: &Outbox,
     shared: &Shared<D>,
@@ -523,6 +544,28 @@ where
                         }
                         continue;
                     }
+                    Some(Ok(WsMessage::Text(text))) if matches!(encoding, Encoding::Compat(_)) => {
+                        let Encoding::Compat(translator) = &mut *encoding else { unreachable!() };
+                        let inbound = translator.inbound(&text);
+                        if inbound.messages.is_empty() {
+                            if let Some(close) = session.on_frameless(now, text.len(), None) {
+                                return Ending::Close(close);
+                            }
+                        }
+                        for reply in inbound.replies {
+                            if ws.send(WsMessage::text(reply)).await.is_err() {
+                                return Ending::SocketGone;
+                            }
+                        }
+                        let mut frames = BytesMut::new();
+                        for message in &inbound.messages {
+                            protocol::encode_into(message, 0, &mut frames);
+                        }
+                        if frames.is_empty() {
+                            continue;
+                        }
+                        frames.freeze()
+                    }
                     Some(Ok(WsMessage::Text(text))) => match protocol::text::to_frame(&text) {
                         Ok(frame) => frame,
                         Err(e) => {
@@ -576,7 +619,7 @@ where
 /// How to end a connection whose outbox was closed.
 async fn closing<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
     reason: CloseReason,
@@ -613,7 +656,7 @@ where
 /// `Err(None)`: the socket failed; `Err(Some)`: cut the client off.
 async fn write_bounded<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
     outbox: &Outbox,
@@ -648,7 +691,7 @@ where
 /// Writes every pending frame with one flush.
 async fn write<S, D: Directory>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     session: &mut Session<D>,
     pending: &mut Vec<Encoded>,
 ) -> Result<(), tungstenite::Error>
@@ -665,7 +708,7 @@ where
 /// WebSocket message holding them all, or as one JSON text message each.
 async fn send_frames<S>(
     ws: &mut WebSocketStream<S>,
-    encoding: Encoding,
+    encoding: &mut Encoding,
     frames: &mut Vec<Encoded>,
     mut seq: impl FnMut() -> u32,
 ) -> Result<(), tungstenite::Error>
@@ -685,6 +728,22 @@ where
                 frame.write(seq(), &mut out);
             }
             ws.send(WsMessage::Binary(out.freeze())).await
+        }
+        Encoding::Compat(translator) => {
+            for frame in frames.drain(..) {
+                seq();
+                let Some(message) = frame.decode() else {
+                    continue;
+                };
+                for out in translator.outbound(&message) {
+                    ws.feed(match out {
+                        Outbound::Text(t) => WsMessage::text(t),
+                        Outbound::Ping(p) => WsMessage::Ping(p),
+                    })
+                    .await?;
+                }
+            }
+            ws.flush().await
         }
         Encoding::Json => {
             for frame in frames.drain(..) {

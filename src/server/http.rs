@@ -122,7 +122,8 @@ fn route<D: Directory>(
             );
             r
         }
-        "/ws" => {
+        path @ ("/ws" | "/compat/mesh" | "/compat/pair" | "/compat/users") => {
+            let dialect = crate::compat::Dialect::at_path(path);
             if let Some(why) = refusal {
                 debug!(%addr, why, "upgrade refused");
                 return text(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -178,7 +179,7 @@ fn route<D: Directory>(
                 .await;
                 // A task of its own, so the long-lived task holds only
                 // the connection's state, not the upgrade's.
-                let f = connection::run(ws, shared, admission, header_token);
+                let f = connection::run(ws, shared, admission, header_token, dialect);
                 tokio::spawn(f.in_current_span());
             };
             tokio::spawn(fut.instrument(span));

@@ -301,6 +301,28 @@ impl Encoded {
         HEADER_LEN + self.payload.len()
     }
 
+    /// The message again, for a receiver that needs it whole (the compat
+    /// dialects); `None` if it does not decode under default limits.
+    pub fn decode(&self) -> Option<Message> {
+        let frame = RawFrame {
+            header: Header {
+                kind: self.kind as u8,
+                flags: self.flags,
+                seq: 0,
+                len: u32::try_from(self.payload.len()).ok()?,
+            },
+            payload: self.payload.clone(),
+        };
+        decode(
+            &frame,
+            &CodecLimits {
+                max_payload: usize::MAX,
+                ..CodecLimits::default()
+            },
+        )
+        .ok()
+    }
+
     /// Appends the frame, numbered `seq`, to `out`.
     pub fn write(&self, seq: u32, out: &mut BytesMut) {
         frame::write_frame(out, self.kind, self.flags, seq, &self.payload);
