@@ -10,7 +10,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -228,6 +229,42 @@ describe("demo page", () => {
     );
     await bob.screenshot({ path: join(SHOTS, "call-left.png") });
     await closePage(bob);
+  });
+
+  test("seed 001 page: a tutorial's front-end, only its URL changed, calls an SDK page", async () => {
+    const ann = await openPage("Ann");
+    await joinRoom(ann, "compat-1", "pair");
+    await until("Ann to be in the room", () => state(ann, (s) => s.room === "compat-1"));
+
+    // The tutorial's page, served by a web server of its own (as its
+    // Express server served it), pointed at switchboard's /compat/pair.
+    const html = await readFile(join(here, "seed001/index.html"), "utf8");
+    const web = createHttpServer((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
+    const webPort = await freePort();
+    await new Promise((ok) => web.listen(webPort, "127.0.0.1", ok));
+    const context = await browser.newContext();
+    const seed = await context.newPage();
+    seed.lines = [];
+    seed.on("console", (m) => seed.lines.push(`[console.${m.type()}] ${m.text()}`));
+    seed.on("pageerror", (e) => seed.lines.push(`[pageerror] ${e.message}`));
+    const wsUrl = `${base.replace("http", "ws")}/compat/pair`;
+    await seed.goto(`http://localhost:${webPort}/?room=compat-1&server=${encodeURIComponent(wsUrl)}`);
+    opened.push({ name: "seed001", page: seed });
+
+    const seedState = () => seed.evaluate(() => window.__seed);
+    await until("the seed page to reach connected", async () => {
+      const s = await seedState();
+      return s.pc === "connected" && s;
+    });
+    await connected(ann, 1, "Ann");
+    const log = (await seedState()).log;
+    assert.ok(log.includes("joined room compat-1, peers=1"), log.join("\n"));
+    assert.ok(log.includes("ready"), log.join("\n"));
+
+    await closePage(ann);
+    await until("the seed page to hear peer-left", async () => (await seedState()).pc === "closed");
+    await closePage(seed);
+    web.close();
   });
 
   test("mesh room: three pages connect pairwise and see a member leave", async () => {
