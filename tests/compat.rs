@@ -356,3 +356,47 @@ async fn compat_clients_keep_the_protections() {
     let got = b.recv().await;
     assert_eq!(got["type"], "error", "{got}");
 }
+
+/// These clients send no Ping frames: the server pings at the WebSocket
+/// level, a client that answers (every browser does) stays, one that never
+/// reads is closed as timed out.
+#[tokio::test]
+async fn compat_heartbeats_are_websocket_pings() {
+    let config = switchboard::config::Config {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(600),
+        ..test_config()
+    };
+    let server = start_server(config).await;
+    let mut alive = Page::open(&server, "/compat/users").await;
+    let mut silent = Page::open(&server, "/compat/users").await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        // Reading lets tungstenite answer each ping with a pong.
+        if let Ok(Some(Ok(WsMessage::Ping(_)))) =
+            tokio::time::timeout(Duration::from_millis(100), alive.ws.next()).await
+        {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 1.5 s");
+    alive
+        .send(json!({"type": "login", "name": "still-here"}))
+        .await;
+    assert_eq!(
+        alive.recv().await,
+        json!({"type": "login", "success": true})
+    );
+
+    loop {
+        match silent.ws.next().await {
+            Some(Ok(WsMessage::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 4022);
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
