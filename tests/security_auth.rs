@@ -275,3 +275,54 @@ async fn origins_outside_the_allow_list_get_403_before_the_upgrade() {
     // Non-browser clients send no Origin and are let in.
     connect(&server).await;
 }
+
+/// A compat page (which sends no Hello) under `--auth token`: the token
+/// comes in `Sec-WebSocket-Protocol`, and without one the page is refused
+/// with an error and a typed close.
+#[tokio::test]
+async fn compat_endpoints_take_the_token_from_sec_websocket_protocol() {
+    let server = start_server(token_config()).await;
+    let url = format!("ws://{}/compat/pair", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let mut saw_error = false;
+    let code = loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => {
+                assert!(t.contains("\"type\":\"error\""), "{t}");
+                saw_error = true;
+            }
+            Some(Ok(WsMessage::Close(Some(f)))) => break u16::from(f.code),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(saw_error, "the refusal is explained in the dialect");
+    assert_eq!(code, UNAUTHENTICATED_CLOSE);
+
+    let mut c = claims("alice");
+    c.create_rooms = true;
+    let jwt = token(&c);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("switchboard.v1, access_token.{jwt}")).unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(WsMessage::text(r#"{"type":"join","roomId":"team-1001"}"#))
+        .await
+        .unwrap();
+    let Some(Ok(WsMessage::Text(t))) = ws.next().await else {
+        panic!()
+    };
+    assert_eq!(
+        t.as_str(),
+        r#"{"type":"joined","roomId":"team-1001","peers":0}"#
+    );
+    // The grant's rooms still bind.
+    ws.send(WsMessage::text(r#"{"type":"join","roomId":"elsewhere"}"#))
+        .await
+        .unwrap();
+    let Some(Ok(WsMessage::Text(t))) = ws.next().await else {
+        panic!()
+    };
+    assert!(t.contains("\"type\":\"error\""), "{t}");
+}
