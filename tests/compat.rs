@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use switchboard::protocol::{Address, Message, RoomMode, Sdp, SessionDescription};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::json::{self, Socket};
 
 /// A tutorial's page: plain WebSocket, JSON messages.
 struct Page {
@@ -31,16 +30,7 @@ impl Page {
     }
 
     async fn recv(&mut self) -> Value {
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("no message within 5 s");
-            match next {
-                Some(Ok(WsMessage::Text(t))) => return serde_json::from_str(&t).unwrap(),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
+        json::recv(&mut self.ws).await
     }
 
     /// Nothing arrives for a short while.
@@ -338,19 +328,7 @@ async fn compat_clients_keep_the_protections() {
     let mut a = Page::open(&server, "/compat/pair").await;
     let big = json!({"type": "join", "roomId": "x".repeat(200 * 1024)});
     let _ = a.ws.send(WsMessage::text(big.to_string())).await;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), a.ws.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(WsMessage::Close(Some(f)))) => {
-                assert_eq!(u16::from(f.code), 1009);
-                break;
-            }
-            Some(Ok(_)) => {}
-            other => panic!("expected a close, got {other:?}"),
-        }
-    }
+    assert_eq!(json::close_code(&mut a.ws).await, 1009);
     let mut b = Page::open(&server, "/compat/pair").await;
     b.send(json!({"type": "join", "roomId": "a/b\u{0}"})).await;
     let got = b.recv().await;
@@ -389,14 +367,7 @@ async fn compat_heartbeats_are_websocket_pings() {
         json!({"type": "login", "success": true})
     );
 
-    loop {
-        match silent.ws.next().await {
-            Some(Ok(WsMessage::Close(Some(f)))) => {
-                assert_eq!(u16::from(f.code), 4022);
-                break;
-            }
-            Some(Ok(_)) => {}
-            other => panic!("expected a close, got {other:?}"),
-        }
-    }
+    // Nothing read for longer than the heartbeat timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(json::close_code(&mut silent.ws).await, 4022);
 }

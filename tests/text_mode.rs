@@ -3,17 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::protocol::{Address, Join, Message, PeerId, RoomMode, Sdp, SessionDescription};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::json::{self, Socket};
 
 /// A client typing JSON, as `wscat` would.
 struct TextClient {
@@ -45,16 +42,7 @@ impl TextClient {
 
     /// The next text message, parsed; anything else fails the test.
     async fn recv(&mut self) -> Value {
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("no message within 5 s");
-            match next {
-                Some(Ok(WsMessage::Text(t))) => return serde_json::from_str(&t).unwrap(),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
+        json::recv(&mut self.ws).await
     }
 
     async fn expect_error(&mut self, code: &str, request_seq: u32) {
@@ -70,16 +58,7 @@ impl TextClient {
 
     /// The close code the server ends with.
     async fn close_code(&mut self) -> u16 {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .unwrap()
-            {
-                Some(Ok(WsMessage::Close(Some(frame)))) => return frame.code.into(),
-                Some(Ok(_)) => {}
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
+        json::close_code(&mut self.ws).await
     }
 }
 
