@@ -128,11 +128,13 @@ fn description_json(kind: &str, sdp: &Sdp) -> Value {
     json!({"type": kind, "sdp": text})
 }
 
-/// Seed 001 turns any JSON value into a room id with `String(v).trim()`.
+/// Seed 001 turns a JSON value into a room id with
+/// `String(v || "").trim()`: falsy values (0, "", null, false, absent) are
+/// no room id, a number is its decimal form.
 fn loose_string(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.trim().to_owned(),
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Number(n)) if n.as_f64() != Some(0.0) => n.to_string(),
         _ => String::new(),
     }
 }
@@ -227,7 +229,7 @@ impl Translator {
             Dialect::Pair => {
                 if kind == "join" {
                     return match loose_string(v.get("roomId")).as_str() {
-                        "" | "0" => reply(error("roomId is required")),
+                        "" => reply(error("roomId is required")),
                         id => match RoomId::new(id) {
                             Ok(room) => one(Message::Join(Join {
                                 room,

@@ -54,6 +54,11 @@ async fn seed_001_pair_rooms_as_the_document_shows() {
         a.recv().await,
         json!({"type": "error", "message": "roomId is required"})
     );
+    a.send(json!({"type": "join", "roomId": 0})).await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "error", "message": "roomId is required"})
+    );
     a.send(json!({"type": "join", "roomId": " 1001 "})).await;
     assert_eq!(
         a.recv().await,
