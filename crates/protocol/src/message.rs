@@ -455,6 +455,18 @@ fn bounded(field: &'static str, s: String, max: usize) -> Result<String, FieldEr
     Ok(s)
 }
 
+/// At most `max` items in a repeated field.
+fn at_most<T>(field: &'static str, items: &[T], max: usize) -> Result<(), FieldError> {
+    if items.len() > max {
+        return Err(FieldError::TooMany {
+            field,
+            count: items.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 fn bounded_opt(
     field: &'static str,
     s: Option<String>,
@@ -578,13 +590,7 @@ pub(super) fn ice_candidates(
     i: pb::IceCandidates,
     max_candidates: usize,
 ) -> Result<IceCandidates, FieldError> {
-    if i.candidates.len() > max_candidates {
-        return Err(FieldError::TooMany {
-            field: "candidates",
-            count: i.candidates.len(),
-            max: max_candidates,
-        });
-    }
+    at_most("candidates", &i.candidates, max_candidates)?;
     Ok(IceCandidates {
         peer: address("peer", i.peer)?,
         candidates: i
@@ -675,13 +681,7 @@ pub const MAX_ICE_SERVERS: usize = 16;
 impl TryFrom<pb::Welcome> for Welcome {
     type Error = FieldError;
     fn try_from(w: pb::Welcome) -> Result<Welcome, FieldError> {
-        if w.ice_servers.len() > MAX_ICE_SERVERS {
-            return Err(FieldError::TooMany {
-                field: "ice_servers",
-                count: w.ice_servers.len(),
-                max: MAX_ICE_SERVERS,
-            });
-        }
+        at_most("ice_servers", &w.ice_servers, MAX_ICE_SERVERS)?;
         Ok(Welcome {
             peer_id: PeerId(w.peer_id),
             protocol_version: w.protocol_version,
@@ -767,13 +767,7 @@ pub const MAX_MEMBERS: usize = 1024;
 impl TryFrom<pb::Joined> for Joined {
     type Error = FieldError;
     fn try_from(j: pb::Joined) -> Result<Joined, FieldError> {
-        if j.members.len() > MAX_MEMBERS {
-            return Err(FieldError::TooMany {
-                field: "members",
-                count: j.members.len(),
-                max: MAX_MEMBERS,
-            });
-        }
+        at_most("members", &j.members, MAX_MEMBERS)?;
         Ok(Joined {
             room: room("room", &j.room)?,
             mode: known("mode", j.mode)?,
