@@ -57,16 +57,10 @@ fn ws_error_close(e: &tungstenite::Error) -> Option<Close> {
     })
 }
 
-/// Runs one connection to its end.
-///
-/// The connection's long-lived state is boxed and the future borrows it:
-/// an `async fn` taking the socket by value would store it twice (as the
-/// argument and as the local it is moved into), and this future lives as
-/// long as the connection.
 /// How a client's frames travel: binary frames (the protocol proper) or
-/// JSON text frames (`protocol::text`). Chosen by the client's Hello; the
-/// server answers in the same form.
-/// A compat endpoint's client speaks a tutorial's dialect instead.
+/// JSON text frames (`protocol::text`), chosen by the form of the client's
+/// Hello, the server answering in the same form; or, on a compat endpoint,
+/// a tutorial's dialect (`crate::compat`).
 #[derive(Debug)]
 enum Encoding {
     Binary,
@@ -74,6 +68,12 @@ enum Encoding {
     Compat(Box<Translator>),
 }
 
+/// Runs one connection to its end.
+///
+/// The connection's long-lived state is boxed and the future borrows it:
+/// an `async fn` taking the socket by value would store it twice (as the
+/// argument and as the local it is moved into), and this future lives as
+/// long as the connection.
 pub(super) fn run<S, D: Directory>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared<D>>,
@@ -552,9 +552,16 @@ where
                                 return Ending::Close(close);
                             }
                         }
+                        // The dialect's own answers do not pass the outbox, but
+                        // obey its writer's rule: a client that stops reading
+                        // for the heartbeat timeout is cut off.
                         for reply in inbound.replies {
-                            if ws.send(WsMessage::text(reply)).await.is_err() {
-                                return Ending::SocketGone;
+                            let send = tokio::time::timeout(timeout, ws.send(WsMessage::text(reply)));
+                            // Boxed: rare, and it would otherwise widen every idle task.
+                            match Box::pin(send).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => return Ending::SocketGone,
+                                Err(_) => return Ending::Close(Close::slow_consumer()),
                             }
                         }
                         let mut frames = BytesMut::new();
