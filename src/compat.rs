@@ -119,6 +119,23 @@ fn candidate_json(c: &IceCandidate) -> Value {
     Value::Object(o)
 }
 
+/// A batch as the dialects deliver it: one `{type, [peerId,] candidate}`
+/// message per candidate (they have no batch and no end-of-candidates).
+fn per_candidate(kind: &str, peer_id: Option<String>, ice: &IceCandidates) -> Vec<Outbound> {
+    ice.candidates
+        .iter()
+        .map(|c| {
+            let mut o = Map::new();
+            o.insert("type".into(), kind.into());
+            if let Some(id) = &peer_id {
+                o.insert("peerId".into(), id.clone().into());
+            }
+            o.insert("candidate".into(), candidate_json(c));
+            text(&Value::Object(o))
+        })
+        .collect()
+}
+
 fn description_json(kind: &str, sdp: &Sdp) -> Value {
     let text = match sdp {
         Sdp::Plain(b) => String::from_utf8_lossy(b).into_owned(),
@@ -317,43 +334,9 @@ impl Translator {
             return vec![text(&json!({"type": "error", "message": e.message}))];
         }
         match self.dialect {
-            Dialect::Mesh => self.mesh_out(message),
+            Dialect::Mesh => mesh_out(message),
             Dialect::Pair => self.pair_out(message),
             Dialect::Users => users_out(message),
-        }
-    }
-
-    fn mesh_out(&mut self, message: &Message) -> Vec<Outbound> {
-        let id = |p: &Address| match p {
-            Address::Peer(p) => p.0.to_string(),
-            Address::User(u) => u.as_str().to_owned(),
-        };
-        match message {
-            Message::Joined(j) => {
-                let peers: Vec<String> = j.members.iter().map(|m| m.peer_id.0.to_string()).collect();
-                vec![text(&json!({"type": "joined", "roomId": j.room.as_str(), "peers": peers}))]
-            }
-            Message::PeerJoined(p) => {
-                vec![text(&json!({"type": "new-peer", "peerId": p.member.peer_id.0.to_string()}))]
-            }
-            Message::PeerLeft(p) => {
-                vec![text(&json!({"type": "peer-disconnected", "peerId": p.peer_id.0.to_string()}))]
-            }
-            Message::RoomFull { room, .. } => {
-                vec![text(&json!({"type": "error", "message": format!("room {} is full", room.as_str())}))]
-            }
-            Message::Offer(d) => {
-                vec![text(&json!({"type": "offer", "peerId": id(&d.peer), "offer": description_json("offer", &d.sdp)}))]
-            }
-            Message::Answer(d) => {
-                vec![text(&json!({"type": "answer", "peerId": id(&d.peer), "answer": description_json("answer", &d.sdp)}))]
-            }
-            Message::Ice(i) => i
-                .candidates
-                .iter()
-                .map(|c| text(&json!({"type": "candidate", "peerId": id(&i.peer), "candidate": candidate_json(c)})))
-                .collect(),
-            _ => vec![],
         }
     }
 
@@ -400,13 +383,51 @@ impl Translator {
             Message::Answer(d) => vec![text(
                 &json!({"type": "answer", "sdp": description_json("answer", &d.sdp)}),
             )],
-            Message::Ice(i) => i
-                .candidates
-                .iter()
-                .map(|c| text(&json!({"type": "ice", "candidate": candidate_json(c)})))
-                .collect(),
+            Message::Ice(i) => per_candidate("ice", None, i),
             _ => vec![],
         }
+    }
+}
+
+fn mesh_out(message: &Message) -> Vec<Outbound> {
+    let id = |p: &Address| match p {
+        Address::Peer(p) => p.0.to_string(),
+        Address::User(u) => u.as_str().to_owned(),
+    };
+    match message {
+        Message::Joined(j) => {
+            let peers: Vec<String> = j.members.iter().map(|m| m.peer_id.0.to_string()).collect();
+            vec![text(
+                &json!({"type": "joined", "roomId": j.room.as_str(), "peers": peers}),
+            )]
+        }
+        Message::PeerJoined(p) => {
+            vec![text(
+                &json!({"type": "new-peer", "peerId": p.member.peer_id.0.to_string()}),
+            )]
+        }
+        Message::PeerLeft(p) => {
+            vec![text(
+                &json!({"type": "peer-disconnected", "peerId": p.peer_id.0.to_string()}),
+            )]
+        }
+        Message::RoomFull { room, .. } => {
+            vec![text(
+                &json!({"type": "error", "message": format!("room {} is full", room.as_str())}),
+            )]
+        }
+        Message::Offer(d) => {
+            vec![text(
+                &json!({"type": "offer", "peerId": id(&d.peer), "offer": description_json("offer", &d.sdp)}),
+            )]
+        }
+        Message::Answer(d) => {
+            vec![text(
+                &json!({"type": "answer", "peerId": id(&d.peer), "answer": description_json("answer", &d.sdp)}),
+            )]
+        }
+        Message::Ice(i) => per_candidate("candidate", Some(id(&i.peer)), i),
+        _ => vec![],
     }
 }
 
@@ -425,11 +446,7 @@ fn users_out(message: &Message) -> Vec<Outbound> {
         Message::Answer(d) => vec![text(
             &json!({"type": "answer", "answer": description_json("answer", &d.sdp)}),
         )],
-        Message::Ice(i) => i
-            .candidates
-            .iter()
-            .map(|c| text(&json!({"type": "candidate", "candidate": candidate_json(c)})))
-            .collect(),
+        Message::Ice(i) => per_candidate("candidate", None, i),
         Message::HangUp { .. } => vec![text(&json!({"type": "leave"}))],
         _ => vec![],
     }
