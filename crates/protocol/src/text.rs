@@ -66,13 +66,13 @@ struct Incoming {
 }
 
 #[derive(Serialize)]
-struct Outgoing {
+struct Outgoing<B> {
     #[serde(rename = "type")]
     kind: &'static str,
     seq: u32,
     #[serde(skip_serializing_if = "is_zero")]
     flags: u8,
-    body: serde_json::Value,
+    body: B,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
@@ -82,27 +82,27 @@ fn is_zero(flags: &u8) -> bool {
 
 /// Calls the generic function `$f` with the schema type of `$kind`.
 macro_rules! with_schema {
-    ($kind:expr, $f:ident($arg:expr)) => {
+    ($kind:expr, $f:ident($($arg:expr),*)) => {
         match $kind {
-            MessageType::Hello => $f::<pb::Hello>($arg),
-            MessageType::Ping => $f::<pb::Ping>($arg),
-            MessageType::Pong => $f::<pb::Pong>($arg),
-            MessageType::Ack => $f::<pb::Ack>($arg),
-            MessageType::Join => $f::<pb::Join>($arg),
-            MessageType::Leave => $f::<pb::Leave>($arg),
-            MessageType::Login => $f::<pb::Login>($arg),
-            MessageType::Logout => $f::<pb::Logout>($arg),
-            MessageType::HangUp => $f::<pb::HangUp>($arg),
-            MessageType::Offer | MessageType::Answer => $f::<pb::SessionDescription>($arg),
-            MessageType::Ice => $f::<pb::IceCandidates>($arg),
-            MessageType::Welcome => $f::<pb::Welcome>($arg),
-            MessageType::Joined => $f::<pb::Joined>($arg),
-            MessageType::PeerJoined => $f::<pb::PeerJoined>($arg),
-            MessageType::PeerLeft => $f::<pb::PeerLeft>($arg),
-            MessageType::RoomFull => $f::<pb::RoomFull>($arg),
-            MessageType::Left => $f::<pb::Left>($arg),
-            MessageType::LoginResult => $f::<pb::LoginResult>($arg),
-            MessageType::Error => $f::<pb::Error>($arg),
+            MessageType::Hello => $f::<pb::Hello>($($arg),*),
+            MessageType::Ping => $f::<pb::Ping>($($arg),*),
+            MessageType::Pong => $f::<pb::Pong>($($arg),*),
+            MessageType::Ack => $f::<pb::Ack>($($arg),*),
+            MessageType::Join => $f::<pb::Join>($($arg),*),
+            MessageType::Leave => $f::<pb::Leave>($($arg),*),
+            MessageType::Login => $f::<pb::Login>($($arg),*),
+            MessageType::Logout => $f::<pb::Logout>($($arg),*),
+            MessageType::HangUp => $f::<pb::HangUp>($($arg),*),
+            MessageType::Offer | MessageType::Answer => $f::<pb::SessionDescription>($($arg),*),
+            MessageType::Ice => $f::<pb::IceCandidates>($($arg),*),
+            MessageType::Welcome => $f::<pb::Welcome>($($arg),*),
+            MessageType::Joined => $f::<pb::Joined>($($arg),*),
+            MessageType::PeerJoined => $f::<pb::PeerJoined>($($arg),*),
+            MessageType::PeerLeft => $f::<pb::PeerLeft>($($arg),*),
+            MessageType::RoomFull => $f::<pb::RoomFull>($($arg),*),
+            MessageType::Left => $f::<pb::Left>($($arg),*),
+            MessageType::LoginResult => $f::<pb::LoginResult>($($arg),*),
+            MessageType::Error => $f::<pb::Error>($($arg),*),
         }
     };
 }
@@ -166,21 +166,26 @@ pub fn to_text(
     seq: u32,
     payload: &[u8],
 ) -> Result<String, DecodeError> {
-    fn body<M>(payload: &[u8]) -> Result<serde_json::Value, DecodeError>
+    // Straight from the decoded message to the text, no JSON tree between.
+    fn show<M>(
+        payload: &[u8],
+        kind: MessageType,
+        flags: Flags,
+        seq: u32,
+    ) -> Result<String, DecodeError>
     where
         M: prost::Message + Default + Serialize,
     {
-        let m = M::decode(payload)?;
-        serde_json::to_value(&m).map_err(|e| DecodeError::Json(e.to_string()))
+        let body = M::decode(payload)?;
+        let out = Outgoing {
+            kind: type_name(kind),
+            seq,
+            flags: flags.0,
+            body,
+        };
+        serde_json::to_string(&out).map_err(|e| DecodeError::Json(e.to_string()))
     }
-    let body = with_schema!(kind, body(payload))?;
-    let out = Outgoing {
-        kind: type_name(kind),
-        seq,
-        flags: flags.0,
-        body,
-    };
-    serde_json::to_string(&out).map_err(|e| DecodeError::Json(e.to_string()))
+    with_schema!(kind, show(payload, kind, flags, seq))
 }
 
 #[cfg(test)]
