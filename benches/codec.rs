@@ -29,6 +29,7 @@ fn offer(sdp: Sdp) -> Message {
         peer: Address::Peer(PeerId::new(1, 0, 2)),
         sdp,
         room: Some(RoomId::new("1001").unwrap()),
+        app_data: String::new(),
     })
 }
 
@@ -141,6 +142,7 @@ fn ice_batch() -> Message {
         candidates,
         end_of_candidates: false,
         room: Some(RoomId::new("1001").unwrap()),
+        app_data: String::new(),
     })
 }
 

@@ -46,6 +46,7 @@ fn frame(to: PeerId) -> Encoded {
         }],
         end_of_candidates: false,
         room: None,
+        app_data: String::new(),
     }))
 }
 

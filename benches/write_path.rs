@@ -43,6 +43,7 @@ fn frames() -> Vec<Encoded> {
                 }],
                 end_of_candidates: false,
                 room: None,
+                app_data: String::new(),
             }))
         })
         .collect()

@@ -121,7 +121,12 @@ fn candidate_json(c: &IceCandidate) -> Value {
 
 /// A batch as the dialects deliver it: one `{type, [peerId,] candidate}`
 /// message per candidate (they have no batch and no end-of-candidates).
-fn per_candidate(kind: &str, peer_id: Option<String>, ice: &IceCandidates) -> Vec<Outbound> {
+fn per_candidate(
+    kind: &str,
+    peer_id: Option<String>,
+    ice: &IceCandidates,
+    app_data: &str,
+) -> Vec<Outbound> {
     ice.candidates
         .iter()
         .map(|c| {
@@ -131,7 +136,7 @@ fn per_candidate(kind: &str, peer_id: Option<String>, ice: &IceCandidates) -> Ve
                 o.insert("peerId".into(), id.clone().into());
             }
             o.insert("candidate".into(), candidate_json(c));
-            text(&Value::Object(o))
+            text(&with_app_data(Value::Object(o), app_data))
         })
         .collect()
 }
@@ -164,11 +169,45 @@ fn peer_of(v: Option<&Value>) -> Option<PeerId> {
     }
 }
 
-fn offer_or_answer(offer: bool, to: Address, sdp: Sdp) -> Message {
+/// Seed 000's optional message fields, relayed as they were sent: they
+/// travel as a JSON object in the signal's `app_data`, which SDK clients
+/// see (and may set) too.
+const PASSED_THROUGH: [&str; 2] = ["seq", "timestamp"];
+
+fn app_data_of(v: &Value) -> String {
+    let o: Map<String, Value> = PASSED_THROUGH
+        .iter()
+        .filter_map(|&k| Some((k.to_owned(), v.get(k)?.clone())))
+        .collect();
+    if o.is_empty() {
+        String::new()
+    } else {
+        Value::Object(o).to_string()
+    }
+}
+
+/// `o` with the passed-through fields found in `app_data` (a JSON object;
+/// anything else carries none).
+fn with_app_data(mut o: Value, app_data: &str) -> Value {
+    if app_data.is_empty() {
+        return o;
+    }
+    if let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(app_data) {
+        for k in PASSED_THROUGH {
+            if let Some(x) = extra.get(k) {
+                o[k] = x.clone();
+            }
+        }
+    }
+    o
+}
+
+fn offer_or_answer(offer: bool, to: Address, sdp: Sdp, app_data: String) -> Message {
     let d = SessionDescription {
         peer: to,
         sdp,
         room: None,
+        app_data,
     };
     if offer {
         Message::Offer(d)
@@ -177,12 +216,13 @@ fn offer_or_answer(offer: bool, to: Address, sdp: Sdp) -> Message {
     }
 }
 
-fn ice(to: Address, candidates: Vec<IceCandidate>) -> Message {
+fn ice(to: Address, candidates: Vec<IceCandidate>, app_data: String) -> Message {
     Message::Ice(IceCandidates {
         peer: to,
         candidates,
         end_of_candidates: false,
         room: None,
+        app_data,
     })
 }
 
@@ -223,11 +263,13 @@ impl Translator {
                         Err(e) => reply(error(&format!("bad roomId: {e}"))),
                     },
                     "offer" | "answer" => match (to(), sdp_of(v.get(kind))) {
-                        (Some(to), Some(sdp)) => one(offer_or_answer(kind == "offer", to, sdp)),
+                        (Some(to), Some(sdp)) => {
+                            one(offer_or_answer(kind == "offer", to, sdp, app_data_of(&v)))
+                        }
                         _ => reply(error(&format!("{kind} needs peerId and {kind}"))),
                     },
                     "candidate" => match (to(), v.get("candidate").and_then(candidate_of)) {
-                        (Some(to), Some(c)) => one(ice(to, vec![c])),
+                        (Some(to), Some(c)) => one(ice(to, vec![c], app_data_of(&v))),
                         _ => reply(error("candidate needs peerId and candidate")),
                     },
                     "ice-candidates" => {
@@ -236,7 +278,9 @@ impl Translator {
                             .and_then(Value::as_array)
                             .and_then(|a| a.iter().map(candidate_of).collect());
                         match (to(), cs) {
-                            (Some(to), Some(cs)) if !cs.is_empty() => one(ice(to, cs)),
+                            (Some(to), Some(cs)) if !cs.is_empty() => {
+                                one(ice(to, cs, app_data_of(&v)))
+                            }
                             _ => reply(error("ice-candidates needs peerId and candidates")),
                         }
                     }
@@ -272,14 +316,16 @@ impl Translator {
                             .iter()
                             .find_map(|k| sdp_of(v.get(*k)));
                         match sdp {
-                            Some(sdp) => one(offer_or_answer(kind == "offer", to, sdp)),
+                            Some(sdp) => {
+                                one(offer_or_answer(kind == "offer", to, sdp, String::new()))
+                            }
                             None => reply(error(&format!("{kind} needs sdp"))),
                         }
                     }
                     ("ice", Some(to)) => {
                         let c = v.get("candidate").or_else(|| v.get("ice"));
                         match c.and_then(candidate_of) {
-                            Some(c) => one(ice(to, vec![c])),
+                            Some(c) => one(ice(to, vec![c], String::new())),
                             None => reply(error("ice needs candidate")),
                         }
                     }
@@ -307,11 +353,13 @@ impl Translator {
                         Err(_) => reply(json!({"type": "login", "success": false}).to_string()),
                     },
                     "offer" | "answer" => match (to(), sdp_of(v.get(kind))) {
-                        (Ok(to), Some(sdp)) => one(offer_or_answer(kind == "offer", to, sdp)),
+                        (Ok(to), Some(sdp)) => {
+                            one(offer_or_answer(kind == "offer", to, sdp, String::new()))
+                        }
                         _ => reply(error(&format!("{kind} needs name and {kind}"))),
                     },
                     "candidate" => match (to(), v.get("candidate").and_then(candidate_of)) {
-                        (Ok(to), Some(c)) => one(ice(to, vec![c])),
+                        (Ok(to), Some(c)) => one(ice(to, vec![c], String::new())),
                         _ => reply(error("candidate needs name and candidate")),
                     },
                     "leave" => match to() {
@@ -383,7 +431,7 @@ impl Translator {
             Message::Answer(d) => vec![text(
                 &json!({"type": "answer", "sdp": description_json("answer", &d.sdp)}),
             )],
-            Message::Ice(i) => per_candidate("ice", None, i),
+            Message::Ice(i) => per_candidate("ice", None, i, ""),
             _ => vec![],
         }
     }
@@ -417,16 +465,18 @@ fn mesh_out(message: &Message) -> Vec<Outbound> {
             )]
         }
         Message::Offer(d) => {
-            vec![text(
-                &json!({"type": "offer", "peerId": id(&d.peer), "offer": description_json("offer", &d.sdp)}),
-            )]
+            vec![text(&with_app_data(
+                json!({"type": "offer", "peerId": id(&d.peer), "offer": description_json("offer", &d.sdp)}),
+                &d.app_data,
+            ))]
         }
         Message::Answer(d) => {
-            vec![text(
-                &json!({"type": "answer", "peerId": id(&d.peer), "answer": description_json("answer", &d.sdp)}),
-            )]
+            vec![text(&with_app_data(
+                json!({"type": "answer", "peerId": id(&d.peer), "answer": description_json("answer", &d.sdp)}),
+                &d.app_data,
+            ))]
         }
-        Message::Ice(i) => per_candidate("candidate", Some(id(&i.peer)), i),
+        Message::Ice(i) => per_candidate("candidate", Some(id(&i.peer)), i, &i.app_data),
         _ => vec![],
     }
 }
@@ -446,7 +496,7 @@ fn users_out(message: &Message) -> Vec<Outbound> {
         Message::Answer(d) => vec![text(
             &json!({"type": "answer", "answer": description_json("answer", &d.sdp)}),
         )],
-        Message::Ice(i) => per_candidate("candidate", None, i),
+        Message::Ice(i) => per_candidate("candidate", None, i, ""),
         Message::HangUp { .. } => vec![text(&json!({"type": "leave"}))],
         _ => vec![],
     }

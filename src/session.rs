@@ -975,6 +975,7 @@ mod tests {
             peer: to,
             sdp: Sdp::Plain(Bytes::from_static(b"v=0")),
             room: None,
+            app_data: String::new(),
         })
     }
 

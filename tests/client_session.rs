@@ -363,6 +363,7 @@ async fn batches_follow_the_announced_limits() {
                 }],
                 end_of_candidates: false,
                 room: None,
+                app_data: String::new(),
             })
         })
         .collect();

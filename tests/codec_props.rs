@@ -112,8 +112,14 @@ fn session_description() -> impl Strategy<Value = SessionDescription> {
         text(2000).prop_map(|s| Sdp::Plain(Bytes::from(s))),
         vec(any::<u8>(), 0..2000).prop_map(|b| Sdp::Deflated(Bytes::from(b))),
     ];
-    (address(), sdp, proptest::option::of(room_id()))
-        .prop_map(|(peer, sdp, room)| SessionDescription { peer, sdp, room })
+    (address(), sdp, proptest::option::of(room_id()), text(64)).prop_map(
+        |(peer, sdp, room, app_data)| SessionDescription {
+            peer,
+            sdp,
+            room,
+            app_data,
+        },
+    )
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
@@ -225,13 +231,15 @@ fn ice() -> impl Strategy<Value = Message> {
         vec(candidate(), 0..16),
         any::<bool>(),
         proptest::option::of(room_id()),
+        text(64),
     )
-        .prop_map(|(peer, candidates, end_of_candidates, room)| {
+        .prop_map(|(peer, candidates, end_of_candidates, room, app_data)| {
             Message::Ice(IceCandidates {
                 peer,
                 candidates,
                 end_of_candidates,
                 room,
+                app_data,
             })
         })
 }

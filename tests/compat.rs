@@ -162,6 +162,7 @@ async fn a_seed_001_page_and_an_sdk_client_negotiate_in_one_room() {
         peer: Address::Peer(page_id),
         sdp: Sdp::Plain("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n".into()),
         room: None,
+        app_data: String::new(),
     }))
     .await
     .unwrap();
@@ -257,6 +258,7 @@ async fn seed_002_named_users_as_the_document_shows_and_across_encodings() {
             peer: Address::User(user("alice")),
             sdp: Sdp::Plain("v=0".into()),
             room: None,
+            app_data: String::new(),
         }))
         .await
         .unwrap();
@@ -299,7 +301,7 @@ async fn seed_000_mesh_rooms_as_the_document_shows() {
         .await;
     assert_eq!(
         a.recv().await,
-        json!({"type": "offer", "peerId": b_id, "offer": offer})
+        json!({"type": "offer", "peerId": b_id, "offer": offer, "seq": 3})
     );
     let answer = json!({"type": "answer", "sdp": "v=0\r\n"});
     a.send(json!({"type": "answer", "peerId": b_id, "answer": answer}))
@@ -310,15 +312,15 @@ async fn seed_000_mesh_rooms_as_the_document_shows() {
     );
     let c1 = json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
     let c2 = json!({"candidate": "candidate:2 1 udp 1 127.0.0.1 6 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
-    a.send(json!({"type": "ice-candidates", "peerId": b_id, "candidates": [c1, c2]}))
+    a.send(json!({"type": "ice-candidates", "peerId": b_id, "candidates": [c1, c2], "seq": 7, "timestamp": 1625097600000u64}))
         .await;
     assert_eq!(
         b.recv().await,
-        json!({"type": "candidate", "peerId": a_id, "candidate": c1})
+        json!({"type": "candidate", "peerId": a_id, "candidate": c1, "seq": 7, "timestamp": 1625097600000u64})
     );
     assert_eq!(
         b.recv().await,
-        json!({"type": "candidate", "peerId": a_id, "candidate": c2})
+        json!({"type": "candidate", "peerId": a_id, "candidate": c2, "seq": 7, "timestamp": 1625097600000u64})
     );
     drop(b);
     assert_eq!(
@@ -375,4 +377,68 @@ async fn compat_heartbeats_are_websocket_pings() {
     // Nothing read for longer than the heartbeat timeout.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(json::close_code(&mut silent.ws).await, 4022);
+}
+
+#[tokio::test]
+async fn seed_000_seq_and_timestamp_reach_sdk_clients_and_come_back() {
+    let server = start_server(test_config()).await;
+    let mut page = Page::open(&server, "/compat/mesh").await;
+    page.send(json!({"type": "join", "roomId": "m"})).await;
+    assert_eq!(page.recv().await["type"], "joined");
+    let mut sdk = connect(&server).await;
+    sdk.send(&Message::Join(switchboard::protocol::Join {
+        room: room("m"),
+        mode: RoomMode::Mesh,
+        capacity: None,
+        display_name: String::new(),
+    }))
+    .await
+    .unwrap();
+    let Message::Joined(j) = next(&mut sdk).await else {
+        panic!()
+    };
+    let page_id = j.members[0].peer_id;
+    let sdk_id = page.recv().await["peerId"].as_str().unwrap().to_owned();
+
+    page.send(json!({"type": "offer", "peerId": sdk_id, "offer": {"type": "offer", "sdp": "v=0\r\n"}, "seq": 1, "timestamp": 1625097600000u64}))
+        .await;
+    let Message::Offer(o) = next(&mut sdk).await else {
+        panic!()
+    };
+    let app: Value = serde_json::from_str(&o.app_data).unwrap();
+    assert_eq!(app, json!({"seq": 1, "timestamp": 1625097600000u64}));
+
+    sdk.send(&Message::Answer(SessionDescription {
+        peer: Address::Peer(page_id),
+        sdp: Sdp::Plain("v=0\r\n".into()),
+        room: None,
+        app_data: json!({"seq": 2, "version": "1.0"}).to_string(),
+    }))
+    .await
+    .unwrap();
+    // Only the tutorial's fields are written into its message.
+    assert_eq!(
+        page.recv().await,
+        json!({"type": "answer", "peerId": sdk_id, "answer": {"type": "answer", "sdp": "v=0\r\n"}, "seq": 2})
+    );
+
+    // More than the protocol's 1,024 bytes of them is refused, with a reason,
+    // and the page stays connected.
+    let long = "x".repeat(1100);
+    page.send(json!({"type": "offer", "peerId": sdk_id, "offer": {"type": "offer", "sdp": "v=0\r\n"}, "seq": long}))
+        .await;
+    let refused = page.recv().await;
+    assert_eq!(refused["type"], "error");
+    assert!(
+        refused["message"].as_str().unwrap().contains("app_data"),
+        "{refused}"
+    );
+    page.send(
+        json!({"type": "offer", "peerId": sdk_id, "offer": {"type": "offer", "sdp": "v=0\r\n"}}),
+    )
+    .await;
+    let Message::Offer(o) = next(&mut sdk).await else {
+        panic!()
+    };
+    assert_eq!(o.app_data, "");
 }

@@ -332,6 +332,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 peer: Address::Peer(PeerId::new(1, 0, 2)),
                 sdp: Sdp::Plain(offer.clone().into()),
                 room: Some(room("1001")),
+                app_data: String::new(),
             }),
         ),
         (
@@ -340,6 +341,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 peer: Address::User(user("bob")),
                 sdp: Sdp::Deflated(sdp::deflate(&offer).into()),
                 room: None,
+                app_data: String::new(),
             }),
         ),
         (
@@ -348,6 +350,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 peer: Address::Peer(PeerId::new(1, 0, 3)),
                 sdp: Sdp::Deflated(sdp::deflate(&sample("firefox-answer.sdp")).into()),
                 room: Some(room("1001")),
+                app_data: String::new(),
             }),
         ),
         (
@@ -357,6 +360,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 candidates: (0..8).map(candidate).collect(),
                 end_of_candidates: false,
                 room: Some(room("1001")),
+                app_data: String::new(),
             }),
         ),
         (
@@ -366,6 +370,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 candidates: Vec::new(),
                 end_of_candidates: true,
                 room: None,
+                app_data: String::new(),
             }),
         ),
         (

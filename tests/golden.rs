@@ -234,6 +234,7 @@ fn cases() -> Vec<Case> {
                     peer: Address::Peer(PeerId(42)),
                     sdp: Sdp::Plain(Bytes::from(sdp.clone())),
                     room: Some(room("room-1")),
+                    app_data: String::new(),
                 }),
             )],
         ),
@@ -246,18 +247,20 @@ fn cases() -> Vec<Case> {
                     peer: Address::Peer(PeerId(0x0001_0000_0000_0007)),
                     sdp: Sdp::Deflated(Bytes::from(sdp::deflate(&sdp))),
                     room: None,
+                    app_data: String::new(),
                 }),
             )],
         ),
         case(
             "answer",
-            "Answer with plain SDP to a user, no room",
+            "Answer with plain SDP to a user, no room, with app_data",
             vec![(
                 12,
                 Message::Answer(SessionDescription {
                     peer: Address::User(user("alice")),
                     sdp: Sdp::Plain(Bytes::from_static(b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n")),
                     room: None,
+                    app_data: r#"{"seq":2,"timestamp":1625097600000}"#.into(),
                 }),
             )],
         ),
@@ -290,6 +293,7 @@ fn cases() -> Vec<Case> {
                     ],
                     end_of_candidates: false,
                     room: Some(room("room-1")),
+                    app_data: String::new(),
                 }),
             )],
         ),
@@ -327,6 +331,7 @@ fn cases() -> Vec<Case> {
                         candidates: vec![],
                         end_of_candidates: true,
                         room: None,
+                        app_data: String::new(),
                     }),
                 ),
             ],
@@ -372,6 +377,12 @@ fn member(m: &Member) -> Value {
 fn insert_room(v: &mut Value, room: &Option<RoomId>) {
     if let Some(r) = room {
         v["room"] = json!(r.as_str());
+    }
+}
+
+fn insert_app_data(v: &mut Value, app_data: &str) {
+    if !app_data.is_empty() {
+        v["app_data"] = json!(app_data);
     }
 }
 
@@ -481,6 +492,7 @@ fn to_json(msg: &Message) -> Value {
                 "deflated": deflated,
             });
             insert_room(&mut v, &d.room);
+            insert_app_data(&mut v, &d.app_data);
             let kind = if matches!(msg, Message::Offer(_)) {
                 "offer"
             } else {
@@ -512,6 +524,7 @@ fn to_json(msg: &Message) -> Value {
                 "end_of_candidates": i.end_of_candidates,
             });
             insert_room(&mut v, &i.room);
+            insert_app_data(&mut v, &i.app_data);
             ("ice", v)
         }
         Message::Error(e) => (

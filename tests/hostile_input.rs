@@ -190,6 +190,7 @@ async fn a_deflate_bomb_is_refused_or_relayed_compressed() {
                 peer: Address::Peer(to),
                 sdp: Sdp::Deflated(bomb.clone()),
                 room: None,
+                app_data: String::new(),
             })
         };
         for _ in 0..20 {

@@ -427,6 +427,7 @@ async fn deflated_sdp_is_inflated_for_receivers_without_the_capability() {
         peer: Address::Peer(peer(&plain)),
         sdp: Sdp::Deflated(packed.into()),
         room: Some(room("z")),
+        app_data: String::new(),
     }))
     .await
     .unwrap();
@@ -440,6 +441,7 @@ async fn deflated_sdp_is_inflated_for_receivers_without_the_capability() {
         peer: Address::Peer(peer(&plain)),
         sdp: Sdp::Deflated(bomb.into()),
         room: None,
+        app_data: String::new(),
     }))
     .await
     .unwrap();

@@ -86,6 +86,7 @@ fn end_of_candidates(to: Address) -> Message {
         candidates: Vec::new(),
         end_of_candidates: true,
         room: None,
+        app_data: String::new(),
     })
 }
 

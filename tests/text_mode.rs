@@ -110,6 +110,7 @@ async fn a_text_client_and_a_binary_client_share_a_room_and_negotiate() {
         peer: Address::Peer(PeerId(text_id)),
         sdp: Sdp::Plain(SDP.into()),
         room: None,
+        app_data: String::new(),
     }))
     .await
     .unwrap();

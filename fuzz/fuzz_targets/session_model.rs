@@ -223,6 +223,7 @@ impl Harness {
                         peer: to,
                         sdp: Sdp::Plain(Bytes::from_static(b"v=0")),
                         room: None,
+                        app_data: String::new(),
                     }),
                 );
                 sent.push((slot, seq, target));

@@ -113,6 +113,7 @@ pub fn offer(to: Address, sdp: &str) -> Message {
         peer: to,
         sdp: Sdp::Plain(sdp.as_bytes().to_vec().into()),
         room: None,
+        app_data: String::new(),
     })
 }
 
@@ -121,6 +122,7 @@ pub fn answer(to: Address, sdp: &str) -> Message {
         peer: to,
         sdp: Sdp::Plain(sdp.as_bytes().to_vec().into()),
         room: None,
+        app_data: String::new(),
     })
 }
 
@@ -138,6 +140,7 @@ pub fn ice(to: Address, n: u32) -> Message {
         }],
         end_of_candidates: false,
         room: None,
+        app_data: String::new(),
     })
 }
 

@@ -11,6 +11,7 @@ import * as pb from "./gen/switchboard/v1/signal_pb.js";
 import {
   Capabilities,
   ErrorCode,
+  MAX_APP_DATA_BYTES,
   MAX_CANDIDATE_BYTES,
   MAX_DISPLAY_NAME_BYTES,
   MAX_ICE_SERVERS,
@@ -174,6 +175,7 @@ function sessionDescription(d: pb.SessionDescription, deflated: boolean, maxSdp:
   const out: SessionDescription = { peer, sdp: { deflated, bytes: d.sdp } };
   const room = optRoom("room", d.room);
   if (room !== undefined) out.room = room;
+  if (d.appData !== "") out.appData = bounded("app_data", d.appData, MAX_APP_DATA_BYTES);
   return out;
 }
 
@@ -186,6 +188,7 @@ function iceCandidates(i: pb.IceCandidates, maxCandidates: number): IceCandidate
   };
   const room = optRoom("room", i.room);
   if (room !== undefined) out.room = room;
+  if (i.appData !== "") out.appData = bounded("app_data", i.appData, MAX_APP_DATA_BYTES);
   return out;
 }
 
@@ -433,7 +436,7 @@ function bin<Desc extends DescMessage>(schema: Desc, init: Parameters<typeof cre
 }
 
 function descriptionToWire(d: SessionDescription): Uint8Array {
-  return bin(pb.SessionDescriptionSchema, { peer: addressToWire(d.peer), sdp: d.sdp.bytes, room: d.room ?? "" });
+  return bin(pb.SessionDescriptionSchema, { peer: addressToWire(d.peer), sdp: d.sdp.bytes, room: d.room ?? "", appData: d.appData ?? "" });
 }
 
 /** Encodes a message's payload and picks its type and flags. */
@@ -540,6 +543,7 @@ export function encode(msg: Message): Encoded {
           candidates: msg.ice.candidates.map((c) => create(pb.IceCandidateSchema, c)),
           endOfCandidates: msg.ice.endOfCandidates,
           room: msg.ice.room ?? "",
+          appData: msg.ice.appData ?? "",
         }),
       );
     case "error":

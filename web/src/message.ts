@@ -19,6 +19,8 @@ export const MAX_CANDIDATE_BYTES = 1024;
 export const MAX_TOKEN_BYTES = 4096;
 /** Longest free-text field (error message, user agent), in bytes. */
 export const MAX_TEXT_BYTES = 1024;
+/** Longest `appData` beside a signal, in bytes. */
+export const MAX_APP_DATA_BYTES = 1024;
 /** Most members a Joined may list. */
 export const MAX_MEMBERS = 1024;
 /** Most ICE servers a Welcome may list. */
@@ -124,6 +126,8 @@ export interface SessionDescription {
   peer: Address;
   sdp: Sdp;
   room?: string;
+  /** Application data relayed unchanged (seed 000 pages put `{"seq","timestamp"}` here). */
+  appData?: string;
 }
 
 /** One ICE candidate, as in `RTCIceCandidateInit`. */
@@ -139,6 +143,8 @@ export interface IceCandidates {
   candidates: IceCandidate[];
   endOfCandidates: boolean;
   room?: string;
+  /** Application data relayed unchanged. */
+  appData?: string;
 }
 
 export interface ErrorMessage {

@@ -71,6 +71,8 @@ function candidateFromJson(j: Json): IceCandidate {
 }
 
 const withRoom = (v: Json, room: string | undefined): Json => (room === undefined ? v : { ...v, room });
+const withAppData = (v: Json, appData: string | undefined): Json =>
+  appData === undefined ? v : { ...v, app_data: appData };
 
 /** The manifest's language-neutral JSON of a message (see tests/golden.rs). */
 export function toJson(m: Message): Json {
@@ -158,19 +160,25 @@ export function toJson(m: Message): Json {
       case "answer": {
         const d = m.description;
         const bytes = d.sdp.deflated ? inflate(d.sdp.bytes, 64 * 1024) : d.sdp.bytes;
-        return withRoom(
-          { peer: addressToJson(d.peer), sdp: new TextDecoder().decode(bytes), deflated: d.sdp.deflated },
-          d.room,
+        return withAppData(
+          withRoom(
+            { peer: addressToJson(d.peer), sdp: new TextDecoder().decode(bytes), deflated: d.sdp.deflated },
+            d.room,
+          ),
+          d.appData,
         );
       }
       case "ice":
-        return withRoom(
-          {
-            peer: addressToJson(m.ice.peer),
-            candidates: m.ice.candidates.map(candidateToJson),
-            end_of_candidates: m.ice.endOfCandidates,
-          },
-          m.ice.room,
+        return withAppData(
+          withRoom(
+            {
+              peer: addressToJson(m.ice.peer),
+              candidates: m.ice.candidates.map(candidateToJson),
+              end_of_candidates: m.ice.endOfCandidates,
+            },
+            m.ice.room,
+          ),
+          m.ice.appData,
         );
       case "error":
         return {
@@ -185,7 +193,10 @@ export function toJson(m: Message): Json {
 
 /** The message a manifest entry describes. */
 export function fromJson(j: Json): Message {
-  const optRoom = (v: object) => (j.room === undefined ? v : { ...v, room: j.room });
+  const optRoom = (v: object) => {
+    const r = j.room === undefined ? v : { ...v, room: j.room };
+    return j.app_data === undefined ? r : { ...r, appData: j.app_data };
+  };
   switch (j.type as Message["type"]) {
     case "hello": {
       const hello = { protocolVersion: j.protocol_version, capabilities: capsFromJson(j.capabilities), userAgent: j.user_agent };

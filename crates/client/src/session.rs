@@ -544,6 +544,7 @@ impl Session {
                     peer: to,
                     sdp,
                     room,
+                    app_data: String::new(),
                 };
                 vec![if offer {
                     Message::Offer(d)

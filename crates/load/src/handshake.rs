@@ -229,6 +229,7 @@ fn ice_batch(to: PeerId, from: PeerId) -> Message {
         candidates: candidates(from),
         end_of_candidates: true,
         room: None,
+        app_data: String::new(),
     })
 }
 
@@ -317,6 +318,7 @@ async fn negotiate_peer(
             peer: Address::Peer(*peer),
             sdp: sdps.body(true, caps.contains(Capabilities::DEFLATE_SDP)),
             room: None,
+            app_data: String::new(),
         }));
         p.push(&ice_batch(*peer, me));
         state.insert(*peer, Negotiation::default());
@@ -341,6 +343,7 @@ async fn negotiate_peer(
                             peer: Address::Peer(from),
                             sdp: sdps.body(false, true),
                             room: None,
+                            app_data: String::new(),
                         }));
                         replies.push(ice_batch(from, me));
                     }

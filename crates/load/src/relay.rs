@@ -216,6 +216,7 @@ impl Ball {
             }],
             end_of_candidates: false,
             room: None,
+            app_data: String::new(),
         });
         let payload = crate::protocol::encode(&message).payload.to_vec();
         assert!(

@@ -73,6 +73,7 @@ impl Batch {
             candidates: self.candidates,
             end_of_candidates: self.end_of_candidates,
             room,
+            app_data: String::new(),
         }
     }
 }
@@ -333,6 +334,7 @@ mod tests {
                 candidates: vec![candidate(1)],
                 end_of_candidates: true,
                 room: Some(room),
+                app_data: String::new(),
             }
         );
     }

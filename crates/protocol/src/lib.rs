@@ -519,6 +519,7 @@ mod tests {
                     peer: Address::Peer(PeerId(2)),
                     sdp: Sdp::Plain(Bytes::from_static(b"v=0\r\n")),
                     room: None,
+                    app_data: String::new(),
                 }),
                 10,
                 "01 30 00 00 00 00 00 0a 00 00 00 0b | 0a 02 08 02 1a 05 76 3d 30 0d 0a",
@@ -530,6 +531,7 @@ mod tests {
                     peer: Address::Peer(PeerId(3)),
                     sdp: Sdp::Deflated(Bytes::from_static(&[0x03, 0x00])),
                     room: Some(room("r1")),
+                    app_data: String::new(),
                 }),
                 0x0102_0304,
                 "01 31 01 00 01 02 03 04 00 00 00 0c | 0a 02 08 03 1a 02 03 00 22 02 72 31",
@@ -548,6 +550,7 @@ mod tests {
                     }],
                     end_of_candidates: true,
                     room: None,
+                    app_data: String::new(),
                 }),
                 12,
                 "01 32 00 00 00 00 00 0c 00 00 00 10 | 0a 02 08 02 1a 08 0a 01 63 12 01 30 18 00 20 01",
@@ -897,6 +900,7 @@ mod tests {
             peer: Address::Peer(PeerId(9)),
             sdp: Sdp::Deflated(compressed.clone()),
             room: None,
+            app_data: String::new(),
         });
         let encoded = encode(&msg);
         assert_eq!(encoded.flags, Flags::DEFLATE_SDP);

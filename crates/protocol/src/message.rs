@@ -28,6 +28,8 @@ pub const MAX_CANDIDATE_BYTES: usize = 1024;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Longest free-text field (error message, user agent), in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest `app_data` beside a signal, in bytes.
+pub const MAX_APP_DATA_BYTES: usize = 1024;
 
 /// A field that failed validation at the codec boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,6 +318,8 @@ pub struct SessionDescription {
     pub sdp: Sdp,
     /// The room the negotiation belongs to, if the sender said.
     pub room: Option<RoomId>,
+    /// Application data relayed unchanged; empty for none.
+    pub app_data: String,
 }
 
 /// One ICE candidate, as in `RTCIceCandidateInit`.
@@ -342,6 +346,8 @@ pub struct IceCandidates {
     pub end_of_candidates: bool,
     /// The room the negotiation belongs to, if the sender said.
     pub room: Option<RoomId>,
+    /// Application data relayed unchanged; empty for none.
+    pub app_data: String,
 }
 
 /// `Error`: a typed error answering a request.
@@ -569,6 +575,7 @@ pub(super) fn session_description(
         peer: address("peer", d.peer)?,
         sdp: sdp(d.sdp, deflated, max_sdp)?,
         room: opt_room("room", &d.room)?,
+        app_data: bounded("app_data", d.app_data, MAX_APP_DATA_BYTES)?,
     })
 }
 
@@ -583,6 +590,7 @@ pub(super) fn session_description_to_wire(d: &SessionDescription) -> pb::Session
             .as_ref()
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
+        app_data: d.app_data.clone(),
     }
 }
 
@@ -600,6 +608,7 @@ pub(super) fn ice_candidates(
             .collect::<Result<_, _>>()?,
         end_of_candidates: i.end_of_candidates,
         room: opt_room("room", &i.room)?,
+        app_data: bounded("app_data", i.app_data, MAX_APP_DATA_BYTES)?,
     })
 }
 
@@ -613,6 +622,7 @@ pub(super) fn ice_candidates_to_wire(i: &IceCandidates) -> pb::IceCandidates {
             .as_ref()
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
+        app_data: i.app_data.clone(),
     }
 }
 

@@ -19,7 +19,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
 
-use super::message::{MAX_CANDIDATE_BYTES, PROTOCOL_VERSION};
+use super::message::{MAX_APP_DATA_BYTES, MAX_CANDIDATE_BYTES, PROTOCOL_VERSION};
 use super::MAX_ID_BYTES;
 use super::{Address, CodecLimits, Flags, MessageType, PeerId, RawFrame, RoomId, UserName};
 
@@ -163,7 +163,8 @@ fn check_session_description<'a>(
         match (tag, wire) {
             (3, WireType::LengthDelimited) => sdp = length_delimited(&mut buf)?,
             (4, WireType::LengthDelimited) => room = Some(text(&mut buf)?),
-            (1 | 3 | 4, _) => return None,
+            (5, WireType::LengthDelimited) => app_data(&mut buf)?,
+            (1 | 3 | 4 | 5, _) => return None,
             // Unknown fields would be relayed though the full
             // decoder drops them: leave such payloads to it.
             _ => return None,
@@ -193,13 +194,20 @@ fn check_ice<'a>(mut buf: &'a [u8], limits: &CodecLimits) -> Option<Option<&'a s
                 decode_varint(&mut buf).ok()?;
             }
             (5, WireType::LengthDelimited) => room = Some(text(&mut buf)?),
-            (1 | 3 | 4 | 5, _) => return None,
+            (6, WireType::LengthDelimited) => app_data(&mut buf)?,
+            (1 | 3..=6, _) => return None,
             // Unknown fields would be relayed though the full
             // decoder drops them: leave such payloads to it.
             _ => return None,
         }
     }
     Some(room)
+}
+
+/// An `app_data` field: UTF-8 and within its bound (the last occurrence is
+/// the one the decoder keeps, and each one must pass).
+fn app_data(buf: &mut &[u8]) -> Option<()> {
+    (text(buf)?.len() <= MAX_APP_DATA_BYTES).then_some(())
 }
 
 fn check_candidate(mut buf: &[u8]) -> Option<()> {
@@ -255,6 +263,7 @@ mod tests {
             }],
             end_of_candidates: false,
             room: Some(RoomId::new("r").unwrap()),
+            app_data: r#"{"seq":1}"#.into(),
         })
     }
 
@@ -285,11 +294,20 @@ mod tests {
     #[test]
     fn invalid_or_unusual_payloads_go_to_the_full_decoder() {
         let limits = CodecLimits::default();
+        // app_data over its bound.
+        let Message::Ice(mut long) = ice(Address::Peer(PeerId(1))) else {
+            unreachable!()
+        };
+        long.app_data = "x".repeat(MAX_APP_DATA_BYTES + 1);
+        let long = frame_of(&Message::Ice(long));
+        assert!(decode(&long, &limits).is_err());
+        assert!(scan(&long, &limits).is_none());
         // Plain SDP that is not UTF-8.
         let bad = Message::Offer(SessionDescription {
             peer: Address::Peer(PeerId(1)),
             sdp: Sdp::Plain(Bytes::from_static(b"\xff")),
             room: None,
+            app_data: String::new(),
         });
         assert!(scan(&frame_of(&bad), &limits).is_none());
         // Not a signal.
@@ -336,29 +354,39 @@ mod tests {
                     address.clone(),
                     proptest::collection::vec(candidate, 0..4),
                     any::<bool>(),
-                    room.clone()
+                    room.clone(),
+                    "[ -~]{0,20}"
                 )
-                    .prop_map(|(peer, candidates, end_of_candidates, room)| {
-                        Message::Ice(IceCandidates {
-                            peer,
-                            candidates,
-                            end_of_candidates,
-                            room,
-                        })
-                    }),
+                    .prop_map(
+                        |(peer, candidates, end_of_candidates, room, app_data)| {
+                            Message::Ice(IceCandidates {
+                                peer,
+                                candidates,
+                                end_of_candidates,
+                                room,
+                                app_data,
+                            })
+                        }
+                    ),
                 (
                     address,
                     proptest::collection::vec(any::<u8>(), 0..64),
                     any::<bool>(),
-                    room
+                    room,
+                    "[ -~]{0,20}"
                 )
-                    .prop_map(|(peer, sdp, deflated, room)| {
+                    .prop_map(|(peer, sdp, deflated, room, app_data)| {
                         let sdp = if deflated {
                             Sdp::Deflated(sdp.into())
                         } else {
                             Sdp::Plain(String::from_utf8_lossy(&sdp).into_owned().into())
                         };
-                        Message::Offer(SessionDescription { peer, sdp, room })
+                        Message::Offer(SessionDescription {
+                            peer,
+                            sdp,
+                            room,
+                            app_data,
+                        })
                     }),
             ]
         }
