@@ -4,7 +4,10 @@
 #
 #   scripts/bench-load.sh [scenario...]     (default: all)
 #
-# Scenarios: relay1 relay16 pair handshake handshake-reuse idle churn
+# Scenarios: relay1 relay16 pair (what browsers send: one side initiates,
+# one frame per WebSocket message), relay1-sdk relay16-sdk (both sides
+# initiate, frames coalesced: a pattern that flatters the server), pair-busy,
+# handshake handshake-reuse idle churn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins -q
@@ -37,12 +40,14 @@ load() {
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(relay1 relay16 pair handshake handshake-reuse churn idle)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(relay1 relay16 relay1-sdk relay16-sdk pair handshake handshake-reuse churn idle)
 for s in "${scenarios[@]}"; do
     start_server
     case "$s" in
         relay1) load relay --pairs 100 --window 1 --duration 10 ;;
         relay16) load relay --pairs 100 --window 16 --duration 10 ;;
+        relay1-sdk) load relay --pairs 100 --window 1 --duration 10 --both-sides --coalesce ;;
+        relay16-sdk) load relay --pairs 100 --window 16 --duration 10 --both-sides --coalesce ;;
         pair) load relay --pairs 1 --window 1 --duration 10 ;;
         pair-busy) load relay --pairs 1 --window 1 --duration 10 --busy-poll ;;
         handshake) load handshake --size 2 --concurrency 64 --duration 10 ;;

@@ -43,33 +43,51 @@ async fn relay_bounces_every_message_and_reports_the_servers_cpu() {
         "1000000000",
     ]);
     let duration = Duration::from_millis(800);
-    let report = relay::run(
-        &Common {
-            server_pid: Some(server.child.id()),
-            ..Common::new(server.url())
+    // What browsers send (one side, one frame per message), then what a
+    // batching SDK sends from both sides.
+    for pattern in [
+        relay::Pattern::default(),
+        relay::Pattern {
+            both_sides: true,
+            coalesce: true,
         },
-        &relay::Options {
-            pairs: 4,
-            window: 4,
-            duration,
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.errors, 0, "{report:?}");
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert!(report.relayed_per_second > 100, "{report:?}");
-    assert!(report.round_trip.count > 100, "{report:?}");
-    // Round trips are timed in microseconds: none can outlast the run.
-    let run_us = duration.as_micros() as u64;
-    assert!(
-        report.round_trip.p50_us > 0 && report.round_trip.p99_us < run_us,
-        "{report:?}"
-    );
-    // The server relayed thousands of messages: it used CPU, and the
-    // report says so (two worker threads at most, on this machine's cores).
-    let cpu = report.cpu.server_cpu_percent.expect("server CPU measured");
-    assert!(cpu > 1.0 && cpu < 250.0, "server CPU {cpu}%");
+    ] {
+        let report = relay::run(
+            &Common {
+                server_pid: Some(server.child.id()),
+                ..Common::new(server.url())
+            },
+            &relay::Options {
+                pairs: 4,
+                window: 4,
+                duration,
+                pattern,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.pattern, pattern.label());
+        assert_eq!(report.errors, 0, "{report:?}");
+        assert_eq!(report.lost, 0, "{report:?}");
+        assert!(report.relayed_per_second > 100, "{report:?}");
+        assert!(report.round_trip.count > 100, "{report:?}");
+        // Round trips are timed in microseconds: none can outlast the run.
+        let run_us = duration.as_micros() as u64;
+        assert!(
+            report.round_trip.p50_us > 0 && report.round_trip.p99_us < run_us,
+            "{report:?}"
+        );
+        // The server relayed thousands of messages: it used CPU, and the
+        // report says so (two worker threads at most, on this machine's
+        // cores), split into user and kernel time per message.
+        let cpu = report.cpu.server_cpu_percent.expect("server CPU measured");
+        assert!(cpu > 1.0 && cpu < 250.0, "server CPU {cpu}%");
+        let per = report.server_us_per_message.expect("per-message CPU");
+        assert!(
+            per.user >= 0.0 && per.kernel >= 0.0 && per.user + per.kernel > 0.0,
+            "{per:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -376,6 +376,8 @@ impl Peer {
 pub struct ProcSample {
     /// utime + stime, in seconds.
     pub cpu_seconds: f64,
+    /// utime alone, in seconds.
+    pub user_seconds: f64,
     /// Resident set size, in KiB.
     pub rss_kib: u64,
     /// When it was taken.
@@ -393,7 +395,8 @@ pub fn sample_process(pid: Option<u32>) -> Option<ProcSample> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat(5); `rest` starts at 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let ticks: u64 = utime + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
@@ -404,6 +407,7 @@ pub fn sample_process(pid: Option<u32>) -> Option<ProcSample> {
         .unwrap_or(0);
     Some(ProcSample {
         cpu_seconds: ticks as f64 / hz,
+        user_seconds: utime as f64 / hz,
         rss_kib,
         at: Instant::now(),
     })
@@ -425,6 +429,9 @@ pub struct CpuShare {
     pub server_cpu_percent: Option<f64>,
     /// This load generator's CPU time / wall time, in percent of one core.
     pub loadgen_cpu_percent: Option<f64>,
+    /// The server's user and kernel CPU seconds over the interval.
+    #[serde(skip)]
+    pub server_split: Option<(f64, f64)>,
 }
 
 impl CpuProbe {
@@ -444,12 +451,15 @@ impl CpuProbe {
             let wall = b.at.duration_since(a.at).as_secs_f64();
             (wall > 0.0).then(|| round1(100.0 * (b.cpu_seconds - a.cpu_seconds) / wall))
         };
+        let server_now = self.server_pid.and_then(|p| sample_process(Some(p)));
+        let server_split = self.server.zip(server_now).map(|(a, b)| {
+            let user = b.user_seconds - a.user_seconds;
+            (user, b.cpu_seconds - a.cpu_seconds - user)
+        });
         CpuShare {
-            server_cpu_percent: share(
-                self.server,
-                self.server_pid.and_then(|p| sample_process(Some(p))),
-            ),
+            server_cpu_percent: share(self.server, server_now),
             loadgen_cpu_percent: share(self.own, sample_process(None)),
+            server_split,
         }
     }
 }

@@ -53,17 +53,27 @@ struct CommonArgs {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// Pairs in 1:1 rooms bounce ICE-sized messages with a window in flight.
+    /// Pairs in 1:1 rooms bounce ICE-sized messages with a window in flight:
+    /// by default one side initiates and each frame is its own WebSocket
+    /// message, as browsers send signals.
     Relay {
         /// Pairs of connections.
         #[arg(long, default_value_t = 100)]
         pairs: usize,
-        /// Messages each side keeps in flight.
+        /// Messages each initiating side keeps in flight.
         #[arg(long, default_value_t = 1)]
         window: usize,
         /// Measured seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Both sides initiate `window` messages (a pattern that flatters
+        /// the server: twice the load for the same latency).
+        #[arg(long)]
+        both_sides: bool,
+        /// Pack everything a side has to send into one WebSocket message (as
+        /// an SDK that batches would; halves the server's system calls).
+        #[arg(long)]
+        coalesce: bool,
     },
     /// Rooms of K peers run offer/answer/ICE with real SDP.
     Handshake {
@@ -151,11 +161,17 @@ fn main() -> ExitCode {
                 pairs,
                 window,
                 duration,
+                both_sides,
+                coalesce,
             } => {
                 let o = relay::Options {
                     pairs,
                     window,
                     duration: secs(duration),
+                    pattern: relay::Pattern {
+                        both_sides,
+                        coalesce,
+                    },
                 };
                 print(json, &relay::run(&common, &o).await?);
             }

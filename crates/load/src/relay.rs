@@ -1,8 +1,12 @@
 //! The relay scenario: pairs in 1:1 rooms bounce ICE-sized messages.
 //!
-//! Each side of a pair starts `window` messages ("balls") and answers every
-//! ball it receives with one to its partner, so `2 × window` balls per pair
-//! are always in flight. A ball is one `IceCandidates` with one realistic
+//! The initiating side of a pair starts `window` messages ("balls") and
+//! every side answers every ball it receives with one to its partner, so
+//! `window` balls per pair are always in flight (`2 × window` when both
+//! sides initiate, [`Pattern::both_sides`]). By default every frame goes in
+//! its own WebSocket message, as a browser's `ws.send` per signal does;
+//! [`Pattern::coalesce`] packs everything a side has to send into one
+//! message instead, as an SDK that batches would. A ball is one `IceCandidates` with one realistic
 //! server-reflexive candidate (about 150 bytes of payload). A ball carries
 //! the side that started it and when it last left that side, so each ball
 //! returning to its origin is one round trip: its send, the server, the
@@ -26,15 +30,40 @@ use crate::protocol::{
     Address, IceCandidate, IceCandidates, Join, Message, MessageType, PeerId, RoomId, RoomMode,
 };
 
+/// The traffic a relay run sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pattern {
+    /// Both sides start `window` balls (else one side initiates and the
+    /// other only answers, as in a negotiation).
+    pub both_sides: bool,
+    /// Everything a side has to send goes in one WebSocket message (else one
+    /// frame per message, as clients that send each signal as it comes).
+    pub coalesce: bool,
+}
+
+impl Pattern {
+    /// The label the report carries.
+    pub fn label(&self) -> &'static str {
+        match (self.both_sides, self.coalesce) {
+            (false, false) => "one side initiates, one frame per WebSocket message",
+            (false, true) => "one side initiates, frames coalesced per WebSocket message",
+            (true, false) => "both sides initiate, one frame per WebSocket message",
+            (true, true) => "both sides initiate, frames coalesced per WebSocket message",
+        }
+    }
+}
+
 /// Options of the relay scenario.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Pairs (two connections each).
     pub pairs: usize,
-    /// Balls each side keeps in flight.
+    /// Balls each initiating side keeps in flight.
     pub window: usize,
     /// Measured time.
     pub duration: Duration,
+    /// What traffic to send.
+    pub pattern: Pattern,
 }
 
 /// What a relay run measured.
@@ -44,8 +73,14 @@ pub struct Report {
     pub scenario: &'static str,
     /// Pairs.
     pub pairs: usize,
-    /// Window per side.
+    /// Window per initiating side.
     pub window: usize,
+    /// What traffic was sent, in words.
+    pub pattern: &'static str,
+    /// The same as flags.
+    pub both_sides: bool,
+    /// The same as flags.
+    pub coalesce: bool,
     /// Measured seconds.
     pub duration_s: f64,
     /// Messages the server delivered in the measured interval.
@@ -60,6 +95,18 @@ pub struct Report {
     pub round_trip: Latency,
     /// CPU shares during the measured interval.
     pub cpu: CpuShare,
+    /// Server CPU time per relayed message, in microseconds (needs
+    /// `--server-pid`).
+    pub server_us_per_message: Option<PerMessage>,
+}
+
+/// CPU time per relayed message, split as `/proc/PID/stat` splits it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PerMessage {
+    /// User time (the server's own code), µs.
+    pub user: f64,
+    /// Kernel time (socket system calls, TCP), µs.
+    pub kernel: f64,
 }
 
 /// A server-reflexive candidate of typical length.
@@ -103,11 +150,17 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     for (a, b) in pairs {
         let (ida, idb) = (a.id(), b.id());
         for (side, peer, partner) in [(0, a, idb), (1, b, ida)] {
+            let window = if side == 0 || options.pattern.both_sides {
+                options.window
+            } else {
+                0
+            };
             tasks.push(tokio::spawn(bounce(
                 peer,
                 side,
                 partner,
-                options.window,
+                window,
+                options.pattern.coalesce,
                 shared.clone(),
                 start_rx.clone(),
                 exit_rx.clone(),
@@ -150,10 +203,18 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     }
     let sent = shared.sent.load(Ordering::Relaxed);
     let received = shared.received.load(Ordering::Relaxed);
+    let per_message = |seconds: f64| (seconds * 1e7 / relayed.max(1) as f64).round() / 10.0;
     Ok(Report {
         scenario: "relay",
         pairs: options.pairs,
         window: options.window,
+        pattern: options.pattern.label(),
+        both_sides: options.pattern.both_sides,
+        coalesce: options.pattern.coalesce,
+        server_us_per_message: cpu.server_split.map(|(user, kernel)| PerMessage {
+            user: per_message(user),
+            kernel: per_message(kernel),
+        }),
         duration_s: (elapsed * 1000.0).round() / 1000.0,
         relayed_messages: relayed,
         relayed_per_second: (relayed as f64 / elapsed) as u64,
@@ -256,11 +317,13 @@ impl Ball {
 }
 
 /// One side of a pair: answers every ball, records round trips.
+#[allow(clippy::too_many_arguments)]
 async fn bounce(
     mut peer: Peer,
     side: usize,
     partner: PeerId,
     window: usize,
+    coalesce: bool,
     shared: Arc<Shared>,
     mut start: watch::Receiver<bool>,
     mut exit: watch::Receiver<bool>,
@@ -274,10 +337,13 @@ async fn bounce(
         let mut ball = Ball::new(partner, side);
         let mut scratch = Vec::new();
         let now = shared.epoch.elapsed().as_nanos() as u64;
+        shared.sent.fetch_add(window as u64, Ordering::Relaxed);
         for _ in 0..window {
             peer.push_raw(MessageType::Ice, ball.stamped(side, now));
+            if !coalesce {
+                peer.flush().await?;
+            }
         }
-        shared.sent.fetch_add(window as u64, Ordering::Relaxed);
         peer.flush().await?;
         // Stamped payloads to send back: (is it our ball, payload).
         let mut replies: Vec<(bool, bytes::Bytes)> = Vec::with_capacity(window * 2);
@@ -327,6 +393,9 @@ async fn bounce(
                         peer.push_raw(MessageType::Ice, ball.stamped(side, now));
                     } else {
                         peer.push_raw(MessageType::Ice, ball.bounced(&payload, &mut scratch));
+                    }
+                    if !coalesce {
+                        peer.flush().await?;
                     }
                 }
             }
