@@ -110,6 +110,7 @@ fn setup(shards: usize, threads: usize) -> (Arc<LocalDirectory>, Vec<Vec<Pair>>)
 fn work(router: &LocalDirectory, pairs: &[Pair], iters: u64) {
     let frames: Vec<Encoded> = pairs.iter().map(|p| frame(p.from)).collect();
     let mut drained = Vec::with_capacity(64);
+    let read_at = std::time::Instant::now();
     for i in 0..iters as usize {
         let k = i % pairs.len();
         let p = &pairs[k];
@@ -119,6 +120,7 @@ fn work(router: &LocalDirectory, pairs: &[Pair], iters: u64) {
         let origin = Origin {
             peer: p.from,
             seq: i as u32,
+            read_at,
         };
         router.deliver(&target, frames[k].clone(), origin).unwrap();
         if (i / pairs.len()) % 32 == 31 && k == pairs.len() - 1 {

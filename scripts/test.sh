@@ -2,7 +2,8 @@
 # Runs every test of switchboard: Rust unit, integration, golden, fuzz-corpus
 # and TURN tests, the browser SDK's tests, and the end-to-end test in a real
 # Chromium. Installs the system packages the tests need when run as root
-# (coturn for the TURN test, chromium for the browser test); otherwise says
+# (coturn for the TURN test, chromium for the browser test, prometheus for
+# the metrics test); otherwise says
 # which to install and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${need[*]}"

@@ -19,6 +19,13 @@ use crate::protocol::{CodecLimits, Limits};
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Count and serve Prometheus metrics.
+    pub metrics: bool,
+    /// Path of the metrics endpoint.
+    pub metrics_path: String,
+    /// A separate address for the metrics endpoint; when set, it is served
+    /// there only, not on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Id of this node in a multi-node routing space (high 16 bits of peer ids).
     pub node_id: u16,
     /// Most connections at once; further ones are refused with HTTP 503.
@@ -166,6 +173,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics: true,
+            metrics_path: "/metrics".into(),
+            metrics_listen: None,
             node_id: 0,
             max_connections: 100_000,
             max_connections_per_ip: 1_000,
@@ -247,6 +257,12 @@ impl Config {
         let fail = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return fail("heartbeat_timeout must be longer than heartbeat_interval");
+        }
+        if !self.metrics_path.starts_with('/')
+            || ["/ws", "/healthz", "/readyz"].contains(&self.metrics_path.as_str())
+            || self.metrics_path.starts_with("/compat/")
+        {
+            return fail("metrics_path must start with / and not be an endpoint of its own");
         }
         if self.rate_per_second == 0 || self.rate_burst == 0 {
             return fail("rate_per_second and rate_burst must be positive");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::metrics::Census;
 use crate::outbox::Origin;
 use crate::protocol::{
     encode, Address, Encoded, Joined, LeaveReason, Member, Message, PeerId, RoomId, RoomMode,
@@ -107,6 +108,9 @@ pub trait Directory: Send + Sync + 'static {
     /// Queues one of the server's own frames for `peer`, wherever it is
     /// connected; nothing if it is gone.
     fn notify(&self, peer: PeerId, frame: Encoded);
+
+    /// How many rooms, members and names there are now (for `/metrics`).
+    fn census(&self) -> impl Future<Output = Census> + Send;
 }
 
 /// The in-process [`Directory`]: one node, everything in memory.
@@ -294,6 +298,21 @@ impl Directory for LocalDirectory {
             // One node: every target is local.
             Route::Remote { .. } => Err(RouteError::UnknownPeer),
         }
+    }
+
+    async fn census(&self) -> Census {
+        let mut c = Census::default();
+        // One shard at a time, each held only to count it.
+        for shard in self.rooms.shards.iter() {
+            let (pair, mesh, members) = shard.lock().census();
+            c.pair_rooms += pair;
+            c.mesh_rooms += mesh;
+            c.members += members;
+        }
+        for shard in self.names.shards.iter() {
+            c.users += shard.lock().len() as u64;
+        }
+        c
     }
 
     fn notify(&self, peer: PeerId, frame: Encoded) {

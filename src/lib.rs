@@ -26,6 +26,7 @@ pub mod auth;
 pub mod compat;
 pub mod config;
 pub mod directory;
+pub mod metrics;
 pub mod outbox;
 pub mod rate;
 pub mod registry;

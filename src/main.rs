@@ -37,6 +37,16 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Count and serve Prometheus metrics (true or false).
+    #[arg(long, env = "SWITCHBOARD_METRICS")]
+    metrics: Option<bool>,
+    /// Path of the metrics endpoint.
+    #[arg(long, env = "SWITCHBOARD_METRICS_PATH")]
+    metrics_path: Option<String>,
+    /// Serve metrics on this address only (not on --listen), e.g. a
+    /// private interface.
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Node id in a multi-node routing space (high 16 bits of peer ids).
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     node_id: Option<u16>,
@@ -253,6 +263,8 @@ impl Cli {
         }
         set!(
             listen,
+            metrics,
+            metrics_path,
             node_id,
             max_connections,
             max_connections_per_ip,
@@ -284,6 +296,9 @@ impl Cli {
         }
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert;
+        }
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
         }
         if self.tls_key.is_some() {
             c.tls_key = self.tls_key;
@@ -319,6 +334,8 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| d.as_millis().to_string();
     vec![
         ("listen", c.listen.to_string()),
+        ("metrics", c.metrics.to_string()),
+        ("metrics_path", c.metrics_path.clone()),
         ("node_id", c.node_id.to_string()),
         ("max_connections", c.max_connections.to_string()),
         (

@@ -2,6 +2,7 @@
 //! connection, and who to tell when a relayed frame is never delivered.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -43,6 +44,8 @@ pub struct Origin {
     pub peer: PeerId,
     /// The sequence number of its frame.
     pub seq: u32,
+    /// When the server read it (for the relay latency metric).
+    pub read_at: Instant,
 }
 
 #[derive(Debug)]
@@ -156,6 +159,18 @@ impl Outbox {
         max_frames: usize,
         max_bytes: usize,
     ) -> Option<CloseReason> {
+        self.drain_timed(out, max_frames, max_bytes, |_| {})
+    }
+
+    /// [`Outbox::drain`], calling `relayed` with the read time of each
+    /// relayed frame taken.
+    pub fn drain_timed(
+        &self,
+        out: &mut Vec<Encoded>,
+        max_frames: usize,
+        max_bytes: usize,
+        mut relayed: impl FnMut(Instant),
+    ) -> Option<CloseReason> {
         let mut s = self.state.lock();
         let mut taken = 0;
         let mut count = 0;
@@ -165,7 +180,11 @@ impl Outbox {
             }
             count += 1;
             taken += q.frame.frame_len();
-            out.push(s.frames.pop_front().expect("front exists").frame);
+            let q = s.frames.pop_front().expect("front exists");
+            if let Some(origin) = q.origin {
+                relayed(origin.read_at);
+            }
+            out.push(q.frame);
         }
         s.bytes -= taken;
         if s.frames.is_empty() {
@@ -239,6 +258,7 @@ mod tests {
         let origin = |seq| Origin {
             peer: PeerId(9),
             seq,
+            read_at: Instant::now(),
         };
         for n in 0..3 {
             outbox.push_relayed(frame(n), origin(n as u32)).unwrap();

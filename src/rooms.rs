@@ -135,6 +135,19 @@ impl Rooms {
         self.rooms.is_empty()
     }
 
+    /// Pair rooms, mesh rooms and members, counted.
+    pub fn census(&self) -> (u64, u64, u64) {
+        self.rooms
+            .values()
+            .fold((0, 0, 0), |(pair, mesh, members), r| {
+                let n = r.members().len() as u64;
+                match r.mode() {
+                    RoomMode::Mesh => (pair, mesh + 1, members + n),
+                    _ => (pair + 1, mesh, members + n),
+                }
+            })
+    }
+
     /// Whether `a` and `b` are both members of `room`.
     pub fn shares(&self, room: &RoomId, a: PeerId, b: PeerId) -> bool {
         self.rooms

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use crate::auth::Grant;
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::metrics::{self, Metrics};
 use crate::outbox::{CloseReason, Origin, Outbox};
 use crate::protocol::frame::next_seq;
 use crate::protocol::{
@@ -45,6 +46,8 @@ pub struct Context<D> {
     pub codec: CodecLimits,
     /// Rooms, names and routes.
     pub directory: Arc<D>,
+    /// What is counted for `/metrics`; `None` with metrics off.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a session ends, and what its client and its rooms are told.
@@ -186,6 +189,9 @@ impl<D: Directory> Session<D> {
 
     /// Queues an `Error` for this connection.
     pub fn error(&self, code: ErrorCode, message: String, request_seq: u32) {
+        if let Some(m) = &self.ctx.metrics {
+            m.error(code);
+        }
         self.reply(&Message::Error(ErrorMessage {
             code,
             message,
@@ -219,6 +225,9 @@ impl<D: Directory> Session<D> {
             let (seq, bytes) = frame
                 .as_ref()
                 .map_or((0, 0), |f| (f.header.seq, HEADER_LEN + f.payload.len()));
+            if let (Some(m), Ok(f)) = (&self.ctx.metrics, &frame) {
+                m.received(f.header.kind, bytes);
+            }
             match self.admit(seq, bytes) {
                 Err(close) => return Some(close),
                 Ok(true) => {}
@@ -237,8 +246,14 @@ impl<D: Directory> Session<D> {
                     return None;
                 }
             };
-            if let Some(signal) = relay::scan(&frame, &codec) {
-                if self.relay_in_place(seq, &signal).await {
+            let scanned = relay::scan(&frame, &codec);
+            if let Some(signal) = &scanned {
+                if let Some(m) = &self.ctx.metrics {
+                    if signal.kind != MessageType::Ice {
+                        m.sdp(signal.deflated(), signal.sdp_len);
+                    }
+                }
+                if self.relay_in_place(seq, signal).await {
                     if let Some(close) = self.trouble.as_mut().and_then(|t| t.closing.take()) {
                         return Some(close);
                     }
@@ -246,7 +261,15 @@ impl<D: Directory> Session<D> {
                 }
             }
             match protocol::decode(&frame, &codec) {
-                Ok(message) => self.handle(seq, message).await,
+                Ok(message) => {
+                    if let (Some(m), None, Message::Offer(d) | Message::Answer(d)) =
+                        (&self.ctx.metrics, &scanned, &message)
+                    {
+                        let (Sdp::Plain(b) | Sdp::Deflated(b)) = &d.sdp;
+                        m.sdp(matches!(d.sdp, Sdp::Deflated(_)), b.len());
+                    }
+                    self.handle(seq, message).await
+                }
                 Err(DecodeError::Compression(e)) => {
                     self.error(ErrorCode::BadCompression, e.to_string(), seq)
                 }
@@ -273,6 +296,9 @@ impl<D: Directory> Session<D> {
                 Ok(true)
             }
             Verdict::Drop { reply: Some(n) } => {
+                if let Some(m) = &self.ctx.metrics {
+                    m.dropped(metrics::DropReason::RateLimited);
+                }
                 let message = if n <= 1 {
                     format!("over {rate} messages/s; message dropped")
                 } else {
@@ -288,6 +314,9 @@ impl<D: Directory> Session<D> {
                 Ok(false)
             }
             Verdict::Drop { reply: None } => {
+                if let Some(m) = &self.ctx.metrics {
+                    m.dropped(metrics::DropReason::RateLimited);
+                }
                 let now = self.now;
                 let due = self
                     .rate_report()
@@ -410,6 +439,22 @@ impl<D: Directory> Session<D> {
     pub fn next_seq_out(&mut self) -> u32 {
         self.seq_out = next_seq(self.seq_out);
         self.seq_out
+    }
+
+    /// What a write needs at once: a numberer for the frames written (as
+    /// [`Session::next_seq_out`]) and the metrics to count them in.
+    pub fn writer(&mut self) -> (impl FnMut() -> u32 + '_, Option<&Metrics>) {
+        let seq_out = &mut self.seq_out;
+        let number = move || {
+            *seq_out = next_seq(*seq_out);
+            *seq_out
+        };
+        (number, self.ctx.metrics.as_deref())
+    }
+
+    /// The metrics, when they are on.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.ctx.metrics.as_deref()
     }
 
     /// The wall-clock time of the input being handled.
@@ -681,12 +726,16 @@ impl<D: Directory> Session<D> {
         let origin = Origin {
             peer: self.peer_id,
             seq,
+            read_at: self.now,
         };
         let Err(e) = self.ctx.directory.deliver(target, frame, origin) else {
             return;
         };
         self.route_error(seq, e.clone());
         if e == RouteError::PeerBusy {
+            if let Some(m) = &self.ctx.metrics {
+                m.dropped(metrics::DropReason::PeerBusy);
+            }
             let now = self.now;
             let window = self.ctx.config.rate_abuse_window;
             let trouble = self.trouble();
@@ -887,6 +936,7 @@ mod tests {
             codec: config.codec_limits(),
             config,
             directory,
+            metrics: None,
         })
     }
 

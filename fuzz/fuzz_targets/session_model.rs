@@ -99,6 +99,7 @@ impl Harness {
             codec: config.codec_limits(),
             config,
             directory,
+            metrics: None,
         });
         let mut h = Harness {
             ctx,

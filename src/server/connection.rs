@@ -26,6 +26,7 @@ use super::{Admission, Shared};
 use crate::auth::Grant;
 use crate::compat::{Dialect, Outbound, Translator};
 use crate::directory::Directory;
+use crate::metrics::{Metrics, Outcome};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{
     self, encode, sdp, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage, FieldError,
@@ -91,7 +92,7 @@ where
     let mut conn = Box::new(Conn {
         ws,
         shared,
-        _admission: admission,
+        admission,
         header_token,
         dialect,
     });
@@ -101,7 +102,7 @@ where
 struct Conn<S, D> {
     ws: WebSocketStream<S>,
     shared: Arc<Shared<D>>,
-    _admission: Admission,
+    admission: Admission,
     /// What `Sec-WebSocket-Protocol` carried; taken at Hello. Boxed so that
     /// the common case (no header token) costs one word.
     header_token: Option<Box<HeaderToken>>,
@@ -141,18 +142,25 @@ where
                 .await
             }
         };
+        let metrics = shared.ctx.metrics.as_deref();
         let (hello, after_hello, mut encoding) = match hello {
             Ok(Ok(hello)) => hello,
             Ok(Err(Refusal::Close(close))) => {
-                Box::pin(close_within(ws, close)).await;
+                if let Some(m) = metrics {
+                    m.attempt(Outcome::HelloFailed);
+                }
+                Box::pin(close_within(ws, close, metrics)).await;
                 return;
             }
             Ok(Err(Refusal::ClientClosed)) => {
+                if let Some(m) = metrics {
+                    m.attempt(Outcome::HelloFailed);
+                }
                 Box::pin(finish_client_close(ws)).await;
                 return;
             }
             Ok(Err(Refusal::Error(code, message, mut encoding))) => {
-                Box::pin(refuse_within(ws, &mut encoding, code, message)).await;
+                Box::pin(refuse_within(ws, &mut encoding, code, message, metrics)).await;
                 return;
             }
             Err(_) => {
@@ -162,6 +170,7 @@ where
                     &mut Encoding::Binary,
                     ErrorCode::HelloRequired,
                     message,
+                    metrics,
                 ))
                 .await;
                 return;
@@ -176,6 +185,7 @@ where
                     &mut encoding,
                     ErrorCode::Unauthenticated,
                     message,
+                    metrics,
                 ))
                 .await;
                 return;
@@ -229,6 +239,12 @@ where
             capabilities,
             sdp_dictionary: sdp::DICTIONARY_ID,
         }));
+        if let Some(m) = metrics {
+            m.attempt(Outcome::Accepted);
+            m.session_open(1);
+            m.handshake_duration
+                .observe_duration(self.admission.accepted_at.elapsed());
+        }
         // Frames the client sent right behind its Hello (Hello + Join in
         // one message) run now, after Welcome is queued.
         // Hello counts as one of the message's frames.
@@ -260,8 +276,11 @@ where
         if Box::pin(teardown).await.is_err() {
             tracing::warn!(peer = %peer_id, "session teardown timed out");
         }
+        if let Some(m) = metrics {
+            m.session_open(-1);
+        }
         match (close, ending_was_client_close) {
-            (Some(close), _) => Box::pin(close_within(ws, close)).await,
+            (Some(close), _) => Box::pin(close_within(ws, close, metrics)).await,
             (None, true) => Box::pin(finish_client_close(ws)).await,
             (None, false) => {}
         }
@@ -334,6 +353,7 @@ async fn refuse_within<S>(
     encoding: &mut Encoding,
     code: ErrorCode,
     message: String,
+    metrics: Option<&Metrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -343,7 +363,11 @@ async fn refuse_within<S>(
             message,
             request_seq: 0,
         }));
-        send_frames(ws, encoding, &mut vec![error], || 1).await?;
+        if let Some(m) = metrics {
+            m.error(code);
+            m.attempt(Outcome::HelloFailed);
+        }
+        send_frames(ws, encoding, &mut vec![error], || 1, metrics).await?;
         let reason = match code {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::UnsupportedVersion => "unsupported protocol version",
@@ -351,7 +375,12 @@ async fn refuse_within<S>(
             ErrorCode::RateLimited => "rate limited",
             _ => "protocol error",
         };
-        close_with(ws, Close::app(code, reason, LeaveReason::Disconnected)).await?;
+        close_with(
+            ws,
+            Close::app(code, reason, LeaveReason::Disconnected),
+            metrics,
+        )
+        .await?;
         // As in `close_within`: the client's close frame, then TCP.
         while let Some(Ok(_)) = ws.next().await {}
         Ok::<(), tungstenite::Error>(())
@@ -510,7 +539,19 @@ where
                 // announced limits) per write, until the outbox is empty or
                 // MAX_WRITES_PER_TURN messages went out.
                 for _ in 0..MAX_WRITES_PER_TURN {
-                    let closed = outbox.drain(&mut pending, max_frames, max_bytes);
+                    let closed = match shared.ctx.metrics.as_deref() {
+                        None => outbox.drain(&mut pending, max_frames, max_bytes),
+                        Some(m) => {
+                            let now = std::time::Instant::now();
+                            let closed = outbox.drain_timed(&mut pending, max_frames, max_bytes, |read_at| {
+                                m.relay_latency.observe_duration(now.saturating_duration_since(read_at));
+                            });
+                            if !pending.is_empty() {
+                                m.outbox_depth.observe(pending.len() as u64);
+                            }
+                            closed
+                        }
+                    };
                     if let Some(reason) = closed {
                         return Ending::Close(Box::pin(closing(ws, encoding, session, &mut pending, reason)).await);
                     }
@@ -705,7 +746,8 @@ async fn write<S, D: Directory>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let sent = send_frames(ws, encoding, pending, || session.next_seq_out()).await;
+    let (seq, metrics) = session.writer();
+    let sent = send_frames(ws, encoding, pending, seq, metrics).await;
     // An idle connection keeps no frame list.
     *pending = Vec::new();
     sent
@@ -718,12 +760,18 @@ async fn send_frames<S>(
     encoding: &mut Encoding,
     frames: &mut Vec<Encoded>,
     mut seq: impl FnMut() -> u32,
+    metrics: Option<&Metrics>,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if frames.is_empty() {
         return Ok(());
+    }
+    if let Some(m) = metrics {
+        for f in frames.iter() {
+            m.sent(f.kind, f.frame_len());
+        }
     }
     match encoding {
         Encoding::Binary => {
@@ -778,10 +826,17 @@ where
     }
 }
 
-async fn close_with<S>(ws: &mut WebSocketStream<S>, close: Close) -> Result<(), tungstenite::Error>
+async fn close_with<S>(
+    ws: &mut WebSocketStream<S>,
+    close: Close,
+    metrics: Option<&Metrics>,
+) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(m) = metrics {
+        m.close(close.code);
+    }
     ws.close(Some(CloseFrame {
         code: CloseCode::from(close.code),
         reason: close.reason.into(),
@@ -795,12 +850,12 @@ where
 /// connection and could destroy the close frame before the client reads
 /// it. Gives up after a second: a peer that does not read must not hold
 /// its connection slot by never taking the close frame.
-async fn close_within<S>(ws: &mut WebSocketStream<S>, close: Close)
+async fn close_within<S>(ws: &mut WebSocketStream<S>, close: Close, metrics: Option<&Metrics>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
-        if close_with(ws, close).await.is_ok() {
+        if close_with(ws, close, metrics).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
         }
     };

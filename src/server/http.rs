@@ -1,5 +1,6 @@
-//! HTTP on the WebSocket port (over TCP or TLS): `/healthz`, the `/ws`
-//! upgrade with its Origin and subprotocol checks, and the embedded assets.
+//! HTTP on the WebSocket port (over TCP or TLS): `/healthz`, `/metrics`
+//! (unless it has a listener of its own), the `/ws` upgrade with its Origin
+//! and subprotocol checks, and the embedded assets.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -22,6 +23,7 @@ use super::readahead::ReadAhead;
 use super::{assets, connection, Admission, Shared};
 use crate::auth::{self, AuthError};
 use crate::directory::Directory;
+use crate::metrics::Outcome;
 
 /// The access token a client offered in `Sec-WebSocket-Protocol`, if any,
 /// or why that header could not be read. Checked after Hello, so that a
@@ -84,7 +86,13 @@ pub(super) async fn serve<S, D: Directory>(
         move |req| {
             let shared = shared.clone();
             let admission = admission.clone();
-            async move { Ok::<_, Infallible>(route(req, &shared, addr, &admission, refusal)) }
+            async move {
+                let config = &shared.ctx.config;
+                if config.metrics_listen.is_none() && req.uri().path() == config.metrics_path {
+                    return Ok::<_, Infallible>(metrics(&req, &shared).await);
+                }
+                Ok(route(req, &shared, addr, &admission, refusal))
+            }
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -98,6 +106,61 @@ pub(super) async fn serve<S, D: Directory>(
         .with_upgrades();
     if let Err(e) = conn.await {
         debug!(%addr, error = %e, "http connection ended");
+    }
+}
+
+/// The Prometheus exposition, or 404 with metrics off.
+async fn metrics<D: Directory>(req: &Request<Incoming>, shared: &Shared<D>) -> Response<Body> {
+    let Some(m) = &shared.ctx.metrics else {
+        return text(StatusCode::NOT_FOUND, "metrics are off\n");
+    };
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let census = shared.ctx.directory.census().await;
+    let mut r = Response::new(Full::new(Bytes::from(m.encode(census, openmetrics))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if openmetrics {
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        } else {
+            "text/plain; version=0.0.4; charset=utf-8"
+        }),
+    );
+    r
+}
+
+/// Serves the metrics endpoint alone on `listener` (`metrics_listen`).
+pub(super) async fn serve_metrics<D: Directory>(shared: Arc<Shared<D>>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    Ok::<_, Infallible>(if req.uri().path() == shared.ctx.config.metrics_path {
+                        metrics(&req, &shared).await
+                    } else {
+                        text(StatusCode::NOT_FOUND, "not found\n")
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
@@ -128,23 +191,31 @@ fn route<D: Directory>(
                 debug!(%addr, why, "upgrade refused");
                 return text(StatusCode::SERVICE_UNAVAILABLE, why);
             }
+            let handshake_failed = || {
+                if let Some(m) = &shared.ctx.metrics {
+                    m.attempt(Outcome::HandshakeFailed);
+                }
+            };
             let key = match websocket_key(&req) {
                 Ok(key) => key,
                 Err(BadUpgrade::NotWebSocket) => {
+                    handshake_failed();
                     return text(
                         StatusCode::UPGRADE_REQUIRED,
                         "expected a WebSocket upgrade (version 13)\n",
-                    )
+                    );
                 }
                 Err(BadUpgrade::BadKey) => {
+                    handshake_failed();
                     return text(
                         StatusCode::BAD_REQUEST,
                         "Sec-WebSocket-Key must be 16 bytes in base64\n",
-                    )
+                    );
                 }
             };
             if !origin_allowed(&req, &shared.ctx.config.allowed_origins) {
                 debug!(%addr, origin = ?req.headers().get(header::ORIGIN), "origin refused");
+                handshake_failed();
                 return text(StatusCode::FORBIDDEN, "origin not allowed\n");
             }
             let Some(admission) = admission.lock().take() else {
@@ -159,6 +230,9 @@ fn route<D: Directory>(
                     Ok(u) => u,
                     Err(e) => {
                         debug!(error = %e, "upgrade failed");
+                        if let Some(m) = &shared.ctx.metrics {
+                            m.attempt(Outcome::HandshakeFailed);
+                        }
                         return;
                     }
                 };

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config};
 use crate::directory::{Directory, LocalDirectory};
+use crate::metrics::{Metrics, Outcome};
 use crate::outbox::{CloseReason, OutboxLimits};
 use crate::protocol::PeerId;
 use crate::registry::Registry;
@@ -88,6 +89,7 @@ impl<D: Directory> Shared<D> {
             per_ip: Arc::new(Mutex::new(HashMap::new())),
             ctx: Arc::new(Context {
                 codec: config.codec_limits(),
+                metrics: config.metrics.then(|| Arc::new(Metrics::new())),
                 config,
                 directory,
             }),
@@ -161,10 +163,30 @@ impl Drop for IpGuard {
     }
 }
 
-/// What a connection holds for its whole life: a global slot and an IP slot.
+/// What a connection holds for its whole life: a global slot and an IP slot
+/// (and its place in the open-connections gauge).
 pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
+    _open: Option<OpenGuard>,
+    /// When the TCP connection was accepted.
+    pub accepted_at: std::time::Instant,
+}
+
+/// Counts one open connection until dropped.
+struct OpenGuard(Arc<Metrics>);
+
+impl OpenGuard {
+    fn new(metrics: &Arc<Metrics>) -> OpenGuard {
+        metrics.connection_open(1);
+        OpenGuard(metrics.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connection_open(-1);
+    }
 }
 
 /// Builds the default in-memory directory (one node) for `config`.
@@ -208,6 +230,14 @@ pub async fn run_with_directory<D: Directory>(
         "listening"
     );
     warn_if_open(&shared.ctx.config, local);
+    let metrics_task = match shared.ctx.config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            info!(addr = %listener.local_addr()?, path = %shared.ctx.config.metrics_path, "metrics listening");
+            Some(tokio::spawn(http::serve_metrics(shared.clone(), listener)))
+        }
+        None => None,
+    };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -233,6 +263,9 @@ pub async fn run_with_directory<D: Directory>(
         accept(&shared, stream, addr);
     }
     drain(&shared).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     Ok(())
 }
 
@@ -262,16 +295,26 @@ fn warn_if_open(config: &Config, local: SocketAddr) {
 
 fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let metrics = shared.ctx.metrics.as_ref();
     let admission = match shared.connections.clone().try_acquire_owned() {
-        Err(_) => Err("too many connections\n"),
+        Err(_) => Err(("too many connections\n", Outcome::RefusedMaxConnections)),
         Ok(permit) => match shared.admit(addr.ip()) {
-            None => Err("too many connections from your address\n"),
+            None => Err((
+                "too many connections from your address\n",
+                Outcome::RefusedPerIp,
+            )),
             Some(ip) => Ok(Admission {
                 _permit: permit,
                 _ip: ip,
+                _open: metrics.map(OpenGuard::new),
+                accepted_at: std::time::Instant::now(),
             }),
         },
     };
+    if let (Some(m), Err((_, outcome))) = (metrics, &admission) {
+        m.attempt(*outcome);
+    }
+    let admission = admission.map_err(|(why, _)| why);
     let entry = match admission {
         Ok(admission) => http::Entry::Admitted(admission),
         // Under TLS the refused connection is just closed: answering would
@@ -308,9 +351,12 @@ fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, 
                 // HTTP headers and Hello then get theirs.
                 let timeout = shared.ctx.config.handshake_timeout;
                 match tokio::time::timeout(timeout, handshake).await {
-                    Ok(Ok(tls)) => http::serve(shared, tls, addr, entry).await,
+                    Ok(Ok(tls)) => return http::serve(shared, tls, addr, entry).await,
                     Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%addr, "TLS handshake timed out"),
+                }
+                if let Some(m) = &shared.ctx.metrics {
+                    m.attempt(Outcome::HandshakeFailed);
                 }
             });
         }

@@ -34,6 +34,8 @@ pub struct Signal {
     pub target: Address,
     /// The room the sender named, if any.
     pub room: Option<RoomId>,
+    /// Bytes of SDP (as sent, deflated or not); 0 for ICE.
+    pub sdp_len: usize,
     /// The payload after the address field.
     body: Bytes,
 }
@@ -72,10 +74,10 @@ pub fn scan(frame: &RawFrame, limits: &CodecLimits) -> Option<Signal> {
     let address = length_delimited(&mut buf)?;
     let target = parse_address(address)?;
     let body_start = payload.len() - buf.len();
-    let room = if sdp {
+    let (room, sdp_len) = if sdp {
         check_session_description(buf, flags.contains(Flags::DEFLATE_SDP), limits)?
     } else {
-        check_ice(buf, limits)?
+        (check_ice(buf, limits)?, 0)
     };
     let room = match room {
         Some(r) if !r.is_empty() => Some(RoomId::new(r).ok()?),
@@ -86,6 +88,7 @@ pub fn scan(frame: &RawFrame, limits: &CodecLimits) -> Option<Signal> {
         flags,
         target,
         room,
+        sdp_len,
         body: frame.payload.slice(body_start..),
     })
 }
@@ -150,12 +153,13 @@ fn parse_address(mut buf: &[u8]) -> Option<Address> {
     address
 }
 
-/// Checks the rest of a SessionDescription; returns its room field.
+/// Checks the rest of a SessionDescription; returns its room field and the
+/// length of its SDP.
 fn check_session_description<'a>(
     mut buf: &'a [u8],
     deflated: bool,
     limits: &CodecLimits,
-) -> Option<Option<&'a str>> {
+) -> Option<(Option<&'a str>, usize)> {
     let mut sdp: &[u8] = &[];
     let mut room = None;
     while !buf.is_empty() {
@@ -173,7 +177,7 @@ fn check_session_description<'a>(
     if sdp.len() > limits.max_sdp || (!deflated && std::str::from_utf8(sdp).is_err()) {
         return None;
     }
-    Some(room)
+    Some((room, sdp.len()))
 }
 
 /// Checks the rest of an IceCandidates; returns its room field.
