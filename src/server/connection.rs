@@ -135,11 +135,19 @@ where
                 Encoding::Compat(Box::new(Translator::new(dialect))),
             ))),
             None => {
-                Box::pin(tokio::time::timeout_at(
+                let hello = Box::pin(tokio::time::timeout_at(
                     deadline,
                     read_hello(ws, shared, &mut rate),
-                ))
-                .await
+                ));
+                tokio::select! {
+                    hello = hello => hello,
+                    // A drain does not wait for a Hello that may never come.
+                    () = shared.drain_started() => Ok(Err(Refusal::Error(
+                        ErrorCode::ServerShuttingDown,
+                        "server is draining; connect again (to another node)".to_owned(),
+                        Encoding::Binary,
+                    ))),
+                }
             }
         };
         let metrics = shared.ctx.metrics.as_deref();
@@ -375,12 +383,16 @@ async fn refuse_within<S>(
             ErrorCode::RateLimited => "rate limited",
             _ => "protocol error",
         };
-        close_with(
-            ws,
-            Close::app(code, reason, LeaveReason::Disconnected),
-            metrics,
-        )
-        .await?;
+        let close = match code {
+            // As a session's end in a shutdown: "going away".
+            ErrorCode::ServerShuttingDown => Close {
+                code: CloseCode::Away.into(),
+                reason: "server shutting down",
+                leave: LeaveReason::ServerShutdown,
+            },
+            _ => Close::app(code, reason, LeaveReason::Disconnected),
+        };
+        close_with(ws, close, metrics).await?;
         // As in `close_within`: the client's close frame, then TCP.
         while let Some(Ok(_)) = ws.next().await {}
         Ok::<(), tungstenite::Error>(())

@@ -175,6 +175,24 @@ fn route<D: Directory>(
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
+        "/readyz" => {
+            // Ready: accepting sessions (listening and not draining).
+            let (status, body): (_, &'static [u8]) = if shared.draining() {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"{\"status\":\"draining\"}\n",
+                )
+            } else {
+                (StatusCode::OK, b"{\"status\":\"ready\"}\n")
+            };
+            let mut r = Response::new(Full::new(Bytes::from_static(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/healthz" => {
             // Only whether the node is alive: how many are connected is not
             // for anyone who can reach the port.
@@ -191,6 +209,18 @@ fn route<D: Directory>(
                 debug!(%addr, why, "upgrade refused");
                 return text(StatusCode::SERVICE_UNAVAILABLE, why);
             }
+            if shared.draining() {
+                if let Some(m) = &shared.ctx.metrics {
+                    m.attempt(Outcome::RefusedShuttingDown);
+                }
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server is draining; connect again (to another node)\n",
+                );
+            }
+            let Some(socket) = shared.socket_permit() else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+            };
             let handshake_failed = || {
                 if let Some(m) = &shared.ctx.metrics {
                     m.attempt(Outcome::HandshakeFailed);
@@ -218,9 +248,10 @@ fn route<D: Directory>(
                 handshake_failed();
                 return text(StatusCode::FORBIDDEN, "origin not allowed\n");
             }
-            let Some(admission) = admission.lock().take() else {
+            let Some(mut admission) = admission.lock().take() else {
                 return text(StatusCode::BAD_REQUEST, "one upgrade per connection\n");
             };
+            admission.socket = Some(socket);
             let (offered_subprotocol, header_token) = subprotocols(&req);
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = shared.clone();

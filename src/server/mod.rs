@@ -58,6 +58,14 @@ pub(crate) struct Shared<D> {
     connections: Arc<Semaphore>,
     /// Connections over a limit being answered with a 503 (or `/healthz`).
     refusals: Arc<Semaphore>,
+    /// One permit per WebSocket connection task: a drain ends when it can
+    /// take them all (plain HTTP connections, such as a scraper's
+    /// keep-alive one, do not hold it up).
+    sockets: Arc<Semaphore>,
+    /// Set when shutdown begins: `/readyz` says so, upgrades get 503.
+    draining: std::sync::atomic::AtomicBool,
+    /// Wakes connections still waiting for their Hello when a drain begins.
+    drain_started: tokio::sync::Notify,
 }
 
 impl<D: Directory> Shared<D> {
@@ -83,6 +91,9 @@ impl<D: Directory> Shared<D> {
                 bytes: config.outbox_bytes,
             },
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            sockets: Arc::new(Semaphore::new(config.max_connections)),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            drain_started: tokio::sync::Notify::new(),
             refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
             epoch: start_epoch(),
             next_serial: AtomicU64::new(1),
@@ -94,6 +105,27 @@ impl<D: Directory> Shared<D> {
                 directory,
             }),
         })
+    }
+
+    /// Whether the node is draining (shutting down).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the node is draining.
+    pub async fn drain_started(&self) {
+        // Created before the check: `notify_waiters` reaches every
+        // `Notified` that exists when it is called, polled or not.
+        let notified = self.drain_started.notified();
+        if self.draining() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// A permit held by a WebSocket connection task for its whole life.
+    pub fn socket_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.sockets.clone().try_acquire_owned().ok()
     }
 
     /// A peer id never issued before by this node: its node id, its epoch
@@ -171,6 +203,8 @@ pub(crate) struct Admission {
     _open: Option<OpenGuard>,
     /// When the TCP connection was accepted.
     pub accepted_at: std::time::Instant,
+    /// Held from the WebSocket upgrade on (see `Shared::sockets`).
+    pub socket: Option<OwnedSemaphorePermit>,
 }
 
 /// Counts one open connection until dropped.
@@ -262,7 +296,23 @@ pub async fn run_with_directory<D: Directory>(
         };
         accept(&shared, stream, addr);
     }
-    drain(&shared).await;
+    // Draining: not ready any more, but still answering HTTP (probes,
+    // metrics) while the clients are told to go; upgrades get 503.
+    shared.draining.store(true, Ordering::Relaxed);
+    shared.drain_started.notify_waiters();
+    let drained = drain(&shared);
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut drained => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, addr)) = accepted {
+                    accept(&shared, stream, addr);
+                }
+            }
+        }
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -308,6 +358,7 @@ fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, 
                 _ip: ip,
                 _open: metrics.map(OpenGuard::new),
                 accepted_at: std::time::Instant::now(),
+                socket: None,
             }),
         },
     };
@@ -367,13 +418,13 @@ async fn drain<D: Directory>(shared: &Arc<Shared<D>>) {
     let registry = shared.ctx.directory.registry();
     info!(
         connections = registry.peer_count(),
-        "shutting down: telling clients"
+        "draining: not ready, telling clients to reconnect"
     );
     registry.close_all(CloseReason::Shutdown);
     let all = u32::try_from(shared.ctx.config.max_connections).unwrap_or(u32::MAX);
     let grace = shared.ctx.config.shutdown_grace;
-    // Every connection holds a permit until its task ends.
-    if tokio::time::timeout(grace, shared.connections.acquire_many(all))
+    // Every WebSocket connection holds a permit until its task ends.
+    if tokio::time::timeout(grace, shared.sockets.acquire_many(all))
         .await
         .is_err()
     {
