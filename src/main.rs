@@ -34,6 +34,14 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text (for people) or JSON (one object per line, for log
+    /// pipelines).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Least severe level logged (error, warn, info, debug, trace);
+    /// RUST_LOG, when set, overrides it with per-module directives.
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", default_value = "info")]
+    log_level: String,
     /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<SocketAddr>,
@@ -167,6 +175,37 @@ struct Cli {
     /// also milliseconds, like every duration).
     #[arg(long, env = "SWITCHBOARD_TURN_TTL_MS")]
     turn_ttl_ms: Option<u64>,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the
+    /// event's and its connection's fields.
+    Json,
+}
+
+/// Starts logging (to stdout, as the fmt subscriber does).
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(directives).context("RUST_LOG is not a valid filter")?
+        }
+        _ => EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?}"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .init(),
+    }
+    Ok(())
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -401,15 +440,11 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let mut cli = {
         use clap::FromArgMatches;
         Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
     };
+    init_logging(cli.log_format, &cli.log_level)?;
     if let Some(Command::Token(args)) = cli.command.take() {
         println!("{}", args.mint()?);
         return Ok(());

@@ -452,6 +452,11 @@ impl<D: Directory> Session<D> {
         (number, self.ctx.metrics.as_deref())
     }
 
+    /// The name the session is logged in with.
+    pub fn user(&self) -> Option<&UserName> {
+        self.user.as_ref()
+    }
+
     /// The metrics, when they are on.
     pub fn metrics(&self) -> Option<&Metrics> {
         self.ctx.metrics.as_deref()
@@ -482,6 +487,7 @@ impl<D: Directory> Session<D> {
             Message::Login { name } => self.login(seq, name).await,
             Message::Logout => match self.user.take() {
                 Some(name) => {
+                    tracing::info!(user = %name, "logged out");
                     let partners = self.ctx.directory.logout(&name, self.peer_id).await;
                     self.hang_up_partners(&name, partners).await;
                     // Member lists show the current name, or none.
@@ -609,6 +615,7 @@ impl<D: Directory> Session<D> {
                 if joined.mode == RoomMode::Pair {
                     self.pair_room = Some(join.room.clone());
                 }
+                tracing::info!(room = %join.room, mode = ?joined.mode, members = joined.members.len(), "joined");
                 // Most peers are in one room: grow one at a time.
                 self.rooms.reserve_exact(1);
                 // The directory has queued Joined for us already, and told
@@ -638,6 +645,7 @@ impl<D: Directory> Session<D> {
             self.pair_room = None;
         }
         self.ctx.directory.leave(room, self.peer_id, reason).await;
+        tracing::info!(%room, ?reason, "left");
         true
     }
 
@@ -672,6 +680,7 @@ impl<D: Directory> Session<D> {
                     .directory
                     .set_member_user(&self.rooms, self.peer_id, Some(&name))
                     .await;
+                tracing::info!(user = %name, "logged in");
                 self.user = Some(name.clone());
                 None
             }

@@ -46,6 +46,11 @@ const TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
 fn ws_error_close(e: &tungstenite::Error) -> Option<Close> {
     let (code, reason) = match e {
         tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too large"),
+        // The TCP connection ended without a close frame: nothing to send
+        // it, and no violation to count.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => return None,
         tungstenite::Error::Protocol(_) => (CloseCode::Protocol, "websocket protocol violation"),
         tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "text message is not UTF-8"),
         tungstenite::Error::WriteBufferFull(_) => return Some(Close::slow_consumer()),
@@ -108,6 +113,16 @@ struct Conn<S, D> {
     header_token: Option<Box<HeaderToken>>,
     /// Set on a compat endpoint: no Hello comes, the server assumes one.
     dialect: Option<Dialect>,
+}
+
+impl Encoding {
+    fn name(&self) -> &'static str {
+        match self {
+            Encoding::Binary => "binary",
+            Encoding::Json => "json",
+            Encoding::Compat(_) => "compat",
+        }
+    }
 }
 
 impl<S, D: Directory> Conn<S, D>
@@ -247,6 +262,11 @@ where
             capabilities,
             sdp_dictionary: sdp::DICTIONARY_ID,
         }));
+        tracing::info!(
+            encoding = encoding.name(),
+            user_agent = %hello.user_agent,
+            "session started"
+        );
         if let Some(m) = metrics {
             m.attempt(Outcome::Accepted);
             m.session_open(1);
@@ -274,7 +294,18 @@ where
             Ending::Close(close) => Some(close),
             Ending::ClientClosed | Ending::SocketGone => None,
         };
-        debug!(?close, "connection ending");
+        tracing::info!(
+            ended_by = match (&close, ending_was_client_close) {
+                (Some(_), _) => "server",
+                (None, true) => "client",
+                (None, false) => "socket gone",
+            },
+            close_code = close.map(|c| c.code),
+            close_reason = close.map(|c| c.reason),
+            user = session.user().map(tracing::field::display),
+            duration_ms = self.admission.accepted_at.elapsed().as_millis() as u64,
+            "session ended"
+        );
         session.leave_reason = close
             .as_ref()
             .map_or(LeaveReason::Disconnected, |c| c.leave);

@@ -255,7 +255,14 @@ fn route<D: Directory>(
             let (offered_subprotocol, header_token) = subprotocols(&req);
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = shared.clone();
-            let span = tracing::debug_span!("conn", %addr, peer = tracing::field::Empty);
+            // Every line of the connection carries its id, address and (once
+            // Welcomed) peer id.
+            let span = tracing::info_span!(
+                "conn",
+                id = shared.next_connection_id(),
+                %addr,
+                peer = tracing::field::Empty
+            );
             let fut = async move {
                 let upgraded = match upgrade.await {
                     Ok(u) => u,

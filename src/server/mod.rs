@@ -54,6 +54,7 @@ pub(crate) struct Shared<D> {
     /// This start's epoch: the bits above the serial in every peer id.
     epoch: u16,
     next_serial: AtomicU64,
+    next_connection: AtomicU64,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     connections: Arc<Semaphore>,
     /// Connections over a limit being answered with a 503 (or `/healthz`).
@@ -97,6 +98,7 @@ impl<D: Directory> Shared<D> {
             refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
             epoch: start_epoch(),
             next_serial: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
             ctx: Arc::new(Context {
                 codec: config.codec_limits(),
@@ -105,6 +107,11 @@ impl<D: Directory> Shared<D> {
                 directory,
             }),
         })
+    }
+
+    /// The id of the next WebSocket connection, for logs.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Whether the node is draining (shutting down).
