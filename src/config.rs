@@ -115,6 +115,10 @@ pub struct Config {
     pub turn_secret: Option<Secret>,
     /// `turn:`/`turns:` URLs handed out with per-client credentials.
     pub turn_urls: Vec<String>,
+    /// The bearer token of the admin API (`/admin/...`); the API is off
+    /// without one. Like `jwt_secret`, never read from TOML.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
     /// Lifetime of issued TURN credentials.
     #[serde(with = "millis")]
     pub turn_ttl: Duration,
@@ -210,6 +214,7 @@ impl Default for Config {
             tls_key: None,
             turn_secret: None,
             turn_urls: Vec::new(),
+            admin_token: None,
             turn_ttl: crate::turn::DEFAULT_TTL,
         }
     }
@@ -282,6 +287,13 @@ impl Config {
         }
         if self.outbox_frames == 0 || self.outbox_bytes < self.max_message_bytes {
             return fail("outbox_bytes must be at least max_message_bytes");
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return fail("the admin token must be at least 16 bytes");
         }
         if self.auth == AuthMode::Token && self.jwt_secret.is_none() {
             return fail(

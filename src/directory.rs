@@ -111,6 +111,34 @@ pub trait Directory: Send + Sync + 'static {
 
     /// How many rooms, members and names there are now (for `/metrics`).
     fn census(&self) -> impl Future<Output = Census> + Send;
+
+    /// Every room with its members (admin API), or only `only`.
+    fn rooms(&self, only: Option<&RoomId>) -> impl Future<Output = Vec<RoomInfo>> + Send;
+
+    /// Every logged-in name and the peer holding it (admin API).
+    fn users(&self) -> impl Future<Output = Vec<(UserName, PeerId)>> + Send;
+
+    /// An operator removes `peer` from `room`: the others get
+    /// `PeerLeft{KICKED}`, the peer an `Error{KICKED}` and `Left`; false if
+    /// it was not a member.
+    fn kick(&self, room: &RoomId, peer: PeerId) -> impl Future<Output = bool> + Send;
+
+    /// An operator closes `room`: every member gets `Error{KICKED}` and
+    /// `Left`; returns how many there were, `None` without such a room.
+    fn close_room(&self, room: &RoomId) -> impl Future<Output = Option<usize>> + Send;
+}
+
+/// A room as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Its id.
+    pub id: RoomId,
+    /// Pair or mesh.
+    pub mode: RoomMode,
+    /// Most members.
+    pub capacity: u32,
+    /// Members in join order.
+    pub members: Vec<Member>,
 }
 
 /// The in-process [`Directory`]: one node, everything in memory.
@@ -144,6 +172,23 @@ impl LocalDirectory {
 
     fn names_shard(&self, name: &UserName) -> &Mutex<Names> {
         self.names.at(self.hash(name))
+    }
+
+    /// Tells a peer removed from `room` by an operator, and its session.
+    fn tell_kicked(&self, room: &RoomId, peer: PeerId, why: &str) {
+        self.registry.notify(
+            peer,
+            encode(&Message::Error(crate::protocol::ErrorMessage {
+                code: crate::protocol::ErrorCode::Kicked,
+                message: format!("{why}: {room}"),
+                request_seq: 0,
+            })),
+        );
+        self.registry
+            .notify(peer, encode(&Message::Left { room: room.clone() }));
+        if let Some(outbox) = self.registry.outbox(peer) {
+            outbox.kicked_from(room.clone());
+        }
     }
 
     /// The synchronous join, for the async trait method and for benches.
@@ -298,6 +343,56 @@ impl Directory for LocalDirectory {
             // One node: every target is local.
             Route::Remote { .. } => Err(RouteError::UnknownPeer),
         }
+    }
+
+    async fn rooms(&self, only: Option<&RoomId>) -> Vec<RoomInfo> {
+        let info = |id: &RoomId, r: &crate::rooms::Room| RoomInfo {
+            id: id.clone(),
+            mode: r.mode(),
+            capacity: r.capacity(),
+            members: r.members().to_vec(),
+        };
+        if let Some(id) = only {
+            let shard = self.room_shard(id).lock();
+            return shard.get(id).map(|r| info(id, r)).into_iter().collect();
+        }
+        let mut all = Vec::new();
+        for shard in self.rooms.shards.iter() {
+            all.extend(shard.lock().iter().map(|(id, r)| info(id, r)));
+        }
+        all
+    }
+
+    async fn users(&self) -> Vec<(UserName, PeerId)> {
+        let mut all = Vec::new();
+        for shard in self.names.shards.iter() {
+            all.extend(shard.lock().iter().map(|(n, p)| (n.clone(), p)));
+        }
+        all
+    }
+
+    async fn kick(&self, room: &RoomId, peer: PeerId) -> bool {
+        let notice = self
+            .room_shard(room)
+            .lock()
+            .leave(room, peer, LeaveReason::Kicked);
+        let Some(notice) = notice else {
+            return false;
+        };
+        if !notice.to.is_empty() {
+            self.registry
+                .notify_all(&notice.to, &encode(&notice.message));
+        }
+        self.tell_kicked(room, peer, "an operator removed you from the room");
+        true
+    }
+
+    async fn close_room(&self, room: &RoomId) -> Option<usize> {
+        let members = self.room_shard(room).lock().close(room)?;
+        for &peer in &members {
+            self.tell_kicked(room, peer, "an operator closed the room");
+        }
+        Some(members.len())
     }
 
     async fn census(&self) -> Census {

@@ -139,6 +139,11 @@ struct Cli {
     /// ignored). Alternatively set SWITCHBOARD_JWT_SECRET to the secret.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    /// File holding the admin API's bearer token (at least 16 bytes); the
+    /// API (/admin/...) is off without one. Alternatively set
+    /// SWITCHBOARD_ADMIN_TOKEN.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Required `iss` claim of access tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
     jwt_issuer: Option<String>,
@@ -347,6 +352,7 @@ impl Cli {
         }
         c.jwt_secret = read_secret(self.jwt_secret_file.as_deref(), "SWITCHBOARD_JWT_SECRET")?;
         c.turn_secret = read_secret(self.turn_secret_file.as_deref(), "SWITCHBOARD_TURN_SECRET")?;
+        c.admin_token = read_secret(self.admin_token_file.as_deref(), "SWITCHBOARD_ADMIN_TOKEN")?;
         if let Some(v) = self.handshake_timeout_ms {
             c.handshake_timeout = ms(v);
         }

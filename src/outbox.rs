@@ -7,7 +7,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::protocol::{Encoded, PeerId};
+use crate::protocol::{Encoded, PeerId, RoomId};
 
 /// Why an outbox refused a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +62,11 @@ struct OutboxState {
     closed: Option<CloseReason>,
     /// Relayed frames thrown away when the outbox was cut off.
     undelivered: Vec<Origin>,
+    /// Rooms an operator removed the owner from, for its session to forget.
+    /// Boxed: almost always empty, and one word in every idle connection's
+    /// state instead of three.
+    #[allow(clippy::box_collection)]
+    kicked: Option<Box<Vec<RoomId>>>,
 }
 
 /// The bounded queue of frames waiting to be written to one connection.
@@ -83,6 +88,8 @@ pub struct Outbox {
     state: Mutex<OutboxState>,
     ready: Notify,
     limits: OutboxLimits,
+    /// Set while `state.kicked` holds rooms: checked without the lock.
+    kicks: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
@@ -92,6 +99,7 @@ impl Outbox {
             state: Mutex::new(OutboxState::default()),
             ready: Notify::new(),
             limits,
+            kicks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -142,6 +150,34 @@ impl Outbox {
         }
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// Tells the owner's session it is no longer in `room` (the directory
+    /// has removed it already), and wakes the owner.
+    pub fn kicked_from(&self, room: RoomId) {
+        self.state
+            .lock()
+            .kicked
+            .get_or_insert_with(Default::default)
+            .push(room);
+        self.kicks.store(true, std::sync::atomic::Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The rooms the owner was removed from since the last call; empty
+    /// (and lock-free) in the common case.
+    pub fn take_kicks(&self) -> Vec<RoomId> {
+        use std::sync::atomic::Ordering;
+        // A plain load first: the swap is a locked instruction, and this
+        // runs before every drain.
+        if !self.kicks.load(Ordering::Relaxed) || !self.kicks.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.state
+            .lock()
+            .kicked
+            .take()
+            .map_or_else(Vec::new, |k| *k)
     }
 
     /// Closes the outbox; later pushes fail and the owner is woken.

@@ -135,6 +135,19 @@ impl Rooms {
         self.rooms.is_empty()
     }
 
+    /// Every room, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &Room)> {
+        self.rooms.iter()
+    }
+
+    /// Removes every member of `room` at once (an operator closed it);
+    /// returns them, or `None` if there is no such room. No one is left to
+    /// be told: each member is told by the caller.
+    pub fn close(&mut self, room: &RoomId) -> Option<Vec<PeerId>> {
+        let room = self.rooms.remove(room)?;
+        Some(room.members.into_iter().map(|m| m.peer_id).collect())
+    }
+
     /// Pair rooms, mesh rooms and members, counted.
     pub fn census(&self) -> (u64, u64, u64) {
         self.rooms
@@ -351,6 +364,11 @@ impl Names {
             return None;
         }
         self.names.remove(name).map(|e| e.calls)
+    }
+
+    /// Every logged-in name and its peer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&UserName, PeerId)> {
+        self.names.iter().map(|(n, e)| (n, e.peer))
     }
 
     /// The peer holding `name`.

@@ -452,6 +452,18 @@ impl<D: Directory> Session<D> {
         (number, self.ctx.metrics.as_deref())
     }
 
+    /// Forgets rooms an operator removed this peer from (the directory has
+    /// already removed it and told everyone).
+    pub fn forget_rooms(&mut self, rooms: Vec<RoomId>) {
+        for room in rooms {
+            self.rooms.retain(|r| *r != room);
+            if self.pair_room.as_ref() == Some(&room) {
+                self.pair_room = None;
+            }
+            tracing::info!(%room, "removed by an operator");
+        }
+    }
+
     /// The name the session is logged in with.
     pub fn user(&self) -> Option<&UserName> {
         self.user.as_ref()

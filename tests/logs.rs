@@ -112,7 +112,7 @@ async fn json_lines_carry_the_connection_and_never_a_token() {
     // connection.
     let hers: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["span"]["peer"] == alice_id.to_string())
+        .filter(|l| l["span"]["peer"] == alice_id.0)
         .collect();
     let messages: Vec<&str> = hers.iter().filter_map(|l| l["message"].as_str()).collect();
     assert_eq!(

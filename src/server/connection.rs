@@ -215,7 +215,8 @@ where
             }
         };
         let peer_id = shared.next_peer_id();
-        tracing::Span::current().record("peer", tracing::field::display(peer_id));
+        // Decimal, as in the JSON mapping, the compat endpoints and the admin API.
+        tracing::Span::current().record("peer", peer_id.0);
         let capabilities = hello
             .capabilities
             .intersection(Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH));
@@ -578,6 +579,7 @@ where
         tokio::select! {
             biased;
             () = outbox.ready(), if !yield_to_input => {
+                session.forget_rooms(outbox.take_kicks());
                 // Drain and write, one WebSocket message (within the
                 // announced limits) per write, until the outbox is empty or
                 // MAX_WRITES_PER_TURN messages went out.

@@ -91,6 +91,12 @@ pub(super) async fn serve<S, D: Directory>(
                 if config.metrics_listen.is_none() && req.uri().path() == config.metrics_path {
                     return Ok::<_, Infallible>(metrics(&req, &shared).await);
                 }
+                if req.uri().path().starts_with("/admin/") && refusal.is_none() {
+                    if let Some(r) = super::admin::handle(req, &shared).await {
+                        return Ok(r);
+                    }
+                    return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+                }
                 Ok(route(req, &shared, addr, &admission, refusal))
             }
         }

@@ -11,6 +11,7 @@
 //!   connections hold almost no read buffer.
 //! - `tls`: the rustls acceptor for `--tls-cert`/`--tls-key`.
 
+mod admin;
 mod assets;
 mod connection;
 mod descriptors;
@@ -67,6 +68,8 @@ pub(crate) struct Shared<D> {
     draining: std::sync::atomic::AtomicBool,
     /// Wakes connections still waiting for their Hello when a drain begins.
     drain_started: tokio::sync::Notify,
+    /// When the node started.
+    started: std::time::Instant,
 }
 
 impl<D: Directory> Shared<D> {
@@ -95,6 +98,7 @@ impl<D: Directory> Shared<D> {
             sockets: Arc::new(Semaphore::new(config.max_connections)),
             draining: std::sync::atomic::AtomicBool::new(false),
             drain_started: tokio::sync::Notify::new(),
+            started: std::time::Instant::now(),
             refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
             epoch: start_epoch(),
             next_serial: AtomicU64::new(1),
