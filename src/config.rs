@@ -115,6 +115,12 @@ pub struct Config {
     pub turn_secret: Option<Secret>,
     /// `turn:`/`turns:` URLs handed out with per-client credentials.
     pub turn_urls: Vec<String>,
+    /// URLs webhook events are POSTed to; none sends none.
+    pub webhook_urls: Vec<String>,
+    /// The key webhook requests are signed with (HMAC-SHA256). Like
+    /// `jwt_secret`, never read from TOML.
+    #[serde(skip)]
+    pub webhook_secret: Option<Secret>,
     /// The bearer token of the admin API (`/admin/...`); the API is off
     /// without one. Like `jwt_secret`, never read from TOML.
     #[serde(skip)]
@@ -215,6 +221,8 @@ impl Default for Config {
             turn_secret: None,
             turn_urls: Vec::new(),
             admin_token: None,
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
             turn_ttl: crate::turn::DEFAULT_TTL,
         }
     }
@@ -287,6 +295,22 @@ impl Config {
         }
         if self.outbox_frames == 0 || self.outbox_bytes < self.max_message_bytes {
             return fail("outbox_bytes must be at least max_message_bytes");
+        }
+        if !self.webhook_urls.is_empty() {
+            if !self
+                .webhook_secret
+                .as_ref()
+                .is_some_and(|s| s.expose().len() >= 16)
+            {
+                return fail("webhook_urls need a webhook secret of at least 16 bytes");
+            }
+            for url in &self.webhook_urls {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<hyper::Uri>().is_err()
+                {
+                    return fail(&format!("webhook URL {url:?} is not an http(s) URL"));
+                }
+            }
         }
         if self
             .admin_token

@@ -25,7 +25,8 @@ use crate::protocol::{
     UserName,
 };
 use crate::registry::{Registry, Route, RouteError, Shards, Target};
-use crate::rooms::{JoinError, LoginError, Names, RoomPolicy, Rooms};
+use crate::rooms::{JoinError, LoginError, Names, Notice, RoomPolicy, Rooms};
+use crate::webhooks::{Event, EventSink};
 
 /// What a session needs to know and change beyond its own node.
 ///
@@ -112,6 +113,9 @@ pub trait Directory: Send + Sync + 'static {
     /// How many rooms, members and names there are now (for `/metrics`).
     fn census(&self) -> impl Future<Output = Census> + Send;
 
+    /// From now on, emits room and user events (webhooks) into `sink`.
+    fn set_events(&self, sink: EventSink);
+
     /// Every room with its members (admin API), or only `only`.
     fn rooms(&self, only: Option<&RoomId>) -> impl Future<Output = Vec<RoomInfo>> + Send;
 
@@ -148,6 +152,8 @@ pub struct LocalDirectory {
     names: Shards<Names>,
     hasher: foldhash::fast::RandomState,
     policy: RoomPolicy,
+    /// Where room and user events go, once webhooks are configured.
+    events: std::sync::OnceLock<EventSink>,
 }
 
 impl LocalDirectory {
@@ -159,6 +165,7 @@ impl LocalDirectory {
             names: Shards::new(shards),
             hasher: Default::default(),
             policy,
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -172,6 +179,29 @@ impl LocalDirectory {
 
     fn names_shard(&self, name: &UserName) -> &Mutex<Names> {
         self.names.at(self.hash(name))
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = self.events.get() {
+            sink.emit(event());
+        }
+    }
+
+    /// Announces a departure: `PeerLeft` to the remaining members (`to`),
+    /// and the events (the room is gone when no one remains).
+    fn announce_leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason, notice: Notice) {
+        if !notice.to.is_empty() {
+            self.registry
+                .notify_all(&notice.to, &encode(&notice.message));
+        }
+        self.emit(|| Event::PeerLeft {
+            room: room.clone(),
+            peer,
+            reason,
+        });
+        if notice.to.is_empty() {
+            self.emit(|| Event::RoomEmptied { room: room.clone() });
+        }
     }
 
     /// Tells a peer removed from `room` by an operator, and its session.
@@ -201,6 +231,7 @@ impl LocalDirectory {
         may_create: bool,
     ) -> Result<Joined, JoinError> {
         let joiner = member.peer_id;
+        let user = member.user.clone();
         let mut rooms = self.room_shard(room).lock();
         let outcome =
             rooms.join_or_create(room, mode, capacity, member, self.policy, may_create)?;
@@ -213,6 +244,17 @@ impl LocalDirectory {
             self.registry
                 .notify_all(&notice.to, &encode(&notice.message));
         }
+        if outcome.joined.members.is_empty() {
+            self.emit(|| Event::RoomCreated {
+                room: room.clone(),
+                mode: outcome.joined.mode,
+            });
+        }
+        self.emit(|| Event::PeerJoined {
+            room: room.clone(),
+            peer: joiner,
+            user,
+        });
         Ok(outcome.joined)
     }
 
@@ -275,10 +317,7 @@ impl Directory for LocalDirectory {
         let notice = self.room_shard(room).lock().leave(room, peer, reason);
         match notice {
             Some(notice) => {
-                if !notice.to.is_empty() {
-                    self.registry
-                        .notify_all(&notice.to, &encode(&notice.message));
-                }
+                self.announce_leave(room, peer, reason, notice);
                 true
             }
             None => false,
@@ -286,11 +325,29 @@ impl Directory for LocalDirectory {
     }
 
     async fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
-        self.names_shard(name).lock().login(name, peer)
+        let fresh = {
+            let mut names = self.names_shard(name).lock();
+            let fresh = names.lookup(name) != Some(peer);
+            names.login(name, peer)?;
+            fresh
+        };
+        if fresh {
+            self.emit(|| Event::UserLoggedIn {
+                user: name.clone(),
+                peer,
+            });
+        }
+        Ok(())
     }
 
     async fn logout(&self, name: &UserName, peer: PeerId) -> Vec<UserName> {
         let calls = self.names_shard(name).lock().take(name, peer);
+        if calls.is_some() {
+            self.emit(|| Event::UserLoggedOut {
+                user: name.clone(),
+                peer,
+            });
+        }
         let calls = calls.unwrap_or_default();
         // One shard at a time: never two name locks at once.
         for partner in &calls {
@@ -379,10 +436,7 @@ impl Directory for LocalDirectory {
         let Some(notice) = notice else {
             return false;
         };
-        if !notice.to.is_empty() {
-            self.registry
-                .notify_all(&notice.to, &encode(&notice.message));
-        }
+        self.announce_leave(room, peer, LeaveReason::Kicked, notice);
         self.tell_kicked(room, peer, "an operator removed you from the room");
         true
     }
@@ -391,8 +445,18 @@ impl Directory for LocalDirectory {
         let members = self.room_shard(room).lock().close(room)?;
         for &peer in &members {
             self.tell_kicked(room, peer, "an operator closed the room");
+            self.emit(|| Event::PeerLeft {
+                room: room.clone(),
+                peer,
+                reason: LeaveReason::Kicked,
+            });
         }
+        self.emit(|| Event::RoomEmptied { room: room.clone() });
         Some(members.len())
+    }
+
+    fn set_events(&self, sink: EventSink) {
+        let _ = self.events.set(sink);
     }
 
     async fn census(&self) -> Census {

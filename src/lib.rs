@@ -34,6 +34,7 @@ pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod turn;
+pub mod webhooks;
 
 #[doc(no_inline)]
 pub use switchboard_client as client;

@@ -139,6 +139,18 @@ struct Cli {
     /// ignored). Alternatively set SWITCHBOARD_JWT_SECRET to the secret.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    /// URL webhook events are POSTed to; repeat (or comma-separate) for
+    /// several.
+    #[arg(
+        long = "webhook-url",
+        env = "SWITCHBOARD_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    webhook_urls: Option<Vec<String>>,
+    /// File holding the key webhook requests are signed with (at least 16
+    /// bytes). Alternatively set SWITCHBOARD_WEBHOOK_SECRET.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// File holding the admin API's bearer token (at least 16 bytes); the
     /// API (/admin/...) is off without one. Alternatively set
     /// SWITCHBOARD_ADMIN_TOKEN.
@@ -330,7 +342,8 @@ impl Cli {
             shards,
             auth,
             allowed_origins,
-            turn_urls
+            turn_urls,
+            webhook_urls
         );
         if self.jwt_issuer.is_some() {
             c.jwt_issuer = self.jwt_issuer;
@@ -353,6 +366,10 @@ impl Cli {
         c.jwt_secret = read_secret(self.jwt_secret_file.as_deref(), "SWITCHBOARD_JWT_SECRET")?;
         c.turn_secret = read_secret(self.turn_secret_file.as_deref(), "SWITCHBOARD_TURN_SECRET")?;
         c.admin_token = read_secret(self.admin_token_file.as_deref(), "SWITCHBOARD_ADMIN_TOKEN")?;
+        c.webhook_secret = read_secret(
+            self.webhook_secret_file.as_deref(),
+            "SWITCHBOARD_WEBHOOK_SECRET",
+        )?;
         if let Some(v) = self.handshake_timeout_ms {
             c.handshake_timeout = ms(v);
         }

@@ -132,6 +132,37 @@ impl DropReason {
     }
 }
 
+/// What became of a webhook event (per URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// A 2xx answer.
+    Delivered,
+    /// One more attempt after a failure.
+    Retried,
+    /// Given up after every attempt.
+    Failed,
+    /// Never sent: the queue was full.
+    Dropped,
+}
+
+impl WebhookOutcome {
+    const ALL: [WebhookOutcome; 4] = [
+        WebhookOutcome::Delivered,
+        WebhookOutcome::Retried,
+        WebhookOutcome::Failed,
+        WebhookOutcome::Dropped,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retried => "retried",
+            WebhookOutcome::Failed => "failed",
+            WebhookOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 /// What the directory holds now, read at scrape time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
@@ -269,6 +300,7 @@ pub struct Metrics {
     rooms: Family<ModeLabel, Gauge>,
     room_members: Gauge,
     users: Gauge,
+    webhooks: Vec<Counter>,
     /// Time from reading a relayed frame to taking it for the receiver's
     /// socket write.
     pub relay_latency: AtomicHistogram,
@@ -413,6 +445,20 @@ impl Metrics {
         );
         let users = Gauge::default();
         registry.register("users", "Logged-in user names now", users.clone());
+        let by_webhook = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook deliveries (per event and URL) by outcome",
+            by_webhook.clone(),
+        );
+        let webhooks = WebhookOutcome::ALL
+            .iter()
+            .map(|o| {
+                by_webhook
+                    .get_or_create(&OutcomeLabel { outcome: o.label() })
+                    .clone()
+            })
+            .collect();
         let mut slots = [0u8; 256];
         for (b, slot) in slots.iter_mut().enumerate() {
             *slot = type_slot(b as u8) as u8;
@@ -452,6 +498,7 @@ impl Metrics {
             rooms,
             room_members,
             users,
+            webhooks,
             relay_latency,
             outbox_depth,
             handshake_duration,
@@ -514,6 +561,11 @@ impl Metrics {
     /// Something was dropped.
     pub fn dropped(&self, why: DropReason) {
         self.drops[why as usize].inc();
+    }
+
+    /// What became of a webhook delivery.
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        self.webhooks[outcome as usize].inc();
     }
 
     /// An offer or answer with `len` bytes of SDP was received.

@@ -267,6 +267,16 @@ pub async fn run_with_directory<D: Directory>(
     let mut config = config;
     descriptors::fit(&mut config);
     let shared = Arc::new(Shared::new(config, directory)?);
+    let config = &shared.ctx.config;
+    if let (false, Some(secret)) = (config.webhook_urls.is_empty(), &config.webhook_secret) {
+        info!(urls = config.webhook_urls.len(), "webhooks on");
+        shared.ctx.directory.set_events(crate::webhooks::start(
+            config.webhook_urls.clone(),
+            secret.clone(),
+            config.node_id,
+            shared.ctx.metrics.clone(),
+        ));
+    }
     let local = listener.local_addr()?;
     info!(
         addr = %local,
