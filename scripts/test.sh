@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of switchboard: Rust unit, integration, golden, fuzz-corpus
-# and TURN tests, the browser SDK's tests, and the end-to-end test in a real
-# Chromium. Installs the system packages the tests need when run as root
+# Runs every test of switchboard: the offline check of the deployment files,
+# Rust unit, integration, golden, fuzz-corpus, TURN, Prometheus tests, the
+# browser SDK's tests, and the end-to-end test in a real Chromium. Installs the system packages the tests need when run as root
 # (coturn for the TURN test, chromium for the browser test, prometheus for
 # the metrics test); otherwise says
 # which to install and stops.
@@ -25,6 +25,17 @@ fi
 
 echo "==> crate layers"
 scripts/check-layers.sh
+
+echo "==> deployment files (offline: Kubernetes, workflow and compose schemas, promtool)"
+# The validators are PyPI packages; they are installed once into a
+# virtual environment under target/ (git-ignored).
+tools=target/deploy-tools
+if ! [ -x "$tools/bin/kubernetes-validate" ] || ! [ -x "$tools/bin/check-jsonschema" ]; then
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q --disable-pip-version-check \
+        kubernetes-validate==1.37.0 check-jsonschema==0.39.0 PyYAML==6.0.4
+fi
+PATH="$PWD/$tools/bin:$PATH" scripts/check-deploy.sh
 
 echo "==> cargo test"
 cargo test --workspace --all-targets
