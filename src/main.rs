@@ -85,6 +85,9 @@ struct Cli {
     /// Largest SDP, compressed or inflated, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_SDP_BYTES")]
     max_sdp_bytes: Option<usize>,
+    /// Most ICE candidates in one IceCandidates batch.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANDIDATES_PER_BATCH")]
+    max_candidates_per_batch: Option<usize>,
     /// Sustained frames (and frameless WebSocket messages, pings included) per second per client.
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SECOND")]
     rate_per_second: Option<u32>,
@@ -327,6 +330,7 @@ impl Cli {
             max_message_bytes,
             max_frames_per_message,
             max_sdp_bytes,
+            max_candidates_per_batch,
             rate_per_second,
             rate_burst,
             rate_bytes_per_second,
@@ -414,6 +418,10 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
             c.max_frames_per_message.to_string(),
         ),
         ("max_sdp_bytes", c.max_sdp_bytes.to_string()),
+        (
+            "max_candidates_per_batch",
+            c.max_candidates_per_batch.to_string(),
+        ),
         ("rate_per_second", c.rate_per_second.to_string()),
         ("rate_burst", c.rate_burst.to_string()),
         ("rate_bytes_per_second", c.rate_bytes_per_second.to_string()),
@@ -431,6 +439,108 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
         ("auth", format!("{:?}", c.auth).to_lowercase()),
         ("turn_ttl_ms", ms(c.turn_ttl)),
     ]
+}
+
+#[cfg(test)]
+/// Every key of the TOML file, as `Config` itself lists them when it
+/// refuses an unknown one.
+fn toml_keys() -> Vec<String> {
+    let e = toml::from_str::<Config>("__no_such_key__ = 0")
+        .expect_err("Config refuses unknown keys")
+        .to_string();
+    let list = e.split("expected one of").nth(1).unwrap_or("");
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+/// `docs/CONFIG.md`: every option with its environment variable, TOML key,
+/// unit, default and meaning, from the command line's definition and
+/// `Config`'s (a test fails when the committed file differs).
+fn config_reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code by `SWITCHBOARD_WRITE_DOCS=1 cargo test --bin switchboard \
+         config_reference`; a test fails when this file is out of date.\n\n\
+         Every option can be given on the command line, in its environment variable, or (where a \
+         TOML key is listed) in the file named by `--config`; the command line and the \
+         environment override the file, which overrides the default. Durations are in \
+         milliseconds everywhere, in TOML too. Secrets are read from files or the environment \
+         only, never from the TOML file or a plain command-line value.\n\n\
+         | option | environment | TOML key | unit | default | meaning |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let keys = toml_keys();
+    let cmd = command();
+    let mut args: Vec<&clap::Arg> = cmd.get_arguments().collect();
+    args.sort_by_key(|a| a.get_long());
+    let mut covered = Vec::new();
+    for arg in args {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let env = arg
+            .get_env()
+            .map_or(String::new(), |e| format!("`{}`", e.to_string_lossy()));
+        let key = id.strip_suffix("_ms").unwrap_or(id);
+        let toml = if keys.iter().any(|k| k == key) {
+            covered.push(key.to_owned());
+            format!("`{key}`")
+        } else {
+            "—".into()
+        };
+        let unit = if id.ends_with("_ms") {
+            "ms"
+        } else if id.contains("per_second") && id.contains("bytes") {
+            "bytes/s"
+        } else if id.contains("per_second") {
+            "frames/s"
+        } else if id.contains("bytes") {
+            "bytes"
+        } else {
+            ""
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        // The help carries its default as "[default: x]" (see `command`).
+        let (meaning, default) = match help.rsplit_once(" [default: ") {
+            Some((m, d)) => (m.to_owned(), d.trim_end_matches(']').to_owned()),
+            None => {
+                let d = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (help.clone(), d)
+            }
+        };
+        let default = if default.is_empty() {
+            "—".into()
+        } else {
+            format!("`{default}`")
+        };
+        let meaning = meaning.replace('\n', " ").replace('|', "\\|");
+        out.push_str(&format!(
+            "| `--{long}` | {env} | {toml} | {unit} | {default} | {meaning} |\n"
+        ));
+    }
+    let toml_only: Vec<&String> = keys.iter().filter(|k| !covered.contains(k)).collect();
+    if !toml_only.is_empty() {
+        out.push_str("\nIn the TOML file only (see `src/config.rs` for their defaults):\n\n");
+        for key in toml_only {
+            out.push_str(&format!("- `{key}`\n"));
+        }
+    }
+    out
 }
 
 /// The command line, with each option's default appended to its help.
@@ -490,6 +600,30 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn config_reference_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md");
+        let want = config_reference();
+        if std::env::var_os("SWITCHBOARD_WRITE_DOCS").is_some_and(|v| v == "1") {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/CONFIG.md is out of date: run SWITCHBOARD_WRITE_DOCS=1 cargo test --bin switchboard config_reference"
+        );
+        // Every TOML key of Config is documented.
+        for key in [
+            "listen",
+            "heartbeat_interval",
+            "metrics_listen",
+            "webhook_urls",
+            "turn_ttl",
+        ] {
+            assert!(want.contains(&format!("`{key}`")), "{key}");
+        }
+    }
 
     #[test]
     fn help_shows_the_defaults_of_config() {
