@@ -500,3 +500,34 @@ mod seq_tests {
         assert_eq!(next_seq(u32::MAX), 1, "0 means 'no request' in Error");
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use crate::proto as pb;
+
+    /// The type table in the schema (for other languages' bindings) is the
+    /// one the codec uses, value for value and name for name.
+    #[test]
+    fn the_schema_has_the_codec_type_table_and_flags() {
+        for t in MessageType::ALL {
+            let in_schema = pb::MessageType::try_from(t as i32)
+                .unwrap_or_else(|_| panic!("{t:?} is not in the schema's MessageType"));
+            let name = crate::text::type_name(t).to_ascii_uppercase();
+            assert_eq!(in_schema.as_str_name(), format!("MESSAGE_TYPE_{name}"));
+        }
+        for v in 1..=255 {
+            if let Ok(t) = pb::MessageType::try_from(v) {
+                assert!(
+                    MessageType::from_byte(v as u8).is_some(),
+                    "{t:?} is in the schema but not in the codec"
+                );
+            }
+        }
+        assert_eq!(pb::FrameFlag::DeflateSdp as u8, Flags::DEFLATE_SDP.0);
+        let defined = (1..=255)
+            .filter(|v| pb::FrameFlag::try_from(*v).is_ok())
+            .fold(0u8, |bits, v| bits | v as u8);
+        assert_eq!(defined, Flags::KNOWN);
+    }
+}
