@@ -25,7 +25,7 @@ use crate::protocol::{
     UserName,
 };
 use crate::registry::{Registry, Route, RouteError, Shards, Target};
-use crate::rooms::{JoinError, LoginError, Names, Notice, RoomPolicy, Rooms};
+use crate::rooms::{JoinError, LoginError, Names, RoomPolicy, Rooms};
 use crate::webhooks::{Event, EventSink};
 
 /// What a session needs to know and change beyond its own node.
@@ -187,21 +187,30 @@ impl LocalDirectory {
         }
     }
 
-    /// Announces a departure: `PeerLeft` to the remaining members (`to`),
-    /// and the events (the room is gone when no one remains).
-    fn announce_leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason, notice: Notice) {
+    /// Removes `peer` from `room` and announces it: the events under the
+    /// room's lock (so they are stamped in the order the room changed),
+    /// then `PeerLeft` to the remaining members. False if not a member.
+    fn leave_and_announce(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool {
+        let notice = {
+            let mut shard = self.room_shard(room).lock();
+            let Some(notice) = shard.leave(room, peer, reason) else {
+                return false;
+            };
+            self.emit(|| Event::PeerLeft {
+                room: room.clone(),
+                peer,
+                reason,
+            });
+            if notice.to.is_empty() {
+                self.emit(|| Event::RoomEmptied { room: room.clone() });
+            }
+            notice
+        };
         if !notice.to.is_empty() {
             self.registry
                 .notify_all(&notice.to, &encode(&notice.message));
         }
-        self.emit(|| Event::PeerLeft {
-            room: room.clone(),
-            peer,
-            reason,
-        });
-        if notice.to.is_empty() {
-            self.emit(|| Event::RoomEmptied { room: room.clone() });
-        }
+        true
     }
 
     /// Tells a peer removed from `room` by an operator, and its session.
@@ -239,11 +248,7 @@ impl LocalDirectory {
         // them the other way round.
         self.registry
             .notify(joiner, encode(&Message::Joined(outcome.joined.clone())));
-        drop(rooms);
-        if let Some(notice) = outcome.notice {
-            self.registry
-                .notify_all(&notice.to, &encode(&notice.message));
-        }
+        // Events under the room's lock: stamped in the order it changed.
         if outcome.joined.members.is_empty() {
             self.emit(|| Event::RoomCreated {
                 room: room.clone(),
@@ -255,6 +260,11 @@ impl LocalDirectory {
             peer: joiner,
             user,
         });
+        drop(rooms);
+        if let Some(notice) = outcome.notice {
+            self.registry
+                .notify_all(&notice.to, &encode(&notice.message));
+        }
         Ok(outcome.joined)
     }
 
@@ -314,23 +324,13 @@ impl Directory for LocalDirectory {
     }
 
     async fn leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool {
-        let notice = self.room_shard(room).lock().leave(room, peer, reason);
-        match notice {
-            Some(notice) => {
-                self.announce_leave(room, peer, reason, notice);
-                true
-            }
-            None => false,
-        }
+        self.leave_and_announce(room, peer, reason)
     }
 
     async fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
-        let fresh = {
-            let mut names = self.names_shard(name).lock();
-            let fresh = names.lookup(name) != Some(peer);
-            names.login(name, peer)?;
-            fresh
-        };
+        let mut names = self.names_shard(name).lock();
+        let fresh = names.lookup(name) != Some(peer);
+        names.login(name, peer)?;
         if fresh {
             self.emit(|| Event::UserLoggedIn {
                 user: name.clone(),
@@ -341,13 +341,17 @@ impl Directory for LocalDirectory {
     }
 
     async fn logout(&self, name: &UserName, peer: PeerId) -> Vec<UserName> {
-        let calls = self.names_shard(name).lock().take(name, peer);
-        if calls.is_some() {
-            self.emit(|| Event::UserLoggedOut {
-                user: name.clone(),
-                peer,
-            });
-        }
+        let calls = {
+            let mut names = self.names_shard(name).lock();
+            let calls = names.take(name, peer);
+            if calls.is_some() {
+                self.emit(|| Event::UserLoggedOut {
+                    user: name.clone(),
+                    peer,
+                });
+            }
+            calls
+        };
         let calls = calls.unwrap_or_default();
         // One shard at a time: never two name locks at once.
         for partner in &calls {
@@ -429,29 +433,30 @@ impl Directory for LocalDirectory {
     }
 
     async fn kick(&self, room: &RoomId, peer: PeerId) -> bool {
-        let notice = self
-            .room_shard(room)
-            .lock()
-            .leave(room, peer, LeaveReason::Kicked);
-        let Some(notice) = notice else {
+        if !self.leave_and_announce(room, peer, LeaveReason::Kicked) {
             return false;
-        };
-        self.announce_leave(room, peer, LeaveReason::Kicked, notice);
+        }
         self.tell_kicked(room, peer, "an operator removed you from the room");
         true
     }
 
     async fn close_room(&self, room: &RoomId) -> Option<usize> {
-        let members = self.room_shard(room).lock().close(room)?;
+        let members = {
+            let mut shard = self.room_shard(room).lock();
+            let members = shard.close(room)?;
+            for &peer in &members {
+                self.emit(|| Event::PeerLeft {
+                    room: room.clone(),
+                    peer,
+                    reason: LeaveReason::Kicked,
+                });
+            }
+            self.emit(|| Event::RoomEmptied { room: room.clone() });
+            members
+        };
         for &peer in &members {
             self.tell_kicked(room, peer, "an operator closed the room");
-            self.emit(|| Event::PeerLeft {
-                room: room.clone(),
-                peer,
-                reason: LeaveReason::Kicked,
-            });
         }
-        self.emit(|| Event::RoomEmptied { room: room.clone() });
         Some(members.len())
     }
 

@@ -341,7 +341,7 @@ impl Metrics {
         let connections_open = Gauge::default();
         registry.register(
             "connections",
-            "WebSocket connections open now",
+            "Connections (HTTP and WebSocket) within the connection caps open now",
             connections_open.clone(),
         );
         let sessions_open = Gauge::default();

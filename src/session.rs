@@ -189,9 +189,6 @@ impl<D: Directory> Session<D> {
 
     /// Queues an `Error` for this connection.
     pub fn error(&self, code: ErrorCode, message: String, request_seq: u32) {
-        if let Some(m) = &self.ctx.metrics {
-            m.error(code);
-        }
         self.reply(&Message::Error(ErrorMessage {
             code,
             message,
@@ -409,6 +406,14 @@ impl<D: Directory> Session<D> {
         let config = &self.ctx.config;
         if self.pinged {
             if now >= self.last_heard + config.heartbeat_timeout {
+                // Said in-band too (request_seq 0), like every other close
+                // the server decides, for clients that read frames only.
+                let silent = config.heartbeat_timeout.as_millis();
+                self.error(
+                    ErrorCode::HeartbeatTimeout,
+                    format!("nothing heard for {silent} ms (not even a Pong)"),
+                    0,
+                );
                 return Some(Close::app(
                     ErrorCode::HeartbeatTimeout,
                     "heartbeat timeout",
@@ -453,9 +458,20 @@ impl<D: Directory> Session<D> {
     }
 
     /// Forgets rooms an operator removed this peer from (the directory has
-    /// already removed it and told everyone).
-    pub fn forget_rooms(&mut self, rooms: Vec<RoomId>) {
+    /// already removed it and told everyone), unless the peer has joined
+    /// the room again since (a Leave and a Join racing the kick).
+    pub async fn forget_rooms(&mut self, rooms: Vec<RoomId>) {
         for room in rooms {
+            let rejoined = self
+                .ctx
+                .directory
+                .rooms(Some(&room))
+                .await
+                .first()
+                .is_some_and(|r| r.members.iter().any(|m| m.peer_id == self.peer_id));
+            if rejoined {
+                continue;
+            }
             self.rooms.retain(|r| *r != room);
             if self.pair_room.as_ref() == Some(&room) {
                 self.pair_room = None;
@@ -895,9 +911,11 @@ impl<D: Directory> Session<D> {
         let reason = self.leave_reason;
         for room in std::mem::take(&mut self.rooms) {
             self.ctx.directory.leave(&room, self.peer_id, reason).await;
+            tracing::info!(%room, ?reason, "left");
         }
         self.pair_room = None;
         if let Some(name) = self.user.take() {
+            tracing::info!(user = %name, "logged out");
             let partners = self.ctx.directory.logout(&name, self.peer_id).await;
             self.hang_up_partners(&name, partners).await;
         }

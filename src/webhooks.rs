@@ -1,26 +1,29 @@
 //! Webhooks: room and user events POSTed as JSON to the application's
 //! backend, as LiveKit does.
 //!
-//! The directory emits an [`Event`] into an [`EventSink`]: a bounded queue
-//! with a non-blocking `try_send`, so signaling never waits for a webhook;
-//! when the queue is full the event is dropped and counted
-//! (`switchboard_webhooks_total{outcome="dropped"}`). One dispatcher task
-//! sends each event to every URL, at most [`IN_FLIGHT`] events at once,
-//! retrying a failed delivery with exponential backoff.
+//! The directory emits an [`Event`] into an [`EventSink`], under the lock
+//! that ordered it, which stamps its time and serial: one bounded queue per
+//! URL with a non-blocking `try_send`, so signaling never waits for a
+//! webhook; when a queue is full the event is dropped for that URL and
+//! counted (`switchboard_webhooks_total{outcome="dropped"}`). One
+//! dispatcher task per URL (a dead receiver delays no other) delivers at
+//! most [`IN_FLIGHT`] events at once, retrying a failed delivery with
+//! exponential backoff. A draining node waits ([`EventSink::settle`]) for
+//! the queues to empty before it exits.
 //!
 //! Each request is signed: `Webhook-Signature: v1=<hex>` is the
-//! HMAC-SHA256, keyed with the webhook secret, of `"<timestamp>.<body>"`,
-//! with `Webhook-Timestamp` (Unix seconds) and a unique `Webhook-Id`. A
-//! receiver recomputes the HMAC, compares in constant time, and refuses
-//! timestamps more than a few minutes old (replays).
+//! HMAC-SHA256, keyed with the webhook secret, of
+//! `"<Webhook-Id>.<Webhook-Timestamp>.<body>"`. A receiver recomputes the
+//! HMAC, compares in constant time, refuses timestamps more than a few
+//! minutes old and ids it has seen (replays).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
@@ -35,8 +38,10 @@ use crate::protocol::{LeaveReason, PeerId, RoomId, RoomMode, UserName};
 
 /// Events waiting to be sent; past this they are dropped and counted.
 pub const QUEUE: usize = 4096;
-/// Events being delivered (with their retries) at once.
-pub const IN_FLIGHT: usize = 64;
+/// Events being delivered (with their retries) at once, per URL.
+pub const IN_FLIGHT: usize = 16;
+/// Most bytes of a receiver's answer read (so the connection is reused).
+const MAX_ANSWER: usize = 64 * 1024;
 /// Deliveries tried per event and URL.
 pub const ATTEMPTS: u32 = 5;
 /// Wait before the first retry; doubled for each next one.
@@ -138,44 +143,126 @@ impl Event {
     }
 }
 
-/// Where the directory puts events: never blocks.
+/// An event with the moment it happened and its place in the node's order.
+#[derive(Clone, Debug)]
+struct Stamped {
+    event: Event,
+    at: SystemTime,
+    serial: u64,
+}
+
+/// Where the directory puts events: never blocks. Each URL has its own
+/// queue and dispatcher, so a dead receiver delays no other.
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    queues: Arc<[mpsc::Sender<Stamped>]>,
+    serial: Arc<AtomicU64>,
+    /// Events queued or being delivered, over all URLs.
+    outstanding: Arc<AtomicUsize>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl EventSink {
-    /// Queues an event, or drops and counts it when the queue is full.
+    /// Stamps an event (time and serial, taken here, where it happened:
+    /// the directory emits under the lock that ordered it) and queues it
+    /// for every URL; a full queue drops it for that URL, counted.
     pub fn emit(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
-            if let Some(m) = &self.metrics {
-                m.webhook(WebhookOutcome::Dropped);
+        let stamped = Stamped {
+            event,
+            at: SystemTime::now(),
+            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+        };
+        for queue in self.queues.iter() {
+            self.outstanding.fetch_add(1, Ordering::Relaxed);
+            if queue.try_send(stamped.clone()).is_err() {
+                self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.webhook(WebhookOutcome::Dropped);
+                }
             }
+        }
+    }
+
+    /// Waits until every queued event has been delivered or given up, or
+    /// `within` has passed (a draining node calls it before it exits).
+    pub async fn settle(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.outstanding.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    events = self.outstanding.load(Ordering::Relaxed),
+                    "webhook events still undelivered at exit"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-/// The signature header's value for `body` sent at Unix time `timestamp`.
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// The signature header's value for an event `id` with `body`, sent at
+/// Unix time `timestamp`: HMAC-SHA256 over `"<id>.<timestamp>.<body>"`.
+pub fn signature(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Starts the dispatcher for `urls` (it must run inside a tokio runtime)
-/// and returns the sink to emit into.
+/// The part of a URL that may be logged: scheme, host and port (paths,
+/// queries and user info often carry tokens).
+fn shown(url: &str) -> String {
+    url.parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?.host())))
+        .unwrap_or_else(|| "<unparsable url>".into())
+}
+
+/// Starts one dispatcher per URL (inside a tokio runtime) and returns the
+/// sink to emit into.
 pub fn start(
     urls: Vec<String>,
     secret: Secret,
     node_id: u16,
     metrics: Option<Arc<Metrics>>,
 ) -> EventSink {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(dispatch(rx, urls, secret, node_id, metrics.clone()));
-    EventSink { tx, metrics }
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
+    let secret = Arc::new(secret);
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let queues = urls
+        .into_iter()
+        .map(|url| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(dispatch(Dispatcher {
+                rx,
+                url,
+                client: client.clone(),
+                secret: secret.clone(),
+                node_id,
+                start,
+                outstanding: outstanding.clone(),
+                metrics: metrics.clone(),
+            }));
+            tx
+        })
+        .collect();
+    EventSink {
+        queues,
+        serial: Arc::new(AtomicU64::new(0)),
+        outstanding,
+        metrics,
+    }
 }
 
 type HttpsClient = Client<
@@ -183,56 +270,54 @@ type HttpsClient = Client<
     Full<Bytes>,
 >;
 
-async fn dispatch(
-    mut rx: mpsc::Receiver<Event>,
-    urls: Vec<String>,
-    secret: Secret,
+struct Dispatcher {
+    rx: mpsc::Receiver<Stamped>,
+    url: String,
+    client: HttpsClient,
+    secret: Arc<Secret>,
     node_id: u16,
+    start: u64,
+    outstanding: Arc<AtomicUsize>,
     metrics: Option<Arc<Metrics>>,
-) {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
+}
+
+/// Delivers one URL's events, at most [`IN_FLIGHT`] at once.
+async fn dispatch(mut d: Dispatcher) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let secret = Arc::new(secret);
-    let urls: Arc<[String]> = urls.into();
-    let serial = AtomicU64::new(0);
-    let start = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    while let Some(event) = rx.recv().await {
+    let url: Arc<str> = d.url.clone().into();
+    while let Some(stamped) = d.rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let n = serial.fetch_add(1, Ordering::Relaxed);
         // Unique across nodes and restarts: node, start time, serial.
-        let id = format!("{node_id}-{start:x}-{n}");
-        let now = SystemTime::now();
-        let body = Bytes::from(event.to_json(&id, node_id, now).to_string());
-        let (client, secret, urls, metrics) = (
-            client.clone(),
-            secret.clone(),
-            urls.clone(),
-            metrics.clone(),
+        let id = format!("{}-{:x}-{}", d.node_id, d.start, stamped.serial);
+        let body = Bytes::from(
+            stamped
+                .event
+                .to_json(&id, d.node_id, stamped.at)
+                .to_string(),
+        );
+        let (client, secret, url, metrics, outstanding) = (
+            d.client.clone(),
+            d.secret.clone(),
+            url.clone(),
+            d.metrics.clone(),
+            d.outstanding.clone(),
         );
         tokio::spawn(async move {
-            for url in urls.iter() {
-                let outcome = deliver(
-                    &client,
-                    url,
-                    &id,
-                    &body,
-                    secret.expose(),
-                    metrics.as_deref(),
-                )
-                .await;
-                if let Some(m) = &metrics {
-                    m.webhook(outcome);
-                }
+            let outcome = deliver(
+                &client,
+                &url,
+                &id,
+                &body,
+                secret.expose(),
+                metrics.as_deref(),
+            )
+            .await;
+            if let Some(m) = &metrics {
+                m.webhook(outcome);
             }
+            outstanding.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -265,23 +350,32 @@ async fn deliver(
             )
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature(secret, timestamp, body))
+            .header("webhook-signature", signature(secret, id, timestamp, body))
             .body(Full::new(body.clone()));
+        let to = shown(url);
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%url, error = %e, "webhook URL unusable");
+                tracing::warn!(%to, error = %e, "webhook URL unusable");
                 return WebhookOutcome::Failed;
             }
         };
-        let sent = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request)).await;
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let response = client.request(request).await?;
+            let status = response.status();
+            // Read the (bounded) answer, so the connection goes back to
+            // the pool instead of a new one being opened per event.
+            let _ = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await;
+            Ok::<_, hyper_util::client::legacy::Error>(status)
+        })
+        .await;
         match sent {
-            Ok(Ok(response)) if response.status().is_success() => return WebhookOutcome::Delivered,
-            Ok(Ok(response)) => {
-                tracing::debug!(%url, status = %response.status(), attempt, "webhook refused")
-            }
-            Ok(Err(e)) => tracing::debug!(%url, error = %e, attempt, "webhook failed"),
-            Err(_) => tracing::debug!(%url, attempt, "webhook timed out"),
+            Ok(Ok(status)) if status.is_success() => return WebhookOutcome::Delivered,
+            Ok(Ok(status)) => tracing::debug!(%to, %status, attempt, "webhook refused"),
+            Ok(Err(e)) => tracing::debug!(%to, error = %e, attempt, "webhook failed"),
+            Err(_) => tracing::debug!(%to, attempt, "webhook timed out"),
         }
         if attempt < ATTEMPTS {
             if let Some(m) = metrics {
@@ -291,6 +385,6 @@ async fn deliver(
             wait = (wait * 2).min(Duration::from_secs(10));
         }
     }
-    tracing::warn!(%url, id, "webhook given up after {ATTEMPTS} attempts");
+    tracing::warn!(to = %shown(url), id, "webhook given up after {ATTEMPTS} attempts");
     WebhookOutcome::Failed
 }

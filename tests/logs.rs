@@ -117,7 +117,14 @@ async fn json_lines_carry_the_connection_and_never_a_token() {
     let messages: Vec<&str> = hers.iter().filter_map(|l| l["message"].as_str()).collect();
     assert_eq!(
         messages,
-        ["session started", "joined", "logged in", "session ended"],
+        [
+            "session started",
+            "joined",
+            "logged in",
+            "left",
+            "logged out",
+            "session ended"
+        ],
         "{hers:?}"
     );
     for l in &hers {
@@ -131,7 +138,10 @@ async fn json_lines_carry_the_connection_and_never_a_token() {
     }
     assert_eq!(hers[1]["room"], "log-room");
     assert_eq!(hers[2]["user"], "alice");
-    let ended = hers[3];
+    // Her disconnect takes her out of the room and frees her name.
+    assert_eq!(hers[3]["room"], "log-room");
+    assert_eq!(hers[4]["user"], "alice");
+    let ended = hers[5];
     assert_eq!(ended["ended_by"], "client");
     assert_eq!(ended["user"], "alice");
     assert!(ended["duration_ms"].as_u64().is_some(), "{ended}");

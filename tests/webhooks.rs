@@ -102,7 +102,8 @@ fn verify(r: &Received) -> Value {
         .as_secs();
     assert!(now.abs_diff(timestamp) < 60, "stale timestamp {timestamp}");
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{}", r.body).as_bytes());
+    let id = &r.headers["webhook-id"];
+    mac.update(format!("{id}.{timestamp}.{}", r.body).as_bytes());
     let hex = r.headers["webhook-signature"]
         .strip_prefix("v1=")
         .expect("v1= signature");

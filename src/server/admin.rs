@@ -45,10 +45,13 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 /// Whether the request carries the admin token.
 fn authorized(req: &Request<Incoming>, token: &[u8]) -> bool {
+    // The scheme is case-insensitive (RFC 7235).
     let Some(given) = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(HeaderValue::as_bytes)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..])
     else {
         return false;
     };

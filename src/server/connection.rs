@@ -265,7 +265,8 @@ where
         }));
         tracing::info!(
             encoding = encoding.name(),
-            user_agent = %hello.user_agent,
+            // Debug: a client's text must not forge log lines.
+            user_agent = ?hello.user_agent,
             "session started"
         );
         if let Some(m) = metrics {
@@ -295,6 +296,19 @@ where
             Ending::Close(close) => Some(close),
             Ending::ClientClosed | Ending::SocketGone => None,
         };
+        let user = session.user().cloned();
+        session.leave_reason = close
+            .as_ref()
+            .map_or(LeaveReason::Disconnected, |c| c.leave);
+        // Leave rooms and names first, so the rest of the room hears of it even
+        // if the close handshake below stalls.
+        let teardown = tokio::time::timeout(TEARDOWN_LIMIT, session.teardown());
+        if Box::pin(teardown).await.is_err() {
+            tracing::warn!(peer = peer_id.0, "session teardown timed out");
+        }
+        if let Some(m) = metrics {
+            m.session_open(-1);
+        }
         tracing::info!(
             ended_by = match (&close, ending_was_client_close) {
                 (Some(_), _) => "server",
@@ -303,22 +317,10 @@ where
             },
             close_code = close.map(|c| c.code),
             close_reason = close.map(|c| c.reason),
-            user = session.user().map(tracing::field::display),
+            user = user.as_ref().map(tracing::field::display),
             duration_ms = self.admission.accepted_at.elapsed().as_millis() as u64,
             "session ended"
         );
-        session.leave_reason = close
-            .as_ref()
-            .map_or(LeaveReason::Disconnected, |c| c.leave);
-        // Leave rooms and names first, so the rest of the room hears of it even
-        // if the close handshake below stalls.
-        let teardown = tokio::time::timeout(TEARDOWN_LIMIT, session.teardown());
-        if Box::pin(teardown).await.is_err() {
-            tracing::warn!(peer = %peer_id, "session teardown timed out");
-        }
-        if let Some(m) = metrics {
-            m.session_open(-1);
-        }
         match (close, ending_was_client_close) {
             (Some(close), _) => Box::pin(close_within(ws, close, metrics)).await,
             (None, true) => Box::pin(finish_client_close(ws)).await,
@@ -404,8 +406,10 @@ async fn refuse_within<S>(
             request_seq: 0,
         }));
         if let Some(m) = metrics {
-            m.error(code);
-            m.attempt(Outcome::HelloFailed);
+            m.attempt(match code {
+                ErrorCode::ServerShuttingDown => Outcome::RefusedShuttingDown,
+                _ => Outcome::HelloFailed,
+            });
         }
         send_frames(ws, encoding, &mut vec![error], || 1, metrics).await?;
         let reason = match code {
@@ -503,7 +507,15 @@ where
         // session exists.
         let mut rest = data;
         let frame = match protocol::frame::split_frame(&mut rest, shared.ctx.codec.max_payload) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                if let Some(m) = &shared.ctx.metrics {
+                    m.received(
+                        frame.header.kind,
+                        protocol::HEADER_LEN + frame.payload.len(),
+                    );
+                }
+                frame
+            }
             Err(e) => {
                 return Err(Refusal::Error(
                     e.code(),
@@ -579,7 +591,11 @@ where
         tokio::select! {
             biased;
             () = outbox.ready(), if !yield_to_input => {
-                session.forget_rooms(outbox.take_kicks());
+                let kicks = outbox.take_kicks();
+                if !kicks.is_empty() {
+                    // Boxed: rare, and it would otherwise widen every idle task.
+                    Box::pin(session.forget_rooms(kicks)).await;
+                }
                 // Drain and write, one WebSocket message (within the
                 // announced limits) per write, until the outbox is empty or
                 // MAX_WRITES_PER_TURN messages went out.
@@ -700,6 +716,11 @@ where
             }
             () = &mut timer => {
                 if let Some(close) = session.on_timer(Instant::now().into_std()) {
+                    // Flush the error explaining the close, briefly: a
+                    // client that timed out may not be reading.
+                    let _ = outbox.drain(&mut pending, max_frames, max_bytes);
+                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, encoding, session, &mut pending));
+                    let _ = Box::pin(flush).await;
                     return Ending::Close(close);
                 }
             }
@@ -816,6 +837,13 @@ where
     if let Some(m) = metrics {
         for f in frames.iter() {
             m.sent(f.kind, f.frame_len());
+            // Every Error the server sends passes here, whoever queued it
+            // (session, directory, shutdown): counted by its code.
+            if f.kind == protocol::MessageType::Error {
+                if let Some(Message::Error(e)) = f.decode() {
+                    m.error(e.code);
+                }
+            }
         }
     }
     match encoding {

@@ -32,14 +32,18 @@ pub(super) fn fit(config: &mut Config) {
         }
     };
     let open = open_now();
-    let usable = limit.saturating_sub(open).saturating_sub(RESERVE).max(1);
+    // Plus what the metrics listener and the webhook clients may hold.
+    let reserve = RESERVE
+        + super::http::METRICS_CONNECTIONS as u64
+        + (crate::webhooks::IN_FLIGHT * config.webhook_urls.len()) as u64;
+    let usable = limit.saturating_sub(open).saturating_sub(reserve).max(1);
     if config.max_connections as u64 > usable {
         warn!(
             max_connections = config.max_connections,
             lowered_to = usable,
             open_files_limit = limit,
             already_open = open,
-            reserve = RESERVE,
+            reserve,
             "max_connections lowered to fit the open-files limit (raise it with `ulimit -Hn` \
              or LimitNOFILE= to serve more)"
         );

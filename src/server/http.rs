@@ -142,15 +142,24 @@ async fn metrics<D: Directory>(req: &Request<Incoming>, shared: &Shared<D>) -> R
     r
 }
 
+/// Connections the metrics listener serves at once (its descriptors are in
+/// the open-files reserve); more are closed at once.
+pub(super) const METRICS_CONNECTIONS: usize = 16;
+
 /// Serves the metrics endpoint alone on `listener` (`metrics_listen`).
 pub(super) async fn serve_metrics<D: Directory>(shared: Arc<Shared<D>>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 async move {

@@ -268,15 +268,20 @@ pub async fn run_with_directory<D: Directory>(
     descriptors::fit(&mut config);
     let shared = Arc::new(Shared::new(config, directory)?);
     let config = &shared.ctx.config;
-    if let (false, Some(secret)) = (config.webhook_urls.is_empty(), &config.webhook_secret) {
-        info!(urls = config.webhook_urls.len(), "webhooks on");
-        shared.ctx.directory.set_events(crate::webhooks::start(
-            config.webhook_urls.clone(),
-            secret.clone(),
-            config.node_id,
-            shared.ctx.metrics.clone(),
-        ));
-    }
+    let events = match (config.webhook_urls.is_empty(), &config.webhook_secret) {
+        (false, Some(secret)) => {
+            info!(urls = config.webhook_urls.len(), "webhooks on");
+            let sink = crate::webhooks::start(
+                config.webhook_urls.clone(),
+                secret.clone(),
+                config.node_id,
+                shared.ctx.metrics.clone(),
+            );
+            shared.ctx.directory.set_events(sink.clone());
+            Some(sink)
+        }
+        _ => None,
+    };
     let local = listener.local_addr()?;
     info!(
         addr = %local,
@@ -334,6 +339,11 @@ pub async fn run_with_directory<D: Directory>(
             }
         }
     }
+    // The last sessions' departures are events too: deliver them (or give
+    // up on them) before the runtime, and the dispatchers with it, ends.
+    if let Some(events) = events {
+        events.settle(shared.ctx.config.shutdown_grace).await;
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -357,6 +367,13 @@ fn warn_if_open(config: &Config, local: SocketAddr) {
         warn!(
             addr = %local,
             "no --allowed-origin: any web page can make its visitors' browsers connect"
+        );
+    }
+    if config.metrics && config.metrics_listen.is_none() {
+        warn!(
+            addr = %local,
+            "/metrics is served on the public port (it shows session and room counts, and \
+             each scrape counts the rooms): use --metrics-listen on a private address"
         );
     }
     if config.tls_cert.is_none() {
