@@ -45,9 +45,29 @@ async fn silent_clients_are_reaped_and_their_rooms_told() {
         awake.send(&Message::Ping { nonce }).await.unwrap();
         assert_eq!(next(&mut awake).await, Message::Pong { nonce });
     }
-    assert_eq!(
-        wait_close(quiet.socket()).await,
-        4000 + ErrorCode::HeartbeatTimeout as u16
+    // What `quiet` was sent meanwhile: the Ping, then the reason in-band,
+    // then the close.
+    let mut said = Vec::new();
+    let code = loop {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        match tokio::time::timeout(Duration::from_secs(5), quiet.socket().next()).await {
+            Ok(Some(Ok(WsMessage::Binary(data)))) => {
+                for f in switchboard::protocol::Frames::new(data, 1 << 20, 64) {
+                    let codec = switchboard::protocol::CodecLimits::default();
+                    said.push(switchboard::protocol::decode(&f.unwrap(), &codec).unwrap());
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(Some(f))))) => break u16::from(f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("not closed: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4000 + ErrorCode::HeartbeatTimeout as u16);
+    assert!(
+        said.iter().any(|m| matches!(m, Message::Error(e)
+            if e.code == ErrorCode::HeartbeatTimeout && e.request_seq == 0)),
+        "no Error{{HEARTBEAT_TIMEOUT}} before the close: {said:?}"
     );
 }
 
