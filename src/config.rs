@@ -397,7 +397,10 @@ impl Config {
     /// Limits for the decoder.
     pub fn codec_limits(&self) -> CodecLimits {
         CodecLimits {
-            max_payload: self.max_message_bytes,
+            // A frame fits in one message, header included.
+            max_payload: self
+                .max_message_bytes
+                .saturating_sub(crate::protocol::HEADER_LEN),
             max_frames: self.max_frames_per_message,
             max_sdp: self.max_sdp_bytes,
             max_candidates: self.max_candidates_per_batch,
@@ -416,6 +419,16 @@ impl Config {
             max_id_bytes: clamp(crate::protocol::MAX_ID_BYTES),
             max_room_capacity: self.max_room_capacity,
             default_room_capacity: self.default_room_capacity,
+            // The codec's per-frame bound is max_message_bytes; a frame
+            // must fit in a message with its header.
+            max_payload_bytes: clamp(
+                self.max_message_bytes
+                    .saturating_sub(crate::protocol::HEADER_LEN),
+            ),
+            max_candidates_per_batch: clamp(self.max_candidates_per_batch),
+            rate_bytes_per_second: self.rate_bytes_per_second,
+            rate_bytes_burst: self.rate_bytes_burst,
+            max_rooms_per_peer: clamp(self.max_rooms_per_peer),
         }
     }
 }

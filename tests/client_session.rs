@@ -294,6 +294,11 @@ fn limits(max_frames: u32, max_bytes: u32) -> switchboard::protocol::Limits {
         max_id_bytes: 64,
         max_room_capacity: 64,
         default_room_capacity: 8,
+        max_payload_bytes: 131_060,
+        max_candidates_per_batch: 64,
+        rate_bytes_per_second: 262_144,
+        rate_bytes_burst: 1_048_576,
+        max_rooms_per_peer: 16,
     }
 }
 

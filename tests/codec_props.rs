@@ -123,7 +123,7 @@ fn session_description() -> impl Strategy<Value = SessionDescription> {
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
-    any::<[u32; 8]>().prop_map(|l| Limits {
+    any::<[u32; 13]>().prop_map(|l| Limits {
         max_message_bytes: l[0],
         max_frames_per_message: l[1],
         max_sdp_bytes: l[2],
@@ -132,6 +132,11 @@ fn limits() -> impl Strategy<Value = Limits> {
         max_id_bytes: l[5],
         max_room_capacity: l[6],
         default_room_capacity: l[7],
+        max_payload_bytes: l[8],
+        max_candidates_per_batch: l[9],
+        rate_bytes_per_second: l[10],
+        rate_bytes_burst: l[11],
+        max_rooms_per_peer: l[12],
     })
 }
 

@@ -538,14 +538,24 @@ async fn a_receiver_under_a_sustained_stream_is_still_heard() {
     sink.send(frame(&join("stream", RoomMode::Mesh), 2))
         .await
         .unwrap();
-    // Read (and drop) everything, as fast as headers can be split.
+    // Read (and drop) everything, as fast as headers can be split; say when
+    // the receiver's Joined came.
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
+        let mut joined_tx = Some(joined_tx);
         while let Some(Ok(msg)) = stream.next().await {
             if let WsMessage::Binary(data) = msg {
-                Frames::new(data, 1 << 20, 1 << 16).for_each(drop);
+                for f in Frames::new(data, 1 << 20, 1 << 16).flatten() {
+                    if f.header.kind == switchboard::protocol::MessageType::Joined as u8 {
+                        if let Some(tx) = joined_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
             }
         }
     });
+    joined_rx.await.expect("the receiver joined");
     // The probe joins after the receiver and stays idle; four senders stream.
     let mut probe = connect(&server).await;
     let joined = join_ok(&mut probe, "stream", RoomMode::Mesh).await;

@@ -178,6 +178,11 @@ const SDK_LIMITS: Readonly<Limits> = Object.freeze({
   maxIdBytes: MAX_ID_BYTES,
   maxRoomCapacity: 0,
   defaultRoomCapacity: 0,
+  maxPayloadBytes: DEFAULT_LIMITS.maxPayload,
+  maxCandidatesPerBatch: DEFAULT_LIMITS.maxCandidates,
+  rateBytesPerSecond: 0,
+  rateBytesBurst: 0,
+  maxRoomsPerPeer: 0,
 });
 
 /** The limits of `limits` that are announced (not 0). */

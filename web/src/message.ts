@@ -64,6 +64,15 @@ export interface Limits {
   maxIdBytes: number;
   maxRoomCapacity: number;
   defaultRoomCapacity: number;
+  /** Largest frame payload accepted, in bytes. */
+  maxPayloadBytes: number;
+  /** Most candidates in one `IceCandidates`. */
+  maxCandidatesPerBatch: number;
+  /** Sustained bytes per second and burst before `RATE_LIMITED`. */
+  rateBytesPerSecond: number;
+  rateBytesBurst: number;
+  /** Most rooms one connection may be in. */
+  maxRoomsPerPeer: number;
 }
 
 export interface Welcome {

@@ -572,6 +572,12 @@ mod tests {
                         max_id_bytes: 64,
                         max_room_capacity: 8,
                         default_room_capacity: 4,
+                        // Unset (0): proto3 writes nothing for them.
+                        max_payload_bytes: 0,
+                        max_candidates_per_batch: 0,
+                        rate_bytes_per_second: 0,
+                        rate_bytes_burst: 0,
+                        max_rooms_per_peer: 0,
                     },
                     heartbeat_interval: Duration::from_millis(15000),
                     heartbeat_timeout: Duration::from_millis(45000),

@@ -213,6 +213,16 @@ pub struct Limits {
     pub max_room_capacity: u32,
     /// Capacity of a mesh room created without asking.
     pub default_room_capacity: u32,
+    /// Largest frame payload accepted, in bytes.
+    pub max_payload_bytes: u32,
+    /// Most candidates in one `IceCandidates`.
+    pub max_candidates_per_batch: u32,
+    /// Sustained bytes per second.
+    pub rate_bytes_per_second: u32,
+    /// Burst of bytes above the sustained rate.
+    pub rate_bytes_burst: u32,
+    /// Most rooms one connection may be in.
+    pub max_rooms_per_peer: u32,
 }
 
 /// `Welcome`: the server's answer to `Hello`.
@@ -666,6 +676,11 @@ impl From<pb::Limits> for Limits {
             max_id_bytes: l.max_id_bytes,
             max_room_capacity: l.max_room_capacity,
             default_room_capacity: l.default_room_capacity,
+            max_payload_bytes: l.max_payload_bytes,
+            max_candidates_per_batch: l.max_candidates_per_batch,
+            rate_bytes_per_second: l.rate_bytes_per_second,
+            rate_bytes_burst: l.rate_bytes_burst,
+            max_rooms_per_peer: l.max_rooms_per_peer,
         }
     }
 }
@@ -681,6 +696,11 @@ impl From<&Limits> for pb::Limits {
             max_id_bytes: l.max_id_bytes,
             max_room_capacity: l.max_room_capacity,
             default_room_capacity: l.default_room_capacity,
+            max_payload_bytes: l.max_payload_bytes,
+            max_candidates_per_batch: l.max_candidates_per_batch,
+            rate_bytes_per_second: l.rate_bytes_per_second,
+            rate_bytes_burst: l.rate_bytes_burst,
+            max_rooms_per_peer: l.max_rooms_per_peer,
         }
     }
 }
