@@ -485,7 +485,8 @@ async fn invalid_utf8_and_over_long_fields_get_typed_errors() {
                 &payload,
             );
             attacker.send_raw(login.freeze()).await.unwrap();
-            expect_error(&mut attacker, ErrorCode::InvalidArgument).await;
+            // Over-long is TOO_LARGE for ids as for every other field.
+            expect_error(&mut attacker, ErrorCode::TooLarge).await;
             // A display name past 128 bytes.
             attacker
                 .send(&Message::Join(Join {

@@ -111,6 +111,8 @@ export function errorCodeOf(d: DecodeErrorKind): ErrorCode {
       return ErrorCode.TOO_LARGE;
     case "field":
       if (d.error.kind === "too_long" || d.error.kind === "too_many") return ErrorCode.TOO_LARGE;
+      // Over-long, whatever the field: an id is no exception.
+      if (d.error.kind === "id" && d.error.reason === "too_long") return ErrorCode.TOO_LARGE;
       if (d.error.kind === "sdp_not_utf8") return ErrorCode.MALFORMED;
       return ErrorCode.INVALID_ARGUMENT;
     case "compression":

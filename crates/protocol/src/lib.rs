@@ -142,9 +142,15 @@ impl DecodeError {
                 ErrorCode::UnknownType
             }
             DecodeError::TooLarge { .. } | DecodeError::TooManyFrames { .. } => ErrorCode::TooLarge,
-            DecodeError::Field(FieldError::TooLong { .. } | FieldError::TooMany { .. }) => {
-                ErrorCode::TooLarge
-            }
+            // Over-long, whatever the field: an id is no exception.
+            DecodeError::Field(
+                FieldError::TooLong { .. }
+                | FieldError::TooMany { .. }
+                | FieldError::Id {
+                    source: IdError::TooLong { .. },
+                    ..
+                },
+            ) => ErrorCode::TooLarge,
             DecodeError::Field(FieldError::SdpNotUtf8) => ErrorCode::Malformed,
             DecodeError::Field(_) => ErrorCode::InvalidArgument,
             DecodeError::Compression(_) => ErrorCode::BadCompression,
