@@ -318,10 +318,15 @@ async fn bad_input_gets_typed_errors_and_the_connection_stays_usable() {
     c.send_raw(raw(MessageType::Join as u8, 0, 5, &join_payload).freeze())
         .await
         .unwrap();
-    assert_eq!(expect_error(&mut c, ErrorCode::InvalidArgument).await, 5);
+    assert_eq!(expect_error(&mut c, ErrorCode::TooLarge).await, 5);
     let mut login_payload = vec![0x0a, long.len() as u8];
     login_payload.extend_from_slice(long.as_bytes());
     c.send_raw(raw(MessageType::Login as u8, 0, 6, &login_payload).freeze())
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::TooLarge).await;
+    // An empty one is invalid, not large.
+    c.send_raw(raw(MessageType::Join as u8, 0, 8, b"\x0a\x00").freeze())
         .await
         .unwrap();
     expect_error(&mut c, ErrorCode::InvalidArgument).await;
