@@ -210,3 +210,23 @@ async fn a_bad_url_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("ws://"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_001_relay_runs_against_the_compat_endpoint() {
+    let server = start_server(fast_config()).await;
+    let report = switchboard_load::seed_relay::run(
+        &common(format!("ws://{}/compat/pair", server.addr)),
+        &switchboard_load::seed_relay::Options {
+            pairs: 3,
+            window: 2,
+            duration: Duration::from_millis(500),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.scenario, "seed001");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.relayed_messages > 100, "{report:?}");
+    assert!(report.round_trip.count > 50, "{report:?}");
+}

@@ -26,6 +26,7 @@ pub use switchboard_client as client;
 pub use switchboard_protocol as protocol;
 pub mod idle;
 pub mod relay;
+pub mod seed_relay;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

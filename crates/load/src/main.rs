@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use switchboard_load::{self as load, churn, handshake, idle, relay, Common, LoadError};
+use switchboard_load::{
+    self as load, churn, handshake, idle, relay, seed_relay, Common, LoadError,
+};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Load generator for the switchboard signaling server")]
@@ -104,6 +106,20 @@ enum Scenario {
         /// Seconds to hold after the last one joined.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+    },
+    /// The relay in seed 001's JSON dialect (1:1 rooms), for any server
+    /// that speaks it: point --url at switchboard's /compat/pair or at the
+    /// tutorial's own server.
+    Seed001 {
+        /// Pairs of connections.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages the initiating side keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
     },
     /// Connect/join/leave/disconnect loops.
     Churn {
@@ -205,6 +221,18 @@ fn main() -> ExitCode {
                     hold: secs(hold),
                 };
                 print(json, &idle::run(&common, &o).await?);
+            }
+            Scenario::Seed001 {
+                pairs,
+                window,
+                duration,
+            } => {
+                let o = seed_relay::Options {
+                    pairs,
+                    window,
+                    duration: secs(duration),
+                };
+                print(json, &seed_relay::run(&common, &o).await?);
             }
             Scenario::Churn { workers, duration } => {
                 let o = churn::Options {
