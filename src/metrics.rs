@@ -183,21 +183,23 @@ pub struct Census {
 #[derive(Clone, Debug)]
 pub struct AtomicHistogram(Arc<Buckets>);
 
+/// Buckets are powers of two, `2^first ..= 2^last` (then +Inf), so a value
+/// finds its bucket with one `leading_zeros`, not a search.
 #[derive(Debug)]
 struct Buckets {
-    /// Upper bounds in the recording unit, ascending; +Inf is implied.
-    bounds: &'static [u64],
-    /// One count per bound, then +Inf.
+    /// The exponent of the first bound.
+    first: u32,
+    /// One count per bound `2^first ..= 2^last`, then +Inf.
     counts: Box<[AtomicU64]>,
     sum: AtomicU64,
     scale: f64,
 }
 
 impl AtomicHistogram {
-    fn new(bounds: &'static [u64], scale: f64) -> AtomicHistogram {
+    fn new(first: u32, last: u32, scale: f64) -> AtomicHistogram {
         AtomicHistogram(Arc::new(Buckets {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            first,
+            counts: (first..=last + 1).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
             scale,
         }))
@@ -206,7 +208,9 @@ impl AtomicHistogram {
     /// Records one value, in the recording unit.
     pub fn observe(&self, v: u64) {
         let h = &*self.0;
-        let i = h.bounds.partition_point(|&b| b < v);
+        // The smallest k with v <= 2^k is ceil(log2 v).
+        let k = 64 - v.saturating_sub(1).leading_zeros();
+        let i = (k.saturating_sub(h.first) as usize).min(h.counts.len() - 1);
         h.counts[i].fetch_add(1, Ordering::Relaxed);
         h.sum.fetch_add(v, Ordering::Relaxed);
     }
@@ -225,10 +229,9 @@ impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let h = &*self.0;
         let counts: Vec<u64> = h.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let buckets: Vec<(f64, u64)> = h
-            .bounds
-            .iter()
-            .map(|&b| b as f64 / h.scale)
+        let bounds = h.counts.len() as u32 - 1;
+        let buckets: Vec<(f64, u64)> = (h.first..h.first + bounds)
+            .map(|k| (1u64 << k) as f64 / h.scale)
             .chain([f64::INFINITY])
             .zip(counts.iter().copied())
             .collect();
@@ -242,13 +245,10 @@ impl EncodeMetric for AtomicHistogram {
     }
 }
 
-/// Latency buckets, in microseconds: 50 µs to 5 s.
-const LATENCY_US: &[u64] = &[
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000,
-];
-/// Outbox depth buckets, in frames drained per write.
-const DEPTH: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/// Latency buckets, in microseconds: 2^4 = 16 µs to 2^23 µs (8.4 s).
+const LATENCY_US: (u32, u32) = (4, 23);
+/// Outbox depth buckets, in frames drained per write: 1 to 1,024.
+const DEPTH: (u32, u32) = (0, 10);
 
 /// Per message type: one counter of frames and one of bytes.
 struct ByType {
@@ -463,20 +463,20 @@ impl Metrics {
         for (b, slot) in slots.iter_mut().enumerate() {
             *slot = type_slot(b as u8) as u8;
         }
-        let relay_latency = AtomicHistogram::new(LATENCY_US, 1e6);
+        let relay_latency = AtomicHistogram::new(LATENCY_US.0, LATENCY_US.1, 1e6);
         registry.register_with_unit(
             "relay_latency",
             "Time from reading a relayed frame to taking it for the receiver's socket write",
             Unit::Seconds,
             relay_latency.clone(),
         );
-        let outbox_depth = AtomicHistogram::new(DEPTH, 1.0);
+        let outbox_depth = AtomicHistogram::new(DEPTH.0, DEPTH.1, 1.0);
         registry.register(
             "outbox_depth_frames",
             "Frames taken from a connection's outbox per write",
             outbox_depth.clone(),
         );
-        let handshake_duration = AtomicHistogram::new(LATENCY_US, 1e6);
+        let handshake_duration = AtomicHistogram::new(LATENCY_US.0, LATENCY_US.1, 1e6);
         registry.register_with_unit(
             "handshake_duration",
             "Time from TCP accept to Welcome queued",
@@ -626,4 +626,24 @@ fn prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value lands in the first bucket whose bound is at least it.
+    #[test]
+    fn power_of_two_buckets() {
+        let h = AtomicHistogram::new(4, 6, 1.0); // 16, 32, 64, +Inf
+        for v in [0, 1, 16, 17, 32, 33, 64, 65, u64::MAX / 2] {
+            h.observe(v);
+        }
+        let counts: Vec<u64> =
+            h.0.counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect();
+        assert_eq!(counts, vec![3, 2, 2, 2]);
+    }
 }
