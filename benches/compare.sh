@@ -11,9 +11,10 @@
 #
 #   benches/compare.sh [seconds per run, default 8]
 #
+# Then the servers' memory per idle connection at 15,000 connections.
+#
 # Not yet compared: matchbox_server (the load generator has no matchbox
-# dialect yet) and idle memory per connection of the JSON servers (the idle
-# scenario speaks the binary protocol only).
+# dialect yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-8}
@@ -77,5 +78,45 @@ for pairs in 1 100; do
     wait "$node" 2>/dev/null || true
     PORT=$((PORT + 1))
 done
+
+# Idle memory: 15,000 connections, each joined to a pair room with its
+# neighbour, held; the server's RSS growth per connection.
+ulimit -n "$(ulimit -Hn)"
+idle() { # name, server pid, url, extra args...
+    local name=$1 pid=$2 url=$3
+    shift 3
+    taskset -c 1 "$LOAD" --quiet --json --server-pid "$pid" --url "$url" --source-ips 8 \
+        idle --connections 15000 "$@" >/tmp/compare-idle.json
+    python3 - "$name" /tmp/compare-idle.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))
+print("| {} | {:,} | {:,} | {:,} |".format(sys.argv[1], r["established"],
+      r["server_rss_per_connection_bytes"], r["server_rss_after_kib"]))
+PY
+}
+echo
+echo "| server, 15,000 idle connections in pair rooms | established | server RSS per connection (bytes) | server RSS (KiB) |"
+echo "|---|---:|---:|---:|"
+for kind in binary compat; do
+    taskset -c 0 target/release/switchboard --listen "127.0.0.1:$PORT" \
+        --max-connections-per-ip 1000000 --log-level warn >/dev/null 2>&1 &
+    server=$!
+    wait_port "$PORT" "$server"
+    if [ "$kind" = binary ]; then
+        idle "switchboard, binary (/ws; also logged in)" "$server" "ws://127.0.0.1:$PORT/ws"
+    else
+        idle "switchboard, seed 001 JSON (/compat/pair)" "$server" "ws://127.0.0.1:$PORT/compat/pair" --seed001
+    fi
+    kill "$server"
+    wait "$server" 2>/dev/null || true
+    PORT=$((PORT + 1))
+done
+taskset -c 0 node benches/seed001-node/server.js "$PORT" >/dev/null 2>&1 &
+node=$!
+wait_port "$PORT" "$node"
+idle "seed 001's Node.js ws server" "$node" "ws://127.0.0.1:$PORT/" --seed001
+kill "$node"
+wait "$node" 2>/dev/null || true
+
 echo
 echo "matchbox_server: not run (switchboard-load has no matchbox dialect yet)."

@@ -476,7 +476,7 @@ impl<D: Directory> Session<D> {
             if self.pair_room.as_ref() == Some(&room) {
                 self.pair_room = None;
             }
-            tracing::info!(%room, "removed by an operator");
+            tracing::info!(peer = self.peer_id.0, %room, "removed by an operator");
         }
     }
 
@@ -515,7 +515,7 @@ impl<D: Directory> Session<D> {
             Message::Login { name } => self.login(seq, name).await,
             Message::Logout => match self.user.take() {
                 Some(name) => {
-                    tracing::info!(user = %name, "logged out");
+                    tracing::info!(peer = self.peer_id.0, user = %name, "logged out");
                     let partners = self.ctx.directory.logout(&name, self.peer_id).await;
                     self.hang_up_partners(&name, partners).await;
                     // Member lists show the current name, or none.
@@ -643,7 +643,7 @@ impl<D: Directory> Session<D> {
                 if joined.mode == RoomMode::Pair {
                     self.pair_room = Some(join.room.clone());
                 }
-                tracing::info!(room = %join.room, mode = ?joined.mode, members = joined.members.len(), "joined");
+                tracing::info!(peer = self.peer_id.0, room = %join.room, mode = ?joined.mode, members = joined.members.len(), "joined");
                 // Most peers are in one room: grow one at a time.
                 self.rooms.reserve_exact(1);
                 // The directory has queued Joined for us already, and told
@@ -673,7 +673,7 @@ impl<D: Directory> Session<D> {
             self.pair_room = None;
         }
         self.ctx.directory.leave(room, self.peer_id, reason).await;
-        tracing::info!(%room, ?reason, "left");
+        tracing::info!(peer = self.peer_id.0, %room, ?reason, "left");
         true
     }
 
@@ -708,7 +708,7 @@ impl<D: Directory> Session<D> {
                     .directory
                     .set_member_user(&self.rooms, self.peer_id, Some(&name))
                     .await;
-                tracing::info!(user = %name, "logged in");
+                tracing::info!(peer = self.peer_id.0, user = %name, "logged in");
                 self.user = Some(name.clone());
                 None
             }
@@ -911,11 +911,11 @@ impl<D: Directory> Session<D> {
         let reason = self.leave_reason;
         for room in std::mem::take(&mut self.rooms) {
             self.ctx.directory.leave(&room, self.peer_id, reason).await;
-            tracing::info!(%room, ?reason, "left");
+            tracing::info!(peer = self.peer_id.0, %room, ?reason, "left");
         }
         self.pair_room = None;
         if let Some(name) = self.user.take() {
-            tracing::info!(user = %name, "logged out");
+            tracing::info!(peer = self.peer_id.0, user = %name, "logged out");
             let partners = self.ctx.directory.logout(&name, self.peer_id).await;
             self.hang_up_partners(&name, partners).await;
         }

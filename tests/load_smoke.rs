@@ -148,6 +148,7 @@ async fn idle_connections_log_in_join_and_hold() {
             connections: 40,
             connect_concurrency: 8,
             hold: Duration::from_millis(100),
+            seed001: false,
         },
     )
     .await
@@ -229,4 +230,23 @@ async fn the_seed_001_relay_runs_against_the_compat_endpoint() {
     assert_eq!(report.lost, 0, "{report:?}");
     assert!(report.relayed_messages > 100, "{report:?}");
     assert!(report.round_trip.count > 50, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_seed_001_connections_join_and_hold() {
+    let server = start_server(fast_config()).await;
+    let report = idle::run(
+        &common(format!("ws://{}/compat/pair", server.addr)),
+        &idle::Options {
+            connections: 20,
+            connect_concurrency: 8,
+            hold: Duration::from_millis(100),
+            seed001: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.established, 20, "{report:?}");
+    assert_eq!(report.open_after_hold, 20, "{report:?}");
 }

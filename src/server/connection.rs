@@ -264,6 +264,9 @@ where
             sdp_dictionary: sdp::DICTIONARY_ID,
         }));
         tracing::info!(
+            conn = self.admission.id,
+            addr = %self.admission.addr,
+            peer = peer_id.0,
             encoding = encoding.name(),
             // Debug: a client's text must not forge log lines.
             user_agent = ?hello.user_agent,
@@ -310,6 +313,9 @@ where
             m.session_open(-1);
         }
         tracing::info!(
+            conn = self.admission.id,
+            addr = %self.admission.addr,
+            peer = peer_id.0,
             ended_by = match (&close, ending_was_client_close) {
                 (Some(_), _) => "server",
                 (None, true) => "client",

@@ -270,11 +270,12 @@ fn route<D: Directory>(
             let (offered_subprotocol, header_token) = subprotocols(&req);
             let upgrade = hyper::upgrade::on(&mut req);
             let shared = shared.clone();
-            // Every line of the connection carries its id, address and (once
-            // Welcomed) peer id.
-            let span = tracing::info_span!(
+            // A debug span: at info, the lifecycle lines name the connection
+            // themselves, and an idle connection keeps no span (its fields
+            // would cost some 450 bytes of formatted text each).
+            let span = tracing::debug_span!(
                 "conn",
-                id = shared.next_connection_id(),
+                id = admission.id,
                 %addr,
                 peer = tracing::field::Empty
             );

@@ -216,6 +216,10 @@ pub(crate) struct Admission {
     pub accepted_at: std::time::Instant,
     /// Held from the WebSocket upgrade on (see `Shared::sockets`).
     pub socket: Option<OwnedSemaphorePermit>,
+    /// This connection's number, for logs.
+    pub id: u64,
+    /// The client's address, for logs.
+    pub addr: SocketAddr,
 }
 
 /// Counts one open connection until dropped.
@@ -397,6 +401,8 @@ fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, 
                 _open: metrics.map(OpenGuard::new),
                 accepted_at: std::time::Instant::now(),
                 socket: None,
+                id: shared.next_connection_id(),
+                addr,
             }),
         },
     };

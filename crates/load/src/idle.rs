@@ -26,6 +26,15 @@ pub struct Options {
     pub connect_concurrency: usize,
     /// How long to hold the connections after the last one joined.
     pub hold: Duration,
+    /// Speak seed 001's JSON dialect (join a pair room, no login) instead
+    /// of the binary protocol, for /compat/pair and the tutorial's server.
+    pub seed001: bool,
+}
+
+/// One held connection, in either protocol.
+enum Held {
+    Binary(Peer),
+    Seed001(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
 }
 
 /// What an idle run measured.
@@ -66,10 +75,17 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     );
     let started = Instant::now();
     let errors = AtomicU64::new(0);
-    let peers: Vec<Peer> = futures_util::stream::iter(0..options.connections)
+    let seed001 = options.seed001;
+    let peers: Vec<Held> = futures_util::stream::iter(0..options.connections)
         .map(|i| {
             let (target, tag) = (target.clone(), tag.clone());
-            async move { log_in_and_join(&target, &tag, i).await }
+            async move {
+                if seed001 {
+                    join_seed001(&target, &tag, i).await.map(Held::Seed001)
+                } else {
+                    log_in_and_join(&target, &tag, i).await.map(Held::Binary)
+                }
+            }
         })
         .buffered(options.connect_concurrency.max(1))
         .filter_map(|r| {
@@ -152,8 +168,57 @@ async fn log_in_and_join(target: &Target, tag: &str, i: usize) -> Result<Peer, L
     Ok(p)
 }
 
+/// Opens a connection and joins a seed 001 pair room with its neighbour.
+async fn join_seed001(
+    target: &Target,
+    tag: &str,
+    i: usize,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, LoadError> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let mut ws = target.open().await?;
+    let join = serde_json::json!({"type": "join", "roomId": format!("idle-{tag}-{}", i / 2)});
+    ws.send(WsMessage::text(join.to_string())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) if t.contains("\"joined\"") => return Ok(ws),
+            Some(Ok(WsMessage::Text(t))) => {
+                return Err(LoadError::Unexpected(format!("join: {t}")));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(LoadError::Closed),
+        }
+    }
+}
+
 /// Reads (answering Pings) until told to exit; true if still open then.
-async fn hold(mut p: Peer, mut exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> bool {
+async fn hold(held: Held, exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> bool {
+    match held {
+        Held::Binary(p) => hold_binary(p, exit, open).await,
+        Held::Seed001(mut ws) => {
+            let mut exit = exit;
+            open.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = exit.changed() => {
+                        let _ = ws.close(None).await;
+                        return true;
+                    }
+                    m = ws.next() => {
+                        if !matches!(m, Some(Ok(_))) {
+                            open.fetch_sub(1, Ordering::Relaxed);
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn hold_binary(mut p: Peer, mut exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> bool {
     open.fetch_add(1, Ordering::Relaxed);
     loop {
         tokio::select! {

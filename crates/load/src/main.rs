@@ -106,6 +106,10 @@ enum Scenario {
         /// Seconds to hold after the last one joined.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Speak seed 001's JSON dialect (for /compat/pair and the
+        /// tutorial's own server).
+        #[arg(long)]
+        seed001: bool,
     },
     /// The relay in seed 001's JSON dialect (1:1 rooms), for any server
     /// that speaks it: point --url at switchboard's /compat/pair or at the
@@ -214,11 +218,13 @@ fn main() -> ExitCode {
                 connections,
                 connect_concurrency,
                 hold,
+                seed001,
             } => {
                 let o = idle::Options {
                     connections,
                     connect_concurrency,
                     hold: secs(hold),
+                    seed001,
                 };
                 print(json, &idle::run(&common, &o).await?);
             }
