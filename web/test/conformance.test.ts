@@ -1,0 +1,194 @@
+// The scripted exchanges of tests/conformance/ (see its README), run with
+// this SDK's framing and protobuf-es bindings against a live switchboard
+// binary: SWITCHBOARD_BIN, or the repository's target/debug/switchboard
+// (scripts/test.sh builds it first). Needs Node's WebSocket (Node 22, or
+// Node 20 with --experimental-websocket, which `npm test` passes).
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
+
+import { fromBinary, fromJson, toBinary, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
+
+import { frames, MessageType, writeFrame } from "../src/frame.js";
+import * as pb from "../src/gen/switchboard/v1/signal_pb.js";
+import { repoDir } from "./support.js";
+
+type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const SCHEMAS: Record<string, [number, DescMessage]> = {
+  hello: [MessageType.Hello, pb.HelloSchema],
+  ping: [MessageType.Ping, pb.PingSchema],
+  pong: [MessageType.Pong, pb.PongSchema],
+  ack: [MessageType.Ack, pb.AckSchema],
+  join: [MessageType.Join, pb.JoinSchema],
+  leave: [MessageType.Leave, pb.LeaveSchema],
+  login: [MessageType.Login, pb.LoginSchema],
+  logout: [MessageType.Logout, pb.LogoutSchema],
+  hang_up: [MessageType.HangUp, pb.HangUpSchema],
+  offer: [MessageType.Offer, pb.SessionDescriptionSchema],
+  answer: [MessageType.Answer, pb.SessionDescriptionSchema],
+  ice: [MessageType.Ice, pb.IceCandidatesSchema],
+  welcome: [MessageType.Welcome, pb.WelcomeSchema],
+  joined: [MessageType.Joined, pb.JoinedSchema],
+  peer_joined: [MessageType.PeerJoined, pb.PeerJoinedSchema],
+  peer_left: [MessageType.PeerLeft, pb.PeerLeftSchema],
+  room_full: [MessageType.RoomFull, pb.RoomFullSchema],
+  left: [MessageType.Left, pb.LeftSchema],
+  login_result: [MessageType.LoginResult, pb.LoginResultSchema],
+  error: [MessageType.Error, pb.ErrorSchema],
+};
+
+/** An envelope as one binary frame. */
+function encodeEnvelope(e: Json): Uint8Array {
+  const entry = SCHEMAS[e.type];
+  assert.ok(entry, `unknown type ${e.type}`);
+  const [type, schema] = entry;
+  const payload = toBinary(schema, fromJson(schema, (e.body ?? {}) as JsonValue));
+  return writeFrame(type, e.flags ?? 0, e.seq ?? 0, payload);
+}
+
+/** Each frame of a binary message as an envelope. */
+function decodeMessage(data: Uint8Array): Json[] {
+  const out: Json[] = [];
+  for (const f of frames(data, 1 << 20, 1 << 10)) {
+    if (f instanceof Error) throw f;
+    const h = f.header;
+    const entry = Object.entries(SCHEMAS).find(([, [type]]) => type === h.type);
+    assert.ok(entry, `unknown type byte ${h.type}`);
+    const [name, [, schema]] = entry;
+    out.push({ type: name, seq: h.seq, flags: h.flags, body: toJson(schema, fromBinary(schema, f.payload)) });
+  }
+  return out;
+}
+
+function matches(want: Json, got: Json): boolean {
+  if (Array.isArray(want)) {
+    return Array.isArray(got) && want.length === got.length && want.every((w, i) => matches(w, got[i]));
+  }
+  if (want !== null && typeof want === "object") {
+    return got !== null && typeof got === "object" && Object.entries(want).every(([k, v]) => k in got && matches(v, got[k]));
+  }
+  return want === got;
+}
+
+class Client {
+  pending: Json[] = [];
+  waiters: (() => void)[] = [];
+  constructor(readonly ws: WebSocket) {
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") return;
+      this.pending.push(...decodeMessage(new Uint8Array(ev.data as ArrayBuffer)));
+      this.waiters.splice(0).forEach((w) => w());
+    };
+  }
+  async next(): Promise<Json> {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const v = this.pending.shift();
+      if (v?.type === "ping") {
+        this.ws.send(encodeEnvelope({ type: "pong", body: { nonce: v.body.nonce } }));
+        continue;
+      }
+      if (v) return v;
+      if (Date.now() > deadline) throw new Error("no frame within 5 s");
+      await new Promise<void>((ok) => {
+        this.waiters.push(ok);
+        setTimeout(ok, 100);
+      });
+    }
+  }
+}
+
+let server: ChildProcess | undefined;
+let url = "";
+
+function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => ok(port));
+    });
+  });
+}
+
+before(async () => {
+  assert.equal(typeof WebSocket, "function", "this Node has no WebSocket: use Node 22, or Node 20 with --experimental-websocket");
+  const bin = process.env.SWITCHBOARD_BIN ? resolve(process.env.SWITCHBOARD_BIN) : join(repoDir, "target/debug/switchboard");
+  assert.ok(existsSync(bin), `no switchboard binary at ${bin}: run cargo build --bin switchboard (or set SWITCHBOARD_BIN)`);
+  const port = await freePort();
+  server = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--log-level", "warn"], { stdio: "ignore" });
+  url = `ws://127.0.0.1:${port}/ws`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
+    if (up) break;
+    if (Date.now() > deadline) throw new Error("switchboard did not start");
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+});
+
+after(() => {
+  server?.kill();
+});
+
+const vectors = JSON.parse(readFileSync(join(repoDir, "tests/conformance/exchanges.json"), "utf8"));
+
+for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
+  test(`conformance: ${exchange.name}`, async () => {
+    const tag = `${n}-ts-${process.pid}`;
+    const names = new Map<string, string>();
+    const clients = new Map<string, Client>();
+    const substitute = (v: Json): Json => {
+      if (typeof v === "string" && v.startsWith("$")) {
+        if (names.has(v)) return names.get(v);
+        if (v === "$room") return `conf-${tag}`;
+        if (v === "$long-room-id") return "r".repeat(65);
+        if (v.startsWith("$user-")) return `${v.slice(6)}-${tag}`;
+        throw new Error(`unknown placeholder ${v}`);
+      }
+      if (Array.isArray(v)) return v.map(substitute);
+      if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, substitute(x)]));
+      return v;
+    };
+    const client = async (name: string): Promise<Client> => {
+      let c = clients.get(name);
+      if (!c) {
+        const ws = new WebSocket(url);
+        await new Promise((ok, fail) => {
+          ws.onopen = ok;
+          ws.onerror = fail;
+        });
+        c = new Client(ws);
+        ws.send(encodeEnvelope({ type: "hello", body: { protocolVersion: 1 } }));
+        clients.set(name, c);
+      }
+      return c;
+    };
+    try {
+      for (const [i, step] of (exchange.steps as Json[]).entries()) {
+        const at = `step ${i} (${step.client})`;
+        const c = await client(step.client);
+        if (step.send) {
+          c.ws.send(encodeEnvelope(substitute(step.send)));
+          continue;
+        }
+        const got = await c.next();
+        if (got.type === "welcome") names.set(`$${step.client}`, got.body.peerId);
+        const want = substitute(step.expect);
+        assert.ok(matches(want, got), `${at}: wanted ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
+        for (const path of (step.absent ?? []) as string[]) {
+          const value = path.split(".").reduce((o: Json, k) => (o == null ? undefined : o[k]), got);
+          assert.equal(value, undefined, `${at}: ${path} should be absent in ${JSON.stringify(got)}`);
+        }
+      }
+    } finally {
+      for (const c of clients.values()) c.ws.close();
+    }
+  });
+}
