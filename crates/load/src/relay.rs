@@ -113,12 +113,100 @@ pub struct PerMessage {
 const CANDIDATE: &str = "candidate:842163049 1 udp 1677729535 203.0.113.7 61665 typ srflx \
                          raddr 192.168.1.10 rport 61665 generation 0 network-cost 999";
 
-struct Shared {
-    epoch: Instant,
-    sent: AtomicU64,
-    received: AtomicU64,
-    errors: AtomicU64,
-    stopping: AtomicBool,
+/// What the sides of a relay run count together.
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        })
+    }
+}
+
+/// What one measured relay interval gave.
+pub(crate) struct Measured {
+    pub(crate) relayed: u64,
+    pub(crate) elapsed: f64,
+    pub(crate) cpu: CpuShare,
+    pub(crate) round_trip: Histogram<u64>,
+    pub(crate) lost: u64,
+}
+
+impl Measured {
+    /// Server CPU seconds as microseconds per relayed message.
+    pub(crate) fn per_message(&self) -> Option<PerMessage> {
+        let per = |seconds: f64| (seconds * 1e7 / self.relayed.max(1) as f64).round() / 10.0;
+        self.cpu.server_split.map(|(user, kernel)| PerMessage {
+            user: per(user),
+            kernel: per(kernel),
+        })
+    }
+}
+
+/// Starts the sides (`start`), measures for `duration`, then stops them
+/// answering, waits (up to 2 s) for what is in flight to land, tells them
+/// to exit and gathers their round trips.
+pub(crate) async fn measure(
+    common: &Common,
+    duration: Duration,
+    shared: &Shared,
+    start: watch::Sender<bool>,
+    exit: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>, LoadError>>>,
+) -> Measured {
+    let probe = CpuProbe::start(common.server_pid);
+    let started = Instant::now();
+    let _ = start.send(true);
+    let before = shared.received.load(Ordering::Relaxed);
+    let last = AtomicU64::new(before);
+    timed_run(common.progress, duration, || {
+        let now = shared.received.load(Ordering::Relaxed);
+        let delta = now - last.swap(now, Ordering::Relaxed);
+        format!("{} msg/s", delta * 4)
+    })
+    .await;
+    let relayed = shared.received.load(Ordering::Relaxed) - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = probe.finish();
+
+    // Stop answering, then wait for the balls still in flight to land.
+    shared.stopping.store(true, Ordering::Relaxed);
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while shared.sent.load(Ordering::Relaxed) > shared.received.load(Ordering::Relaxed)
+        && Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = exit.send(true);
+    let mut round_trip = latency_histogram();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(h)) => round_trip.add(&h).expect("same bounds"),
+            _ => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let received = shared.received.load(Ordering::Relaxed);
+    Measured {
+        relayed,
+        elapsed,
+        cpu,
+        round_trip,
+        lost: sent.saturating_sub(received),
+    }
 }
 
 /// Runs the scenario.
@@ -137,13 +225,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         .into_iter()
         .collect::<Result<_, _>>()?;
 
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
+    let shared = Shared::new();
     let (exit_tx, exit_rx) = watch::channel(false);
     let (start_tx, start_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(options.pairs * 2);
@@ -168,42 +250,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         }
     }
 
-    let probe = CpuProbe::start(common.server_pid);
-    let started = Instant::now();
-    let _ = start_tx.send(true);
-    let before = shared.received.load(Ordering::Relaxed);
-    let last = AtomicU64::new(before);
-    timed_run(common.progress, options.duration, || {
-        let now = shared.received.load(Ordering::Relaxed);
-        let delta = now - last.swap(now, Ordering::Relaxed);
-        format!("{} msg/s", delta * 4)
-    })
-    .await;
-    let relayed = shared.received.load(Ordering::Relaxed) - before;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = probe.finish();
-
-    // Stop answering, then wait for the balls still in flight to land.
-    shared.stopping.store(true, Ordering::Relaxed);
-    let drain_until = Instant::now() + Duration::from_secs(2);
-    while shared.sent.load(Ordering::Relaxed) > shared.received.load(Ordering::Relaxed)
-        && Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = exit_tx.send(true);
-    let mut round_trip = latency_histogram();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(h)) => round_trip.add(&h).expect("same bounds"),
-            _ => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let received = shared.received.load(Ordering::Relaxed);
-    let per_message = |seconds: f64| (seconds * 1e7 / relayed.max(1) as f64).round() / 10.0;
+    let m = measure(common, options.duration, &shared, start_tx, exit_tx, tasks).await;
     Ok(Report {
         scenario: "relay",
         pairs: options.pairs,
@@ -211,17 +258,14 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         pattern: options.pattern.label(),
         both_sides: options.pattern.both_sides,
         coalesce: options.pattern.coalesce,
-        server_us_per_message: cpu.server_split.map(|(user, kernel)| PerMessage {
-            user: per_message(user),
-            kernel: per_message(kernel),
-        }),
-        duration_s: (elapsed * 1000.0).round() / 1000.0,
-        relayed_messages: relayed,
-        relayed_per_second: (relayed as f64 / elapsed) as u64,
-        lost: sent.saturating_sub(received),
+        server_us_per_message: m.per_message(),
+        duration_s: (m.elapsed * 1000.0).round() / 1000.0,
+        relayed_messages: m.relayed,
+        relayed_per_second: (m.relayed as f64 / m.elapsed) as u64,
+        lost: m.lost,
         errors: shared.errors.load(Ordering::Relaxed),
-        round_trip: Latency::of(&round_trip),
-        cpu,
+        round_trip: Latency::of(&m.round_trip),
+        cpu: m.cpu,
     })
 }
 

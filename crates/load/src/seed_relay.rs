@@ -9,9 +9,9 @@
 //! them. A message carries its send time in the candidate's
 //! `usernameFragment`, so each echo that comes back is one round trip.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use super::relay::{PerMessage, Report};
-use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, Latency, LoadError, Target};
+use super::relay::{measure, Report, Shared};
+use super::{latency_histogram, run_tag, Common, Latency, LoadError, Target};
 
 /// Options of the seed 001 relay scenario.
 #[derive(Clone, Debug)]
@@ -36,14 +36,6 @@ pub struct Options {
 }
 
 type Ws = WebSocketStream<TcpStream>;
-
-struct Shared {
-    epoch: Instant,
-    sent: AtomicU64,
-    received: AtomicU64,
-    errors: AtomicU64,
-    stopping: AtomicBool,
-}
 
 const STAMP: &str = "\"usernameFragment\":\"";
 
@@ -119,13 +111,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
+    let shared = Shared::new();
     let (start_tx, start_rx) = watch::channel(false);
     let (exit_tx, exit_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -143,40 +129,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
             exit_rx.clone(),
         )));
     }
-    let probe = CpuProbe::start(common.server_pid);
-    let started = Instant::now();
-    let _ = start_tx.send(true);
-    let before = shared.received.load(Ordering::Relaxed);
-    let last = AtomicU64::new(before);
-    timed_run(common.progress, options.duration, || {
-        let now = shared.received.load(Ordering::Relaxed);
-        let delta = now - last.swap(now, Ordering::Relaxed);
-        format!("{} msg/s", delta * 4)
-    })
-    .await;
-    let relayed = shared.received.load(Ordering::Relaxed) - before;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = probe.finish();
-    shared.stopping.store(true, Ordering::Relaxed);
-    let drain_until = Instant::now() + Duration::from_secs(2);
-    while shared.sent.load(Ordering::Relaxed) > shared.received.load(Ordering::Relaxed)
-        && Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = exit_tx.send(true);
-    let mut round_trip = latency_histogram();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(h)) => round_trip.add(&h).expect("same bounds"),
-            _ => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let received = shared.received.load(Ordering::Relaxed);
-    let per_message = |seconds: f64| (seconds * 1e7 / relayed.max(1) as f64).round() / 10.0;
+    let m = measure(common, options.duration, &shared, start_tx, exit_tx, tasks).await;
     Ok(Report {
         scenario: "seed001",
         pairs: options.pairs,
@@ -184,17 +137,14 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         pattern: "seed 001 JSON: the initiator sends, its partner echoes, one message each",
         both_sides: false,
         coalesce: false,
-        duration_s: (elapsed * 1000.0).round() / 1000.0,
-        relayed_messages: relayed,
-        relayed_per_second: (relayed as f64 / elapsed) as u64,
-        lost: sent.saturating_sub(received),
+        duration_s: (m.elapsed * 1000.0).round() / 1000.0,
+        relayed_messages: m.relayed,
+        relayed_per_second: (m.relayed as f64 / m.elapsed) as u64,
+        lost: m.lost,
         errors: shared.errors.load(Ordering::Relaxed),
-        round_trip: Latency::of(&round_trip),
-        cpu,
-        server_us_per_message: cpu.server_split.map(|(user, kernel)| PerMessage {
-            user: per_message(user),
-            kernel: per_message(kernel),
-        }),
+        round_trip: Latency::of(&m.round_trip),
+        cpu: m.cpu,
+        server_us_per_message: m.per_message(),
     })
 }
 
