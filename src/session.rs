@@ -81,6 +81,15 @@ impl Close {
         }
     }
 
+    /// The node is shutting down or draining: 1001, going away.
+    pub fn shutdown() -> Close {
+        Close {
+            code: 1001,
+            reason: "server shutting down",
+            leave: LeaveReason::ServerShutdown,
+        }
+    }
+
     /// The client did not read what was sent to it: 4021.
     pub fn slow_consumer() -> Close {
         Close::app(
@@ -483,11 +492,6 @@ impl<D: Directory> Session<D> {
     /// The name the session is logged in with.
     pub fn user(&self) -> Option<&UserName> {
         self.user.as_ref()
-    }
-
-    /// The metrics, when they are on.
-    pub fn metrics(&self) -> Option<&Metrics> {
-        self.ctx.metrics.as_deref()
     }
 
     /// The wall-clock time of the input being handled.

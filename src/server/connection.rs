@@ -427,11 +427,7 @@ async fn refuse_within<S>(
         };
         let close = match code {
             // As a session's end in a shutdown: "going away".
-            ErrorCode::ServerShuttingDown => Close {
-                code: CloseCode::Away.into(),
-                reason: "server shutting down",
-                leave: LeaveReason::ServerShutdown,
-            },
+            ErrorCode::ServerShuttingDown => Close::shutdown(),
             _ => Close::app(code, reason, LeaveReason::Disconnected),
         };
         close_with(ws, close, metrics).await?;
@@ -713,27 +709,42 @@ where
                 // connection's task.
                 let received = Box::pin(session.receive(now, data, shared.ctx.codec.max_frames)).await;
                 if let Some(close) = received {
-                    // Flush what is queued (the error explaining the close).
-                    let _ = outbox.drain(&mut pending, max_frames, max_bytes);
-                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, encoding, session, &mut pending));
-                    let _ = Box::pin(flush).await;
-                    return Ending::Close(close);
+                    return Ending::Close(Box::pin(flush_then(close, ws, encoding, session, outbox, &mut pending, (max_frames, max_bytes))).await);
                 }
             }
             () = &mut timer => {
                 if let Some(close) = session.on_timer(Instant::now().into_std()) {
-                    // Flush the error explaining the close, briefly: a
-                    // client that timed out may not be reading.
-                    let _ = outbox.drain(&mut pending, max_frames, max_bytes);
-                    let flush = tokio::time::timeout(Duration::from_secs(1), write(ws, encoding, session, &mut pending));
-                    let _ = Box::pin(flush).await;
-                    return Ending::Close(close);
+                    return Ending::Close(Box::pin(flush_then(close, ws, encoding, session, outbox, &mut pending, (max_frames, max_bytes))).await);
                 }
             }
             // Input and timers had their look; output comes first again.
             () = tokio::task::yield_now(), if yield_to_input => yield_to_input = false,
         }
     }
+}
+
+/// Before a close the session decided: writes what is queued (the `Error`
+/// explaining it), for a second at most, since a client being closed may
+/// not be reading; then `close`.
+async fn flush_then<S, D: Directory>(
+    close: Close,
+    ws: &mut WebSocketStream<S>,
+    encoding: &mut Encoding,
+    session: &mut Session<D>,
+    outbox: &Outbox,
+    pending: &mut Vec<Encoded>,
+    (max_frames, max_bytes): (usize, usize),
+) -> Close
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = outbox.drain(pending, max_frames, max_bytes);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        write(ws, encoding, session, pending),
+    )
+    .await;
+    close
 }
 
 /// How to end a connection whose outbox was closed.
@@ -761,11 +772,7 @@ where
                 write(ws, encoding, session, pending),
             )
             .await;
-            Close {
-                code: CloseCode::Away.into(),
-                reason: "server shutting down",
-                leave: LeaveReason::ServerShutdown,
-            }
+            Close::shutdown()
         }
     }
 }
