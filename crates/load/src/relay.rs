@@ -134,6 +134,21 @@ impl Shared {
     }
 }
 
+/// Sets up `n` pairs, 64 at a time; the first failure fails the run.
+pub(crate) async fn set_up<T, F, Fut>(n: usize, pair: F) -> Result<Vec<T>, LoadError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LoadError>>,
+{
+    futures_util::stream::iter(0..n)
+        .map(pair)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// What one measured relay interval gave.
 pub(crate) struct Measured {
     pub(crate) relayed: u64,
@@ -213,17 +228,12 @@ pub(crate) async fn measure(
 pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError> {
     let target = Target::resolve(common).await?;
     let tag = run_tag();
-    let pairs: Vec<(Peer, Peer)> = futures_util::stream::iter(0..options.pairs)
-        .map(|i| {
-            let target = target.clone();
-            let room = RoomId::new(&format!("relay-{tag}-{i}")).expect("valid room id");
-            async move { set_up_pair(&target, room).await }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let pairs = set_up(options.pairs, |i| {
+        let target = target.clone();
+        let room = RoomId::new(&format!("relay-{tag}-{i}")).expect("valid room id");
+        async move { set_up_pair(&target, room).await }
+    })
+    .await?;
 
     let shared = Shared::new();
     let (exit_tx, exit_rx) = watch::channel(false);

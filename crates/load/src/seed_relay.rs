@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use super::relay::{measure, Report, Shared};
+use super::relay::{measure, set_up, Report, Shared};
 use super::{latency_histogram, run_tag, Common, Latency, LoadError, Target};
 
 /// Options of the seed 001 relay scenario.
@@ -101,16 +101,11 @@ fn stamp_of(text: &str) -> Option<u64> {
 pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError> {
     let target = Target::resolve(common).await?;
     let tag = run_tag();
-    let pairs: Vec<(Ws, Ws)> = futures_util::stream::iter(0..options.pairs)
-        .map(|i| {
-            let (target, room) = (target.clone(), format!("seed-{tag}-{i}"));
-            async move { set_up_pair(&target, room).await }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let pairs = set_up(options.pairs, |i| {
+        let (target, room) = (target.clone(), format!("seed-{tag}-{i}"));
+        async move { set_up_pair(&target, room).await }
+    })
+    .await?;
     let shared = Shared::new();
     let (start_tx, start_rx) = watch::channel(false);
     let (exit_tx, exit_rx) = watch::channel(false);
