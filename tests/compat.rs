@@ -140,17 +140,7 @@ async fn a_seed_001_page_and_an_sdk_client_negotiate_in_one_room() {
     assert_eq!(page.recv().await["type"], "joined");
 
     let mut sdk = connect(&server).await;
-    sdk.send(&Message::Join(switchboard::protocol::Join {
-        room: room("call"),
-        mode: RoomMode::Pair,
-        capacity: None,
-        display_name: String::new(),
-    }))
-    .await
-    .unwrap();
-    let Message::Joined(j) = next(&mut sdk).await else {
-        panic!()
-    };
+    let j = join_ok(&mut sdk, "call", RoomMode::Pair).await;
     assert!(j.initiator);
     let page_id = j.members[0].peer_id;
     assert_eq!(
@@ -386,17 +376,7 @@ async fn seed_000_seq_and_timestamp_reach_sdk_clients_and_come_back() {
     page.send(json!({"type": "join", "roomId": "m"})).await;
     assert_eq!(page.recv().await["type"], "joined");
     let mut sdk = connect(&server).await;
-    sdk.send(&Message::Join(switchboard::protocol::Join {
-        room: room("m"),
-        mode: RoomMode::Mesh,
-        capacity: None,
-        display_name: String::new(),
-    }))
-    .await
-    .unwrap();
-    let Message::Joined(j) = next(&mut sdk).await else {
-        panic!()
-    };
+    let j = join_ok(&mut sdk, "m", RoomMode::Mesh).await;
     let page_id = j.members[0].peer_id;
     let sdk_id = page.recv().await["peerId"].as_str().unwrap().to_owned();
 

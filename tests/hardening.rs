@@ -44,16 +44,7 @@ fn assert_peak_under_bound(server: &Server, what: &str) {
 }
 
 fn token(sub: &str) -> String {
-    switchboard::auth::mint_token(
-        SECRET.as_bytes(),
-        sub,
-        Vec::new(),
-        Some(String::new()),
-        Duration::from_secs(3600),
-        true,
-        None,
-    )
-    .unwrap()
+    common::token_granting_everything(SECRET, sub)
 }
 
 /// A client whose TCP connection comes from `ip`.

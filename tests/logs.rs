@@ -15,16 +15,7 @@ use switchboard::protocol::{Address, Hello, Message, RoomMode};
 const SECRET: &str = "logs-test-secret-0123456789abcdef-xyz";
 
 fn token(sub: &str) -> String {
-    switchboard::auth::mint_token(
-        SECRET.as_bytes(),
-        sub,
-        Vec::new(),
-        Some(String::new()),
-        Duration::from_secs(3600),
-        true,
-        None,
-    )
-    .unwrap()
+    common::token_granting_everything(SECRET, sub)
 }
 
 /// The log's lines, each parsed (a line that is not JSON fails the test).

@@ -213,3 +213,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// An hour's access token for `sub`, signed with `secret`, that grants every
+/// room and the right to create rooms.
+pub fn token_granting_everything(secret: &str, sub: &str) -> String {
+    switchboard::auth::mint_token(
+        secret.as_bytes(),
+        sub,
+        Vec::new(),
+        Some(String::new()),
+        Duration::from_secs(3600),
+        true,
+        None,
+    )
+    .unwrap()
+}
