@@ -320,12 +320,28 @@ fn error_codes() -> impl Iterator<Item = ErrorCode> {
     (0..=64).filter_map(|i| ErrorCode::try_from(i).ok())
 }
 
-/// `ERROR_CODE_RATE_LIMITED` → `rate_limited`.
+/// A protobuf enum value's name as outsiders see it (labels, webhook
+/// fields): without its prefix, in lower case. `short_name(
+/// "ERROR_CODE_RATE_LIMITED", "ERROR_CODE_")` is `rate_limited`.
+pub fn short_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+/// An error code's label. Label values must be 'static: the table is
+/// made (and leaked) once per process, not once per server.
 fn code_label(code: ErrorCode) -> &'static str {
-    let name = code.as_str_name();
-    let name = name.strip_prefix("ERROR_CODE_").unwrap_or(name);
-    // Leaked once per code at start: label values must be 'static.
-    Box::leak(name.to_ascii_lowercase().into_boxed_str())
+    static LABELS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        (0..=64)
+            .map(|i| match ErrorCode::try_from(i) {
+                Ok(c) => &*Box::leak(short_name(c.as_str_name(), "ERROR_CODE_").into_boxed_str()),
+                Err(_) => "unknown",
+            })
+            .collect()
+    });
+    labels[code as usize]
 }
 
 impl Default for Metrics {

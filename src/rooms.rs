@@ -69,6 +69,15 @@ pub enum JoinError {
     },
 }
 
+/// A room mode as outsiders see it (admin API, webhooks): `pair` or
+/// `mesh` (a join with mode 0 makes a pair room).
+pub fn mode_name(mode: RoomMode) -> &'static str {
+    match mode {
+        RoomMode::Mesh => "mesh",
+        _ => "pair",
+    }
+}
+
 /// One room: its mode, capacity and members in join order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room {

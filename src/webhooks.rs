@@ -99,10 +99,7 @@ pub enum Event {
 }
 
 fn reason_name(reason: LeaveReason) -> String {
-    let name = reason.as_str_name();
-    name.strip_prefix("LEAVE_REASON_")
-        .unwrap_or(name)
-        .to_ascii_lowercase()
+    crate::metrics::short_name(reason.as_str_name(), "LEAVE_REASON_")
 }
 
 impl Event {
@@ -115,7 +112,7 @@ impl Event {
         let (event, mut v) = match self {
             Event::RoomCreated { room, mode } => (
                 "room_created",
-                json!({"room": room.as_str(), "mode": if *mode == RoomMode::Mesh { "mesh" } else { "pair" }}),
+                json!({"room": room.as_str(), "mode": crate::rooms::mode_name(*mode)}),
             ),
             Event::RoomEmptied { room } => ("room_emptied", json!({"room": room.as_str()})),
             Event::PeerJoined { room, peer, user } => (

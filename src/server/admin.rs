@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use super::Shared;
 use crate::directory::{Directory, RoomInfo};
-use crate::protocol::{PeerId, RoomId, RoomMode};
+use crate::protocol::{PeerId, RoomId};
 
 /// Largest request body read (a kick is a few dozen bytes).
 const MAX_BODY: usize = 4096;
@@ -58,13 +58,6 @@ fn authorized(req: &Request<Incoming>, token: &[u8]) -> bool {
     Sha256::digest(given).ct_eq(&Sha256::digest(token)).into()
 }
 
-fn mode_name(mode: RoomMode) -> &'static str {
-    match mode {
-        RoomMode::Mesh => "mesh",
-        _ => "pair",
-    }
-}
-
 fn room_json(r: &RoomInfo) -> Value {
     let members: Vec<Value> = r
         .members
@@ -79,7 +72,7 @@ fn room_json(r: &RoomInfo) -> Value {
         .collect();
     json!({
         "room": r.id.as_str(),
-        "mode": mode_name(r.mode),
+        "mode": crate::rooms::mode_name(r.mode),
         "capacity": r.capacity,
         "members": members,
     })
