@@ -6,9 +6,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::child::Server;
@@ -16,13 +17,6 @@ use common::*;
 use serde_json::Value;
 use switchboard::client::{default_hello, Connection};
 use switchboard::protocol::{Address, ErrorCode, Message, PeerId, RoomMode};
-
-fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Fails with a clear message when a binary the test needs is missing.
 fn need(binary: &str, package: &str) {
@@ -45,10 +39,17 @@ struct Prometheus {
 }
 
 impl Prometheus {
+    /// Starts Prometheus on port 0 and reads the port it got from its
+    /// "Listening on" line, so no port is picked and freed for it to race
+    /// for.
     fn start(target: SocketAddr) -> Prometheus {
         need("prometheus", "prometheus");
-        let addr = free_addr();
-        let dir = std::env::temp_dir().join(format!("switchboard-prom-{}", addr.port()));
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-prom-{}-{}",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
@@ -60,17 +61,44 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let child = Command::new("prometheus")
+        let log = dir.join("log");
+        let mut child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start prometheus");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let found = text
+                .lines()
+                .filter(|l| l.contains("msg=\"Listening on\""))
+                .find_map(|l| {
+                    l.split("address=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if let Some(addr) = found {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("prometheus exited at start-up: {status}; its log:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus did not listen in 30 s; its log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         Prometheus { child, addr, dir }
     }
 
@@ -139,8 +167,8 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_reads_the_counts_of_a_known_sequence() {
-    let metrics_addr = free_addr();
-    let server = Server::start(&["--metrics-listen", &metrics_addr.to_string()]);
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_addr = server.metrics_addr.unwrap();
     let prometheus = Prometheus::start(metrics_addr);
     // Served on its own address only.
     let main_port = http_get(server.addr, "/metrics").await;

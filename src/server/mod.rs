@@ -286,18 +286,31 @@ pub async fn run_with_directory<D: Directory>(
         }
         _ => None,
     };
+    // Every listener is bound before the first "listening" line, so a
+    // supervisor (or a test) that waits for that line, under the fixed
+    // target `switchboard::listen`, finds the node fully reachable, and a
+    // metrics address that is taken stops the node before it serves.
+    let metrics_listener = match shared.ctx.config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let local = listener.local_addr()?;
     info!(
+        target: "switchboard::listen",
         addr = %local,
         tls = shared.tls.is_some(),
         auth = ?shared.ctx.config.auth,
         "listening"
     );
     warn_if_open(&shared.ctx.config, local);
-    let metrics_task = match shared.ctx.config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await?;
-            info!(addr = %listener.local_addr()?, path = %shared.ctx.config.metrics_path, "metrics listening");
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            info!(
+                target: "switchboard::listen",
+                addr = %listener.local_addr()?,
+                path = %shared.ctx.config.metrics_path,
+                "metrics listening"
+            );
             Some(tokio::spawn(http::serve_metrics(shared.clone(), listener)))
         }
         None => None,

@@ -1,15 +1,18 @@
 //! The switchboard binary in a child process, for tests that must see the
 //! server's own memory (`/proc/PID/status`), CPU or open-files limit.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The switchboard binary running in a child process.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where `--metrics-listen` ended up, when given.
+    pub metrics_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -20,19 +23,22 @@ impl Server {
 
     /// Starts the server with `args` and `env`, under an open-files limit
     /// (soft and hard) of `nofile` if given, and waits until it listens.
+    ///
+    /// The server listens on port 0 and the test reads the port it got from
+    /// its "listening" line: no port is picked here and freed for the server
+    /// to take later, so tests running side by side cannot race for one.
+    /// Pass `--metrics-listen 127.0.0.1:0` the same way; see `metrics_addr`.
     pub fn start_with(args: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::env::temp_dir().join(format!("switchboard-child-{port}.log"));
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "switchboard-child-{}-{}.log",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.arg("--listen")
-            .arg(addr.to_string())
+        cmd.args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,switchboard::listen=info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -47,12 +53,19 @@ impl Server {
             }
         }
         let child = cmd.spawn().expect("start the switchboard binary");
-        let mut server = Server { child, addr, log };
-        server.wait_ready();
+        let mut server = Server {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            metrics_addr: None,
+            log,
+        };
+        server.wait_ready(args.contains(&"--metrics-listen"));
         server
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the "listening" line (and "metrics listening" when asked
+    /// for) and takes the addresses from it.
+    fn wait_ready(&mut self, metrics: bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -61,12 +74,22 @@ impl Server {
                     self.log_text()
                 );
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                return;
+            let log = self.log_text();
+            let main = listen_line(&log, "listening");
+            let metrics_addr = listen_line(&log, "metrics listening");
+            if let Some(addr) = main {
+                if !metrics || metrics_addr.is_some() {
+                    self.addr = addr;
+                    self.metrics_addr = metrics_addr;
+                    return;
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("switchboard did not listen on {} within 20 s", self.addr);
+        panic!(
+            "switchboard did not log that it listens within 20 s; log: {}",
+            self.log_text()
+        );
     }
 
     pub fn url(&self) -> String {
@@ -111,4 +134,26 @@ impl Drop for Server {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The address on the `switchboard::listen` line whose message is exactly
+/// `message`, in the text or the JSON log format.
+fn listen_line(log: &str, message: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("switchboard::listen"))
+        .find(|l| {
+            l.contains(&format!("\"message\":\"{message}\""))
+                || l.contains(&format!("switchboard::listen: {message} "))
+        })
+        .and_then(|l| {
+            let at = l
+                .find("addr=")
+                .map(|i| i + "addr=".len())
+                .or_else(|| l.find("\"addr\":\"").map(|i| i + "\"addr\":\"".len()))?;
+            let rest = &l[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
 }

@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
@@ -106,31 +105,32 @@ class Client {
 let server: ChildProcess | undefined;
 let url = "";
 
-function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => ok(port));
-    });
-  });
-}
-
 before(async () => {
   assert.equal(typeof WebSocket, "function", "this Node has no WebSocket: use Node 22, or Node 20 with --experimental-websocket");
   const bin = process.env.SWITCHBOARD_BIN ? resolve(process.env.SWITCHBOARD_BIN) : join(repoDir, "target/debug/switchboard");
   assert.ok(existsSync(bin), `no switchboard binary at ${bin}: run cargo build --bin switchboard (or set SWITCHBOARD_BIN)`);
-  const port = await freePort();
-  server = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--log-level", "warn"], { stdio: "ignore" });
-  url = `ws://127.0.0.1:${port}/ws`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
-    if (up) break;
-    if (Date.now() > deadline) throw new Error("switchboard did not start");
-    await new Promise((ok) => setTimeout(ok, 50));
-  }
+  // Port 0, and the port the server got is read from its "listening" line
+  // (target switchboard::listen): no port is picked here for it to race for.
+  const child = spawn(bin, ["--listen", "127.0.0.1:0"], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn,switchboard::listen=info", NO_COLOR: "1" },
+  });
+  server = child;
+  const addr = await new Promise<string>((ok, fail) => {
+    let seen = "";
+    const timer = setTimeout(() => fail(new Error(`switchboard did not log that it listens within 20 s: ${seen}`)), 20_000);
+    child.on("exit", (code) => fail(new Error(`switchboard exited at start-up (${code}): ${seen}`)));
+    child.stdout!.on("data", (chunk: Buffer) => {
+      seen += chunk.toString();
+      const m = /switchboard::listen: listening addr=(\S+)/.exec(seen);
+      if (m) {
+        clearTimeout(timer);
+        ok(m[1]!);
+      }
+    });
+  });
+  child.stdout!.resume();
+  url = `ws://${addr}/ws`;
 });
 
 after(() => {
