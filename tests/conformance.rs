@@ -57,13 +57,14 @@ impl Run {
         }
     }
 
-    async fn client(&mut self, name: &str) -> &mut Client {
+    /// The client `name`, connected on first use. Its first frame is the
+    /// default Hello, or `first` when the step gives one (a `hello` step).
+    async fn client(&mut self, name: &str, first: Option<&Value>) -> &mut Client {
         if !self.clients.contains_key(name) {
             let (mut ws, _) = tokio_tungstenite::connect_async(&self.url).await.unwrap();
-            let hello = text::to_frame(
-                &json!({"type": "hello", "body": {"protocolVersion": 1}}).to_string(),
-            )
-            .unwrap();
+            let default = json!({"type": "hello", "body": {"protocolVersion": 1}});
+            let hello = text::to_frame(&self.substitute(first.unwrap_or(&default)).to_string())
+                .unwrap_or_else(|e| panic!("the first frame of {name} does not encode: {e}"));
             ws.send(WsMessage::Binary(hello)).await.unwrap();
             self.clients.insert(
                 name.to_owned(),
@@ -78,7 +79,7 @@ impl Run {
 
     /// The next frame `name` receives (server Pings answered and skipped).
     async fn next(&mut self, name: &str) -> Value {
-        let client = self.client(name).await;
+        let client = self.client(name, None).await;
         loop {
             if let Some(v) = client.pending.pop_front() {
                 if v["type"] == "ping" {
@@ -91,11 +92,15 @@ impl Run {
             }
             let msg = tokio::time::timeout(Duration::from_secs(5), client.ws.next())
                 .await
-                .expect("a frame within 5 s")
-                .expect("the connection is open")
-                .unwrap();
-            let WsMessage::Binary(data) = msg else {
-                continue;
+                .expect("a frame within 5 s");
+            // The end of the connection reads as `{"close": code}`.
+            let data = match msg {
+                Some(Ok(WsMessage::Binary(data))) => data,
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return json!({"close": frame.map(|f| u16::from(f.code))});
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return json!({"close": null}),
             };
             for f in Frames::new(data, 1 << 20, 1 << 10) {
                 let f = f.unwrap();
@@ -107,6 +112,15 @@ impl Run {
             }
         }
     }
+}
+
+/// Bytes from hex digits, spaces ignored.
+fn from_hex(hex: &str) -> Vec<u8> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+        .collect()
 }
 
 /// Whether `got` has every key of `want` with an equal value (see the
@@ -151,11 +165,28 @@ async fn every_scripted_exchange_passes_against_the_server() {
         for (i, step) in exchange["steps"].as_array().unwrap().iter().enumerate() {
             let who = step["client"].as_str().unwrap();
             let at = format!("exchange {name:?}, step {i} ({who})");
-            if let Some(send) = step.get("send") {
+            if let Some(first) = step.get("hello") {
+                assert!(
+                    !run.clients.contains_key(who),
+                    "{at}: hello must come first"
+                );
+                run.client(who, Some(first)).await;
+            } else if let Some(send) = step.get("send") {
                 let frame = text::to_frame(&run.substitute(send).to_string())
                     .unwrap_or_else(|e| panic!("{at}: the vector does not encode: {e}"));
-                let client = run.client(who).await;
+                let client = run.client(who, None).await;
                 client.ws.send(WsMessage::Binary(frame)).await.unwrap();
+            } else if let Some(hex) = step.get("sendHex") {
+                let bytes = from_hex(hex.as_str().unwrap());
+                let client = run.client(who, None).await;
+                client
+                    .ws
+                    .send(WsMessage::Binary(bytes.into()))
+                    .await
+                    .unwrap();
+            } else if let Some(code) = step.get("expectClose") {
+                let got = run.next(who).await;
+                assert_eq!(got, json!({"close": code}), "{at}: wanted the close {code}");
             } else {
                 let got = run.next(who).await;
                 if got["type"] == "welcome" {

@@ -83,6 +83,11 @@ class Client {
       this.pending.push(...decodeMessage(new Uint8Array(ev.data as ArrayBuffer)));
       this.waiters.splice(0).forEach((w) => w());
     };
+    // The end of the connection reads as `{close: code}`.
+    ws.onclose = (ev) => {
+      this.pending.push({ close: ev.code });
+      this.waiters.splice(0).forEach((w) => w());
+    };
   }
   async next(): Promise<Json> {
     const deadline = Date.now() + 5000;
@@ -156,7 +161,7 @@ for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
       if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, substitute(x)]));
       return v;
     };
-    const client = async (name: string): Promise<Client> => {
+    const client = async (name: string, first?: Json): Promise<Client> => {
       let c = clients.get(name);
       if (!c) {
         const ws = new WebSocket(url);
@@ -165,7 +170,7 @@ for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
           ws.onerror = fail;
         });
         c = new Client(ws);
-        ws.send(encodeEnvelope({ type: "hello", body: { protocolVersion: 1 } }));
+        ws.send(encodeEnvelope(substitute(first ?? { type: "hello", body: { protocolVersion: 1 } })));
         clients.set(name, c);
       }
       return c;
@@ -173,9 +178,23 @@ for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
     try {
       for (const [i, step] of (exchange.steps as Json[]).entries()) {
         const at = `step ${i} (${step.client})`;
+        if (step.hello) {
+          assert.ok(!clients.has(step.client), `${at}: hello must come first`);
+          await client(step.client, step.hello);
+          continue;
+        }
         const c = await client(step.client);
         if (step.send) {
           c.ws.send(encodeEnvelope(substitute(step.send)));
+          continue;
+        }
+        if (step.sendHex !== undefined) {
+          c.ws.send(Buffer.from((step.sendHex as string).replace(/\s/g, ""), "hex"));
+          continue;
+        }
+        if (step.expectClose !== undefined) {
+          const got = await c.next();
+          assert.deepEqual(got, { close: step.expectClose }, `${at}: wanted the close ${step.expectClose}`);
           continue;
         }
         const got = await c.next();
