@@ -177,7 +177,8 @@ async fn every_scripted_exchange_passes_against_the_server() {
                 let client = run.client(who, None).await;
                 client.ws.send(WsMessage::Binary(frame)).await.unwrap();
             } else if let Some(hex) = step.get("sendHex") {
-                let bytes = from_hex(hex.as_str().unwrap());
+                let times = step["times"].as_u64().unwrap_or(1) as usize;
+                let bytes = from_hex(hex.as_str().unwrap()).repeat(times);
                 let client = run.client(who, None).await;
                 client
                     .ws

@@ -189,7 +189,8 @@ for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
           continue;
         }
         if (step.sendHex !== undefined) {
-          c.ws.send(Buffer.from((step.sendHex as string).replace(/\s/g, ""), "hex"));
+          const bytes = Buffer.from((step.sendHex as string).replace(/\s/g, ""), "hex");
+          c.ws.send(Buffer.concat(Array(step.times ?? 1).fill(bytes)));
           continue;
         }
         if (step.expectClose !== undefined) {
