@@ -12,7 +12,6 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { createServer as createHttpServer } from "node:http";
-import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -31,18 +30,6 @@ let server;
 let serverLog = "";
 let browser;
 let base;
-
-/** A loopback port nobody listens on right now. */
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
 
 /** Calls `probe` until it returns something truthy; fails with `what` after `ms`. */
 async function until(what, probe, ms = 30_000) {
@@ -126,20 +113,23 @@ before(async () => {
     throw new Error(`switchboard binary not found at ${BIN}. Build it (cargo build) or set SWITCHBOARD_BIN.`);
   }
   await mkdir(SHOTS, { recursive: true });
-  const port = await freePort();
-  base = `http://localhost:${port}`;
   // The default STUN server is out of reach in CI; a loopback URL that nobody
   // answers keeps the page's ICE configuration real but harmless, and host
   // candidates connect the pages on this machine.
-  server = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--ice-server", "stun:127.0.0.1:9"], {
+  // Port 0: the port the server got is read from its "listening" line
+  // (target switchboard::listen), so no port is picked here for it to race for.
+  server = spawn(BIN, ["--listen", "127.0.0.1:0", "--ice-server", "stun:127.0.0.1:9"], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" },
+    env: { ...process.env, RUST_LOG: `${process.env.RUST_LOG ?? "info"},switchboard::listen=info`, NO_COLOR: "1" },
   });
   server.stdout.on("data", (d) => (serverLog += d));
   server.stderr.on("data", (d) => (serverLog += d));
   const exited = new Promise((r) => server.once("exit", (code) => r(code)));
   await until("the server's /healthz", async () => {
     if (server.exitCode !== null) throw new Error(`server exited with ${await exited}:\n${serverLog}`);
+    const listening = /switchboard::listen: listening addr=127\.0\.0\.1:(\d+)/.exec(serverLog);
+    if (!listening) return false;
+    base = `http://localhost:${listening[1]}`;
     const res = await fetch(`${base}/healthz`);
     return res.ok;
   }, 20_000);
@@ -240,8 +230,8 @@ describe("demo page", () => {
     // Express server served it), pointed at switchboard's /compat/pair.
     const html = await readFile(join(here, "seed001/index.html"), "utf8");
     const web = createHttpServer((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
-    const webPort = await freePort();
-    await new Promise((ok) => web.listen(webPort, "127.0.0.1", ok));
+    await new Promise((ok) => web.listen(0, "127.0.0.1", ok));
+    const webPort = web.address().port;
     const context = await browser.newContext();
     const seed = await context.newPage();
     seed.lines = [];
