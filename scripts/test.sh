@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of switchboard: the offline check of the deployment files,
 # Rust unit, integration, golden, fuzz-corpus, TURN, Prometheus tests, the
-# browser SDK's tests, and the end-to-end test in a real Chromium. Installs the system packages the tests need when run as root
+# Python package's tests, the browser SDK's tests, and the end-to-end test in a real Chromium. Installs the system packages the tests need when run as root
 # (coturn for the TURN test, chromium for the browser test, prometheus for
 # the metrics test); otherwise says
 # which to install and stops.
@@ -41,8 +41,20 @@ echo "==> cargo test"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
-echo "==> browser SDK and end-to-end tests"
 cargo build --bin switchboard
+
+echo "==> Python package (bindings generated from proto/ when it is built) and the conformance vectors in Python"
+# Into a virtual environment under target/ (git-ignored): the runtime
+# dependencies pinned, then the package itself, rebuilt every run so its
+# bindings follow proto/.
+py=target/python-venv
+[ -x "$py/bin/python" ] || python3 -m venv "$py"
+"$py/bin/pip" install -q --disable-pip-version-check protobuf==7.36.2 websockets==17.4
+"$py/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./python
+SWITCHBOARD_BIN="$PWD/target/debug/switchboard" \
+    "$py/bin/python" -m unittest discover -s python/tests -t python/tests -v
+
+echo "==> browser SDK and end-to-end tests"
 cd web
 # 'npm install', not 'npm ci': the registry this project builds from lacks
 # @bufbuild/buf's binaries for other platforms, so the lock file cannot list

@@ -1,0 +1,154 @@
+"""Runs the language-neutral scripted exchanges of tests/conformance/ against
+a live switchboard binary, over binary frames (see the README there)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import subprocess
+import unittest
+
+import websockets
+
+from switchboard_signaling import envelope, frame
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VECTORS = json.loads((REPO / "tests/conformance/exchanges.json").read_text())
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    """The binary on port 0; the port it got is read from its "listening" line."""
+    binary = os.environ.get("SWITCHBOARD_BIN", str(REPO / "target/debug/switchboard"))
+    if not os.path.exists(binary):
+        raise RuntimeError(f"no switchboard binary at {binary}: run cargo build (or set SWITCHBOARD_BIN)")
+    env = dict(os.environ, RUST_LOG="warn,switchboard::listen=info", NO_COLOR="1")
+    child = subprocess.Popen([binary, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, env=env, text=True)
+    seen = ""
+    for line in child.stdout:
+        seen += line
+        m = re.search(r"switchboard::listen: listening addr=(\S+)", line)
+        if m:
+            return child, f"ws://{m.group(1)}/ws"
+    raise RuntimeError(f"switchboard exited without listening: {seen}")
+
+
+def matches(want, got) -> bool:
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and matches(v, got[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list) and len(want) == len(got) and all(map(matches, want, got))
+    return want == got
+
+
+class Client:
+    def __init__(self, ws):
+        self.ws = ws
+        self.pending: list[dict] = []
+
+    async def next(self) -> dict:
+        """The next frame as an envelope, or {"close": code} at the end."""
+        while True:
+            while self.pending:
+                v = self.pending.pop(0)
+                if v["type"] == "ping":
+                    await self.ws.send(envelope.to_frame({"type": "pong", "body": {"nonce": v["body"].get("nonce", "0")}}))
+                    continue
+                return v
+            try:
+                data = await asyncio.wait_for(self.ws.recv(), 5)
+            except websockets.ConnectionClosed as closed:
+                return {"close": closed.rcvd.code if closed.rcvd else None}
+            if isinstance(data, bytes):
+                self.pending += [envelope.from_frame(f) for f in frame.split(data, 1 << 20, 1 << 10)]
+
+
+class Exchanges(unittest.IsolatedAsyncioTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server, cls.url = start_server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.kill()
+        cls.server.wait()
+
+    async def test_every_exchange(self):
+        self.assertGreaterEqual(len(VECTORS["exchanges"]), 10)
+        for n, exchange in enumerate(VECTORS["exchanges"]):
+            with self.subTest(exchange["name"]):
+                await self.run_exchange(n, exchange)
+
+    async def run_exchange(self, n: int, exchange: dict):
+        tag = f"{n}-py-{os.getpid()}"
+        names: dict[str, str] = {}
+        clients: dict[str, Client] = {}
+
+        def substitute(v):
+            if isinstance(v, str) and v.startswith("$"):
+                if v in names:
+                    return names[v]
+                if v == "$room":
+                    return f"conf-{tag}"
+                if v == "$long-room-id":
+                    return "r" * 65
+                if v.startswith("$user-"):
+                    return f"{v[6:]}-{tag}"
+                raise KeyError(f"unknown placeholder {v}")
+            if isinstance(v, list):
+                return [substitute(x) for x in v]
+            if isinstance(v, dict):
+                return {k: substitute(x) for k, x in v.items()}
+            return v
+
+        async def client(name: str, first=None) -> Client:
+            if name not in clients:
+                ws = await websockets.connect(self.url, max_size=None)
+                await ws.send(envelope.to_frame(substitute(first or {"type": "hello", "body": {"protocolVersion": 1}})))
+                clients[name] = Client(ws)
+            return clients[name]
+
+        try:
+            for i, step in enumerate(exchange["steps"]):
+                at = f"{exchange['name']}, step {i} ({step['client']})"
+                if "hello" in step:
+                    self.assertNotIn(step["client"], clients, f"{at}: hello must come first")
+                    await client(step["client"], step["hello"])
+                    continue
+                c = await client(step["client"])
+                if "send" in step:
+                    await c.ws.send(envelope.to_frame(substitute(step["send"])))
+                elif "sendHex" in step:
+                    await c.ws.send(bytes.fromhex(step["sendHex"].replace(" ", "")) * step.get("times", 1))
+                elif "expectClose" in step:
+                    got = await c.next()
+                    self.assertEqual(got, {"close": step["expectClose"]}, at)
+                else:
+                    got = await c.next()
+                    if got["type"] == "welcome":
+                        names[f"${step['client']}"] = got["body"]["peerId"]
+                    want = substitute(step["expect"])
+                    self.assertTrue(matches(want, got), f"{at}: wanted {want}, got {got}")
+                    for path in step.get("absent", []):
+                        value = got
+                        for key in path.split("."):
+                            value = value.get(key) if isinstance(value, dict) else None
+                        self.assertIsNone(value, f"{at}: {path} should be absent in {got}")
+        finally:
+            for c in clients.values():
+                await c.ws.close()
+
+
+class Matcher(unittest.TestCase):
+    def test_the_matcher_refuses_what_differs(self):
+        want = {"type": "joined", "body": {"members": [{"peerId": "1"}]}}
+        self.assertTrue(matches(want, {"type": "joined", "seq": 3, "body": {"members": [{"peerId": "1", "x": 1}]}}))
+        self.assertFalse(matches(want, {"type": "joined", "body": {"members": []}}))
+        self.assertFalse(matches(want, {"type": "joined", "body": {"members": [{"peerId": "2"}]}}))
+        self.assertFalse(matches(want, {"type": "left"}))
+
+
+if __name__ == "__main__":
+    unittest.main()
