@@ -74,6 +74,7 @@ class Exchanges(unittest.IsolatedAsyncioTestCase):
     def tearDownClass(cls):
         cls.server.kill()
         cls.server.wait()
+        cls.server.stdout.close()
 
     async def test_every_exchange(self):
         self.assertGreaterEqual(len(VECTORS["exchanges"]), 10)
