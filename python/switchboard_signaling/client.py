@@ -55,9 +55,11 @@ class Connection:
         await self.ws.send(frame.encode(type_, flags, seq, message.SerializeToString()))
         return seq
 
-    async def offer(self, to_peer: int, text: str, answer: bool = False) -> int:
-        """An Offer (or Answer) compressed when the server says it can be and it is smaller."""
-        data, packed = sdp.deflate_if_smaller(text)
+    async def offer(self, to_peer: int, text: str, answer: bool = False, compress: bool = True) -> int:
+        """An Offer (or Answer), compressed when it is smaller and `compress`:
+        pass whether the receiver has CAPABILITY_DEFLATE_SDP (its Member
+        entry says so); the server inflates for receivers without it."""
+        data, packed = sdp.deflate_if_smaller(text) if compress else (text.encode(), False)
         return await self.send(
             "answer" if answer else "offer",
             pb.SessionDescription(peer=pb.Address(peer_id=to_peer), sdp=data),
