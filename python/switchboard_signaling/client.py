@@ -81,12 +81,15 @@ class Connection:
             data = await self.ws.recv()
             if not isinstance(data, bytes):
                 continue
-            for f in frame.split(data, 1 << 20, 1 << 10):
-                try:
-                    kind = envelope._NAMES[f.type]
-                    self._pending.append((kind, envelope.TYPES[kind][1].FromString(f.payload), f.flags))
-                except (KeyError, DecodeError):
-                    continue  # a frame this client cannot read is skipped
+            try:
+                for f in frame.split(data, 1 << 20, 1 << 10):
+                    try:
+                        kind = envelope._NAMES[f.type]
+                        self._pending.append((kind, envelope.TYPES[kind][1].FromString(f.payload), f.flags))
+                    except (KeyError, DecodeError):
+                        continue  # a frame this client cannot read is skipped
+            except frame.FrameError:
+                pass  # the rest of this message is untrustworthy; the frames before it stand
 
     async def close(self) -> None:
         await self.ws.close()
