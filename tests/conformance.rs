@@ -114,15 +114,6 @@ impl Run {
     }
 }
 
-/// Bytes from hex digits, spaces ignored.
-fn from_hex(hex: &str) -> Vec<u8> {
-    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
-}
-
 /// Whether `got` has every key of `want` with an equal value (see the
 /// README's matching rule).
 fn matches(want: &Value, got: &Value) -> bool {
@@ -178,7 +169,10 @@ async fn every_scripted_exchange_passes_against_the_server() {
                 client.ws.send(WsMessage::Binary(frame)).await.unwrap();
             } else if let Some(hex) = step.get("sendHex") {
                 let times = step["times"].as_u64().unwrap_or(1) as usize;
-                let bytes = from_hex(hex.as_str().unwrap()).repeat(times);
+                let digits: String = hex.as_str().unwrap().split_whitespace().collect();
+                let bytes = hex::decode(digits)
+                    .unwrap_or_else(|e| panic!("{at}: sendHex is not hex: {e}"))
+                    .repeat(times);
                 let client = run.client(who, None).await;
                 client
                     .ws

@@ -107,10 +107,7 @@ fn verify(r: &Received) -> Value {
     let hex = r.headers["webhook-signature"]
         .strip_prefix("v1=")
         .expect("v1= signature");
-    let signature: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
+    let signature = hex::decode(hex).expect("a hex signature");
     mac.verify_slice(&signature)
         .expect("the signature verifies with the shared secret");
     let event: Value = serde_json::from_str(&r.body).unwrap();
