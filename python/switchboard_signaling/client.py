@@ -84,7 +84,7 @@ class Connection:
             try:
                 for f in frame.split(data, 1 << 20, 1 << 10):
                     try:
-                        kind = envelope._NAMES[f.type]
+                        kind = envelope.NAMES[f.type]
                         self._pending.append((kind, envelope.TYPES[kind][1].FromString(f.payload), f.flags))
                     except (KeyError, DecodeError):
                         continue  # a frame this client cannot read is skipped

@@ -33,7 +33,7 @@ TYPES: dict[str, tuple[int, Any]] = {
     "login_result": (pb.MESSAGE_TYPE_LOGIN_RESULT, pb.LoginResult),
     "error": (pb.MESSAGE_TYPE_ERROR, pb.Error),
 }
-_NAMES = {type_: name for name, (type_, _) in TYPES.items()}
+NAMES = {type_: name for name, (type_, _) in TYPES.items()}
 
 
 def to_frame(envelope: dict[str, Any]) -> bytes:
@@ -45,6 +45,6 @@ def to_frame(envelope: dict[str, Any]) -> bytes:
 
 def from_frame(f: frame.Frame) -> dict[str, Any]:
     """The envelope of a received frame (KeyError for an unknown type byte)."""
-    name = _NAMES[f.type]
+    name = NAMES[f.type]
     body = TYPES[name][1].FromString(f.payload)
     return {"type": name, "seq": f.seq, "flags": f.flags, "body": json_format.MessageToDict(body)}

@@ -10,7 +10,7 @@ import unittest
 from switchboard_signaling import sdp
 from switchboard_signaling import signal_pb2 as pb
 from switchboard_signaling.client import Connection, SignalingError
-from test_conformance import REPO, start_server
+from support import REPO, ServerTestCase
 
 OFFER = (REPO / "tests/data/sdp/chrome-offer.sdp").read_text()
 
@@ -24,17 +24,7 @@ async def expect(c: Connection, kind: str):
             raise AssertionError(f"wanted {kind}, got Error {message}")
 
 
-class ClientTest(unittest.IsolatedAsyncioTestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server, cls.url = start_server()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.kill()
-        cls.server.wait()
-        cls.server.stdout.close()
-
+class ClientTest(ServerTestCase):
     async def test_a_pair_negotiates_with_compressed_sdp(self):
         a = await Connection.connect(self.url)
         b = await Connection.connect(self.url, deflate=False)

@@ -6,33 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pathlib
-import re
-import subprocess
 import unittest
 
 import websockets
+from support import REPO, ServerTestCase
 
 from switchboard_signaling import envelope, frame
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 VECTORS = json.loads((REPO / "tests/conformance/exchanges.json").read_text())
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    """The binary on port 0; the port it got is read from its "listening" line."""
-    binary = os.environ.get("SWITCHBOARD_BIN", str(REPO / "target/debug/switchboard"))
-    if not os.path.exists(binary):
-        raise RuntimeError(f"no switchboard binary at {binary}: run cargo build (or set SWITCHBOARD_BIN)")
-    env = dict(os.environ, RUST_LOG="warn,switchboard::listen=info", NO_COLOR="1")
-    child = subprocess.Popen([binary, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, env=env, text=True)
-    seen = ""
-    for line in child.stdout:
-        seen += line
-        m = re.search(r"switchboard::listen: listening addr=(\S+)", line)
-        if m:
-            return child, f"ws://{m.group(1)}/ws"
-    raise RuntimeError(f"switchboard exited without listening: {seen}")
 
 
 def matches(want, got) -> bool:
@@ -65,17 +46,7 @@ class Client:
                 self.pending += [envelope.from_frame(f) for f in frame.split(data, 1 << 20, 1 << 10)]
 
 
-class Exchanges(unittest.IsolatedAsyncioTestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server, cls.url = start_server()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.kill()
-        cls.server.wait()
-        cls.server.stdout.close()
-
+class Exchanges(ServerTestCase):
     async def test_every_exchange(self):
         self.assertGreaterEqual(len(VECTORS["exchanges"]), 10)
         for n, exchange in enumerate(VECTORS["exchanges"]):

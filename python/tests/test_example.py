@@ -7,7 +7,7 @@ import subprocess
 import sys
 import unittest
 
-from test_conformance import REPO, start_server
+from support import REPO, start_server, stop_server
 
 
 class Example(unittest.TestCase):
@@ -29,9 +29,7 @@ class Example(unittest.TestCase):
             self.assertEqual(roles, ["answerer", "initiator"], out)
             self.assertTrue(all(f"negotiated in room {room}" in o for o in out), out)
         finally:
-            server.kill()
-            server.wait()
-            server.stdout.close()
+            stop_server(server)
 
 
 if __name__ == "__main__":

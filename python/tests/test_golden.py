@@ -4,24 +4,14 @@ manifest.json says, and (plain frames) the manifest encodes to the same bytes.""
 from __future__ import annotations
 
 import json
-import pathlib
 import unittest
-import zlib
 
 from google.protobuf import json_format
+from support import REPO
 
-from switchboard_signaling import envelope, frame
+from switchboard_signaling import envelope, frame, sdp
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests/data/golden"
-DICTIONARY = (REPO / "crates/protocol/src/sdp_dictionary_v1.txt").read_bytes()
-
-
-def inflate(data: bytes) -> bytes:
-    d = zlib.decompressobj(wbits=-15, zdict=DICTIONARY)
-    out = d.decompress(data) + d.flush()
-    assert d.eof and not d.unused_data, "not exactly one raw DEFLATE stream"
-    return out
 
 
 class Golden(unittest.TestCase):
@@ -41,20 +31,20 @@ class Golden(unittest.TestCase):
                     type_, message = envelope.TYPES[name]
                     self.assertEqual((f.type, f.flags, f.seq), (type_, want["flags"], want["seq"]))
                     body = message.FromString(f.payload)
-                    sdp = fields.pop("sdp", None)
-                    if sdp is not None:
+                    text = fields.pop("sdp", None)
+                    if text is not None:
                         wire = body.sdp
-                        plain = inflate(wire) if f.flags & frame.DEFLATE_SDP else wire
-                        self.assertEqual(plain.decode(), sdp)
+                        plain = sdp.inflate(wire) if f.flags & frame.DEFLATE_SDP else wire.decode()
+                        self.assertEqual(plain, text)
                         body.ClearField("sdp")
                     self.assertEqual(body, json_format.ParseDict(fields, message()))
-                    if sdp is not None:
+                    if text is not None:
                         body.sdp = wire
                     encoded += frame.encode(type_, f.flags, f.seq, body.SerializeToString())
                     if not f.flags & frame.DEFLATE_SDP:
                         expected = json_format.ParseDict(fields, message())
-                        if sdp is not None:
-                            expected.sdp = sdp.encode()
+                        if text is not None:
+                            expected.sdp = text.encode()
                         self.assertEqual(expected.SerializeToString(), f.payload)
                 self.assertEqual(encoded, data)
 
