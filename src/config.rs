@@ -117,6 +117,21 @@ pub struct Config {
     pub turn_urls: Vec<String>,
     /// URLs webhook events are POSTed to; none sends none.
     pub webhook_urls: Vec<String>,
+    /// The Redis shared by the nodes of a cluster (`redis://`, `rediss://`
+    /// with TLS, `unix:///path`); none keeps everything in this process.
+    pub redis_url: Option<String>,
+    /// The cluster this node joins with `redis_url`: the prefix of its keys
+    /// and channels, so several clusters can share one Redis.
+    pub cluster: String,
+    /// How long a node's lease in Redis lasts without renewal (renewed every
+    /// third of it); a node silent for longer is taken for dead and its
+    /// peers are removed by the others.
+    #[serde(with = "millis")]
+    pub lease: Duration,
+    /// Longest wait for Redis on a client's request (a join, a login, a
+    /// call by name); past it the client gets `UNAVAILABLE`.
+    #[serde(with = "millis")]
+    pub redis_timeout: Duration,
     /// The key webhook requests are signed with (HMAC-SHA256). Like
     /// `jwt_secret`, never read from TOML.
     #[serde(skip)]
@@ -222,6 +237,10 @@ impl Default for Config {
             turn_urls: Vec::new(),
             admin_token: None,
             webhook_urls: Vec::new(),
+            redis_url: None,
+            cluster: "switchboard".into(),
+            lease: Duration::from_secs(3),
+            redis_timeout: Duration::from_secs(1),
             webhook_secret: None,
             turn_ttl: crate::turn::DEFAULT_TTL,
         }

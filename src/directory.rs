@@ -110,6 +110,19 @@ pub trait Directory: Send + Sync + 'static {
     /// connected; nothing if it is gone.
     fn notify(&self, peer: PeerId, frame: Encoded);
 
+    /// This node's id and epoch when the directory hands them out (a
+    /// cluster claims them in Redis); `None` leaves the configured node id
+    /// and an epoch taken from the clock.
+    fn identity(&self) -> Option<(u16, u16)> {
+        None
+    }
+
+    /// Whether the node may take new sessions now: a cluster node that
+    /// cannot reach its shared directory, or has lost its lease, may not.
+    fn ready(&self) -> bool {
+        true
+    }
+
     /// How many rooms, members and names there are now (for `/metrics`).
     fn census(&self) -> impl Future<Output = Census> + Send;
 

@@ -14,6 +14,8 @@
 //!   relay's hot path).
 //! - [`directory`]: rooms, names, calls and routes behind the asynchronous
 //!   [`directory::Directory`] seam; [`directory::LocalDirectory`] in memory.
+//! - [`cluster`]: the [`directory::Directory`] of several nodes sharing
+//!   one routing space through Redis (`--redis-url`).
 //! - [`session`]: one connection's protocol state and rules, sans I/O, time
 //!   passed in.
 //! - [`config`]: typed configuration and its defaults.
@@ -23,6 +25,7 @@
 //! - [`turn`]: time-limited TURN credentials in coturn's REST scheme. Pure.
 
 pub mod auth;
+pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod directory;

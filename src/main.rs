@@ -150,6 +150,23 @@ struct Cli {
         value_delimiter = ','
     )]
     webhook_urls: Option<Vec<String>>,
+    /// Redis shared by the nodes of a cluster (redis://HOST:PORT,
+    /// rediss://... with TLS, unix:///PATH); without it the node keeps its
+    /// rooms and names in memory.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Name of the cluster to join with --redis-url (the prefix of its keys
+    /// and channels).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER")]
+    cluster: Option<String>,
+    /// Milliseconds a node's lease lasts without renewal; a node silent for
+    /// longer is taken for dead and its peers removed.
+    #[arg(long, env = "SWITCHBOARD_LEASE_MS")]
+    lease_ms: Option<u64>,
+    /// Milliseconds a client's request may wait for Redis before it is
+    /// answered UNAVAILABLE.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS")]
+    redis_timeout_ms: Option<u64>,
     /// File holding the key webhook requests are signed with (at least 16
     /// bytes). Alternatively set SWITCHBOARD_WEBHOOK_SECRET.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET_FILE")]
@@ -347,8 +364,18 @@ impl Cli {
             auth,
             allowed_origins,
             turn_urls,
-            webhook_urls
+            webhook_urls,
+            cluster
         );
+        if self.redis_url.is_some() {
+            c.redis_url = self.redis_url;
+        }
+        if let Some(v) = self.lease_ms {
+            c.lease = ms(v);
+        }
+        if let Some(v) = self.redis_timeout_ms {
+            c.redis_timeout = ms(v);
+        }
         if self.jwt_issuer.is_some() {
             c.jwt_issuer = self.jwt_issuer;
         }
@@ -438,6 +465,9 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
         ("shards", c.shards.to_string()),
         ("auth", format!("{:?}", c.auth).to_lowercase()),
         ("turn_ttl_ms", ms(c.turn_ttl)),
+        ("cluster", c.cluster.clone()),
+        ("lease_ms", ms(c.lease)),
+        ("redis_timeout_ms", ms(c.redis_timeout)),
     ]
 }
 
@@ -591,7 +621,15 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        switchboard::server::run(listener, config, shutdown_signal()).await?;
+        if config.redis_url.is_some() {
+            let directory = switchboard::cluster::ClusterDirectory::start(&config)
+                .await
+                .context("joining the cluster")?;
+            switchboard::server::run_with_directory(listener, config, directory, shutdown_signal())
+                .await?;
+        } else {
+            switchboard::server::run(listener, config, shutdown_signal()).await?;
+        }
         Ok(())
     })
 }

@@ -25,6 +25,9 @@ pub enum RouteError {
     /// The target's queue is full; the sender should slow down.
     #[error("peer is not keeping up with its messages")]
     PeerBusy,
+    /// The shared directory of a cluster could not be reached in time.
+    #[error("the cluster directory cannot be reached; try again")]
+    Unavailable,
 }
 
 impl RouteError {
@@ -34,6 +37,7 @@ impl RouteError {
             RouteError::UnknownPeer => ErrorCode::UnknownPeer,
             RouteError::NotLoggedIn => ErrorCode::NotLoggedIn,
             RouteError::PeerBusy => ErrorCode::PeerBusy,
+            RouteError::Unavailable => ErrorCode::Unavailable,
         }
     }
 }
@@ -181,6 +185,26 @@ impl Registry {
                 entry.outbox.close(reason);
             }
         }
+    }
+
+    /// Closes the outbox of every peer connected now, without refusing
+    /// those that register later (a cluster node whose peers the others
+    /// took for gone).
+    pub fn close_each(&self, reason: CloseReason) {
+        for shard in self.peers.shards.iter() {
+            for entry in shard.lock().values() {
+                entry.outbox.close(reason);
+            }
+        }
+    }
+
+    /// Every peer connected here with its capabilities.
+    pub fn peers(&self) -> Vec<(PeerId, Capabilities)> {
+        let mut all = Vec::new();
+        for shard in self.peers.shards.iter() {
+            all.extend(shard.lock().iter().map(|(p, e)| (*p, e.capabilities)));
+        }
+        all
     }
 
     /// Number of peers connected here.

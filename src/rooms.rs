@@ -67,6 +67,10 @@ pub enum JoinError {
         /// The room.
         room: RoomId,
     },
+    /// The shared directory of a cluster could not be reached in time; the
+    /// join was not carried out.
+    #[error("the cluster directory cannot be reached; try again")]
+    Unavailable,
 }
 
 /// A room mode as outsiders see it (admin API, webhooks): `pair` or
@@ -147,6 +151,20 @@ impl Rooms {
     /// Every room, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &Room)> {
         self.rooms.iter()
+    }
+
+    /// Sets `room` as another node reported it (a cluster node's copy of the
+    /// rooms its peers are in): its mode, capacity and every member in join
+    /// order. No rule is checked: the shared directory decided.
+    pub fn mirror(&mut self, room: &RoomId, mode: RoomMode, capacity: u32, members: Vec<Member>) {
+        self.rooms.insert(
+            room.clone(),
+            Room {
+                mode,
+                capacity,
+                members,
+            },
+        );
     }
 
     /// Removes every member of `room` at once (an operator closed it);
@@ -340,6 +358,9 @@ pub enum LoginError {
     /// Another peer holds the name.
     #[error("name is taken")]
     Taken,
+    /// The shared directory of a cluster could not be reached in time.
+    #[error("the cluster directory cannot be reached; try again")]
+    Unavailable,
 }
 
 impl Names {

@@ -663,6 +663,9 @@ impl<D: Directory> Session<D> {
             Err(e @ JoinError::NotAllowedToCreate { .. }) => {
                 self.error(ErrorCode::Forbidden, e.to_string(), seq)
             }
+            Err(e @ JoinError::Unavailable) => {
+                self.error(ErrorCode::Unavailable, e.to_string(), seq)
+            }
             Err(e) => self.error(ErrorCode::InvalidArgument, e.to_string(), seq),
         }
     }
@@ -717,6 +720,7 @@ impl<D: Directory> Session<D> {
                 None
             }
             Err(LoginError::Taken) => Some(ErrorCode::NameTaken),
+            Err(LoginError::Unavailable) => Some(ErrorCode::Unavailable),
         };
         self.reply(&Message::LoginResult(LoginResult { name, error }));
     }

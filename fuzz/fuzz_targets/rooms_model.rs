@@ -259,6 +259,7 @@ impl Harness {
                 assert_eq!(self.shape.get(room).map(|s| s.1), Some(capacity));
                 assert_eq!(before.len(), capacity as usize, "refused as full too early");
             }
+            Err(JoinError::Unavailable) => unreachable!("rooms in memory are always available"),
         }
     }
 

@@ -113,7 +113,7 @@ pub(super) async fn handle<D: Directory>(
             reply(
                 StatusCode::OK,
                 json!({
-                    "node_id": shared.ctx.config.node_id,
+                    "node_id": shared.node,
                     "uptime_s": shared.started.elapsed().as_secs(),
                     "draining": shared.draining(),
                     "sessions": registry.peer_count(),

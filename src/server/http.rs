@@ -197,6 +197,12 @@ fn route<D: Directory>(
                     StatusCode::SERVICE_UNAVAILABLE,
                     b"{\"status\":\"draining\"}\n",
                 )
+            } else if !shared.ctx.directory.ready() {
+                // A cluster node that cannot reach Redis (or lost its lease).
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"{\"status\":\"directory unavailable\"}\n",
+                )
             } else {
                 (StatusCode::OK, b"{\"status\":\"ready\"}\n")
             };
@@ -231,6 +237,12 @@ fn route<D: Directory>(
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server is draining; connect again (to another node)\n",
+                );
+            }
+            if !shared.ctx.directory.ready() {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node cannot reach its cluster; connect again (to another node)\n",
                 );
             }
             let Some(socket) = shared.socket_permit() else {

@@ -52,7 +52,9 @@ pub(crate) struct Shared<D> {
     /// The TURN credential issuer, with a TURN secret configured.
     pub turn: Option<TurnConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    /// This start's epoch: the bits above the serial in every peer id.
+    /// This node's id and this start's epoch: the bits above the serial in
+    /// every peer id.
+    pub node: u16,
     epoch: u16,
     next_serial: AtomicU64,
     next_connection: AtomicU64,
@@ -100,7 +102,12 @@ impl<D: Directory> Shared<D> {
             drain_started: tokio::sync::Notify::new(),
             started: std::time::Instant::now(),
             refusals: Arc::new(Semaphore::new(descriptors::REFUSAL_SLOTS)),
-            epoch: start_epoch(),
+            node: directory
+                .identity()
+                .map_or(config.node_id, |(node, _)| node),
+            epoch: directory
+                .identity()
+                .map_or_else(start_epoch, |(_, epoch)| epoch),
             next_serial: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
@@ -144,7 +151,7 @@ impl<D: Directory> Shared<D> {
     pub fn next_peer_id(&self) -> PeerId {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.wrapping_add((serial >> 32) as u16);
-        PeerId::new(self.ctx.config.node_id, epoch, serial as u32)
+        PeerId::new(self.node, epoch, serial as u32)
     }
 
     /// Counts a connection from `ip`; `None` when that IP (an IPv6 /64) is
@@ -278,7 +285,7 @@ pub async fn run_with_directory<D: Directory>(
             let sink = crate::webhooks::start(
                 config.webhook_urls.clone(),
                 secret.clone(),
-                config.node_id,
+                shared.node,
                 shared.ctx.metrics.clone(),
             );
             shared.ctx.directory.set_events(sink.clone());

@@ -108,6 +108,17 @@ impl Capabilities {
         Capabilities(self.0 | other.0)
     }
 
+    /// The set as bits (bit 0 `DEFLATE_SDP`, bit 1 `ICE_BATCH`, bit 2
+    /// `RESUME`), for a server to store it.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set stored as [`Capabilities::bits`]; unknown bits are dropped.
+    pub const fn from_bits(bits: u8) -> Capabilities {
+        Capabilities(bits & 0b111)
+    }
+
     /// The capabilities both sets hold.
     pub const fn intersection(self, other: Capabilities) -> Capabilities {
         Capabilities(self.0 & other.0)

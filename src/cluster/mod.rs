@@ -1,0 +1,1318 @@
+//! Several nodes, one routing space: the [`Directory`] shared through
+//! Redis (`--redis-url`).
+//!
+//! What is decided cluster-wide (room capacity, name uniqueness, node ids,
+//! the clean-up of a dead node) is decided atomically inside Redis by the
+//! Lua scripts of [`scripts`]. What is on the hot path is not: each node
+//! keeps a copy (the *mirror*) of every room one of its peers is in, kept
+//! current by the room events the scripts publish on its channel, so "do
+//! these two share a room" is a local lookup, and a signal to a peer of
+//! another node is appended to that node's batch ([`Links`]) and leaves with
+//! every other frame for it in one `PUBLISH` per flush. A signal between two
+//! peers of one node never touches Redis.
+//!
+//! # Layout
+//! - [`scripts`]: the keys and the Lua scripts.
+//! - [`wire`]: what nodes send each other (room events, batches of frames).
+//! - this file: [`ClusterDirectory`] and its three tasks: the *writer*
+//!   (every change to Redis and every batch, in one order, so a signal sent
+//!   before a leave reaches the other node before the leave's `PeerLeft`),
+//!   the *listener* (this node's channel), and the *lease keeper* (renews
+//!   the lease, cleans up dead nodes, writes the node's state back after
+//!   Redis lost it).
+//!
+//! # Failure behaviour
+//! Every wait for Redis is bounded by `redis_timeout`: a client's join,
+//! login or call by name that cannot be decided in time is answered
+//! `UNAVAILABLE`, and what it may still have done in Redis is undone
+//! behind it. Same-node relay goes on without Redis. A departure that
+//! cannot be written is retried by the lease keeper once Redis answers.
+
+pub mod scripts;
+pub mod wire;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::directory::{Directory, RoomInfo};
+use crate::metrics::Census;
+use crate::outbox::{CloseReason, Origin};
+use crate::protocol::{
+    encode, Address, Encoded, ErrorCode, ErrorMessage, Joined, LeaveReason, Member, Message,
+    PeerId, PeerJoined, RoomId, RoomMode, UserName,
+};
+use crate::registry::{Registry, Route, RouteError, Shards, Target};
+use crate::rooms::{JoinError, LoginError, RoomPolicy, Rooms, MAX_CALLS};
+use crate::webhooks::{Event, EventSink};
+
+use wire::{peer_key, Record};
+
+/// Most bytes waiting for one other node; past it a signal for that node is
+/// refused (`PEER_BUSY` to its sender) and a notice dropped.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Most requests waiting for the writer; past it a client's request is
+/// answered `UNAVAILABLE` at once.
+const WRITER_QUEUE: usize = 4096;
+
+/// Most departures kept for writing once Redis answers again.
+const MAX_RETRIES: usize = 100_000;
+
+/// What waits for one other node: the batch, and whom to tell if it cannot
+/// be delivered.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// The local senders of the relayed signals in it, with their frames'
+    /// sequence numbers.
+    origins: Vec<(PeerId, u32)>,
+}
+
+/// The frames waiting for other nodes, one batch per node.
+#[derive(Default)]
+pub struct Links {
+    pending: Mutex<foldhash::HashMap<u16, Batch>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Links {
+    fn append(
+        &self,
+        node: u16,
+        origin: Option<(PeerId, u32)>,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        let mut pending = self.pending.lock();
+        let batch = pending.entry(node).or_default();
+        if batch.bytes.len() > MAX_BATCH_BYTES {
+            return false;
+        }
+        let first = batch.bytes.is_empty();
+        if first {
+            batch.bytes = wire::new_batch();
+        }
+        put(&mut batch.bytes);
+        batch.origins.extend(origin);
+        drop(pending);
+        if first {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn take(&self) -> Vec<(u16, Batch)> {
+        let mut pending = self.pending.lock();
+        pending
+            .iter_mut()
+            .filter(|(_, b)| !b.bytes.is_empty())
+            .map(|(node, b)| (*node, std::mem::take(b)))
+            .collect()
+    }
+}
+
+/// A script to run by the writer, and where its answer goes (none: nobody
+/// waits for it).
+struct Op {
+    script: &'static LazyLock<Script>,
+    args: Vec<String>,
+    reply: Option<oneshot::Sender<redis::RedisResult<redis::Value>>>,
+}
+
+/// The [`Directory`] of a cluster node: rooms, names and calls in Redis,
+/// shared by every node of the cluster; the peers connected here in the
+/// local [`Registry`].
+pub struct ClusterDirectory {
+    registry: Arc<Registry>,
+    node: u16,
+    epoch: u16,
+    prefix: String,
+    /// This start's random token: proves the lease is ours.
+    token: String,
+    /// The mark of the Redis keyspace the node is registered in.
+    boot: Mutex<String>,
+    /// Since when the lease has been renewed without a miss: a node cleans
+    /// up others only after a whole lease of health, so after an outage
+    /// every node has had time to renew before any is taken for dead.
+    healthy_since: Mutex<Option<Instant>>,
+    conn: ConnectionManager,
+    client: redis::Client,
+    writer: mpsc::Sender<Op>,
+    links: Links,
+    /// The rooms a peer of this node is in, as the room events left them.
+    mirror: Shards<Rooms>,
+    hasher: foldhash::fast::RandomState,
+    policy: RoomPolicy,
+    events: OnceLock<EventSink>,
+    /// The names held by peers of this node, for writing them back.
+    names_here: Mutex<foldhash::HashMap<PeerId, UserName>>,
+    /// Joins waiting for their room event (which queues `Joined`).
+    joining: Mutex<foldhash::HashMap<(PeerId, RoomId), oneshot::Sender<()>>>,
+    /// Departures to write once Redis answers again.
+    retries: Mutex<Vec<(&'static LazyLock<Script>, Vec<String>)>>,
+    leased: AtomicBool,
+    listening: AtomicBool,
+    timeout: Duration,
+    lease: Duration,
+}
+
+fn redis_error(e: impl std::fmt::Display) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "redis", e.to_string()))
+}
+
+impl ClusterDirectory {
+    /// Connects to `config.redis_url`, claims a node id and starts the
+    /// node's tasks.
+    pub async fn start(config: &Config) -> anyhow::Result<Arc<ClusterDirectory>> {
+        let url = config
+            .redis_url
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("no redis_url"))?;
+        let client = redis::Client::open(url)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = tokio::time::timeout(
+            config.redis_timeout * 5,
+            client.get_connection_manager_with_config(manager),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from redis at {url}"))??;
+        let prefix = config.cluster.clone();
+        let token = format!("{:032x}", rand::random::<u128>());
+        let (node, epoch, boot): (u16, u16, String) = scripts::CLAIM
+            .arg(&prefix)
+            .arg(&token)
+            .arg(config.lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        info!(node, epoch, cluster = %prefix, "joined the cluster");
+        let registry = Arc::new(Registry::new(config.shards));
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        let dir = Arc::new(ClusterDirectory {
+            registry,
+            node,
+            epoch,
+            prefix,
+            token,
+            boot: Mutex::new(boot),
+            healthy_since: Mutex::new(Some(Instant::now())),
+            conn,
+            client,
+            writer,
+            links: Links::default(),
+            mirror: Shards::new(config.shards),
+            hasher: Default::default(),
+            policy: RoomPolicy {
+                default_capacity: config.default_room_capacity,
+                max_capacity: config.max_room_capacity,
+            },
+            events: OnceLock::new(),
+            names_here: Default::default(),
+            joining: Default::default(),
+            retries: Default::default(),
+            leased: AtomicBool::new(true),
+            listening: AtomicBool::new(false),
+            timeout: config.redis_timeout,
+            lease: config.lease,
+        });
+        tokio::spawn(dir.clone().write(queue));
+        tokio::spawn(dir.clone().listen());
+        tokio::spawn(dir.clone().keep_lease());
+        // Ready once this node hears its channel: a room event published
+        // before would be lost.
+        let deadline = Instant::now() + config.redis_timeout * 5;
+        while !dir.listening.load(Ordering::Acquire) {
+            if Instant::now() > deadline {
+                anyhow::bail!("could not subscribe to this node's channel");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(dir)
+    }
+
+    fn channel(&self, node: u16) -> String {
+        format!("{}:ch:{node}", self.prefix)
+    }
+
+    fn room_shard(&self, room: &RoomId) -> &Mutex<Rooms> {
+        self.mirror.at(self.hasher.hash_one(room))
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = self.events.get() {
+            sink.emit(event());
+        }
+    }
+
+    fn is_here(&self, peer: PeerId) -> bool {
+        peer.node() == self.node
+    }
+
+    // ---- the writer ----
+
+    /// Runs every change to Redis and publishes every batch, in the order
+    /// they were made: batches first, then the next script, so a signal
+    /// queued before a room change reaches its node before the change's
+    /// events.
+    async fn write(self: Arc<Self>, mut queue: mpsc::Receiver<Op>) {
+        let mut conn = self.conn.clone();
+        loop {
+            tokio::select! {
+                biased;
+                op = queue.recv() => {
+                    let Some(op) = op else { return };
+                    self.flush(&mut conn).await;
+                    if op.reply.as_ref().is_some_and(|r| r.is_closed()) {
+                        // Its caller gave up before it ran: it is not run.
+                        continue;
+                    }
+                    let mut call = op.script.prepare_invoke();
+                    for arg in &op.args {
+                        call.arg(arg);
+                    }
+                    let result = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+                        .await
+                        .unwrap_or_else(|e| Err(redis_error(e)));
+                    match op.reply {
+                        Some(reply) => {
+                            let _ = reply.send(result);
+                        }
+                        None => {
+                            if let Err(e) = result {
+                                debug!(error = %e, "background redis change failed");
+                            }
+                        }
+                    }
+                }
+                () = self.links.wake.notified() => self.flush(&mut conn).await,
+            }
+        }
+    }
+
+    /// Publishes every waiting batch, one publish per node; tells the
+    /// senders of what no node received.
+    async fn flush(&self, conn: &mut ConnectionManager) {
+        let batches = self.links.take();
+        if batches.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (node, batch) in &batches {
+            pipe.cmd("PUBLISH")
+                .arg(self.channel(*node))
+                .arg(&batch.bytes);
+        }
+        let heard: Result<Vec<i64>, _> = tokio::time::timeout(self.timeout, pipe.query_async(conn))
+            .await
+            .unwrap_or_else(|e| Err(redis_error(e)));
+        match heard {
+            Ok(counts) => {
+                for ((node, batch), count) in batches.iter().zip(counts) {
+                    if count == 0 {
+                        debug!(node, "no node listens: its peers are gone");
+                        self.undelivered(&batch.origins, RouteError::UnknownPeer);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish to other nodes");
+                for (_, batch) in &batches {
+                    self.undelivered(&batch.origins, RouteError::Unavailable);
+                }
+            }
+        }
+    }
+
+    fn undelivered(&self, origins: &[(PeerId, u32)], why: RouteError) {
+        for &(peer, seq) in origins {
+            self.registry.notify(
+                peer,
+                encode(&Message::Error(ErrorMessage {
+                    code: why.code(),
+                    message: format!("not delivered: {why}"),
+                    request_seq: seq,
+                })),
+            );
+        }
+    }
+
+    /// Runs `script` through the writer and waits for it, at most
+    /// `redis_timeout` (queueing included).
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        script: &'static LazyLock<Script>,
+        args: Vec<String>,
+    ) -> redis::RedisResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .try_send(Op {
+                script,
+                args,
+                reply: Some(reply),
+            })
+            .map_err(redis_error)?;
+        let value = tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(redis_error)?
+            .map_err(redis_error)??;
+        redis::from_redis_value(value).map_err(redis_error)
+    }
+
+    /// Queues `script` behind everything queued so far, without waiting:
+    /// undoes what a request that timed out may still do.
+    fn behind(&self, script: &'static LazyLock<Script>, args: Vec<String>) {
+        let op = Op {
+            script,
+            args,
+            reply: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) =
+            self.writer.try_send(op)
+        {
+            self.retry(op.script, op.args);
+        }
+    }
+
+    fn retry(&self, script: &'static LazyLock<Script>, args: Vec<String>) {
+        let mut retries = self.retries.lock();
+        if retries.len() < MAX_RETRIES {
+            retries.push((script, args));
+        } else {
+            error!("too many departures waiting for redis; one is dropped");
+        }
+    }
+
+    /// A read that needs no ordering with the writer's changes.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .unwrap_or_else(|e| Err(redis_error(e)))
+    }
+
+    // ---- the listener ----
+
+    /// Listens to this node's channel, resubscribing with backoff when the
+    /// connection drops.
+    async fn listen(self: Arc<Self>) {
+        let channel = self.channel(self.node);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(self.timeout * 2, subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    backoff = Duration::from_millis(50);
+                    self.listening.store(true, Ordering::Release);
+                    info!(%channel, "listening to this node's channel");
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        self.on_message(message.get_payload_bytes());
+                    }
+                    self.listening.store(false, Ordering::Release);
+                    warn!("lost this node's channel; subscribing again");
+                }
+                Ok(Err(e)) => debug!(error = %e, "cannot subscribe yet"),
+                Err(_) => debug!("subscribing timed out"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn on_message(&self, data: &[u8]) {
+        match data.first() {
+            Some(&wire::BATCH) => {
+                for record in wire::records(Bytes::copy_from_slice(&data[1..])) {
+                    match record {
+                        Ok(record) => self.on_record(record),
+                        Err(e) => {
+                            warn!(error = %e, "dropped the rest of a batch");
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(b'{') => match serde_json::from_slice::<wire::Event>(data) {
+                Ok(event) => self.on_event(event),
+                Err(e) => warn!(error = %e, "unreadable room event"),
+            },
+            _ => warn!("unknown message on this node's channel"),
+        }
+    }
+
+    fn on_record(&self, record: Record) {
+        match record {
+            Record::Relay {
+                to,
+                origin,
+                seq,
+                frame,
+            } => {
+                let delivered = match self.registry.outbox(to) {
+                    Some(outbox) => self.registry.deliver(
+                        &outbox,
+                        frame,
+                        Origin {
+                            peer: origin,
+                            seq,
+                            read_at: Instant::now(),
+                        },
+                    ),
+                    None => Err(RouteError::UnknownPeer),
+                };
+                if let Err(e) = delivered {
+                    self.notify(
+                        origin,
+                        encode(&Message::Error(ErrorMessage {
+                            code: e.code(),
+                            message: format!("not delivered to {to}: {e}"),
+                            request_seq: seq,
+                        })),
+                    );
+                }
+            }
+            Record::Notify { to, frame } => self.registry.notify(to, frame),
+        }
+    }
+
+    fn on_event(&self, event: wire::Event) {
+        match event {
+            wire::Event::Joined { r, p, mode, cap, m } => {
+                let (Some(room), Some(joiner)) = (wire::parse_room(&r), wire::parse_peer(&p))
+                else {
+                    return;
+                };
+                let members: Vec<Member> = m.iter().filter_map(|m| wire::parse_member(m)).collect();
+                self.on_joined(room, joiner, wire::parse_mode(&mode), cap, members);
+            }
+            wire::Event::Left { r, p, why } => {
+                let (Some(room), Some(peer)) = (wire::parse_room(&r), wire::parse_peer(&p)) else {
+                    return;
+                };
+                let reason = LeaveReason::try_from(why).unwrap_or(LeaveReason::Disconnected);
+                let notice = {
+                    let mut shard = self.room_shard(&room).lock();
+                    let notice = shard.leave(&room, peer, reason);
+                    let any_here = shard
+                        .get(&room)
+                        .is_some_and(|r| r.members().iter().any(|m| self.is_here(m.peer_id)));
+                    if !any_here {
+                        shard.close(&room);
+                    }
+                    notice
+                };
+                if let Some(notice) = notice {
+                    let here: Vec<PeerId> =
+                        notice.to.into_iter().filter(|p| self.is_here(*p)).collect();
+                    self.registry.notify_all(&here, &encode(&notice.message));
+                }
+            }
+            wire::Event::User { r, p, u } => {
+                let (Some(room), Some(peer)) = (wire::parse_room(&r), wire::parse_peer(&p)) else {
+                    return;
+                };
+                let user = UserName::new(&u).ok();
+                self.room_shard(&room).lock().set_user(&room, peer, user);
+            }
+            wire::Event::HangUp { to, from } => {
+                if let (Some(to), Ok(from)) = (wire::parse_peer(&to), UserName::new(&from)) {
+                    self.registry.notify(
+                        to,
+                        encode(&Message::HangUp {
+                            peer: Address::User(from),
+                        }),
+                    );
+                }
+            }
+            wire::Event::Kicked { r, p, why } => {
+                if let (Some(room), Some(peer)) = (wire::parse_room(&r), wire::parse_peer(&p)) {
+                    self.tell_kicked(&room, peer, &why);
+                }
+            }
+            wire::Event::Closed { r } => {
+                let Some(room) = wire::parse_room(&r) else {
+                    return;
+                };
+                let members = self.room_shard(&room).lock().close(&room);
+                for peer in members.unwrap_or_default() {
+                    if self.is_here(peer) {
+                        self.tell_kicked(&room, peer, "an operator closed the room");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A room event for a join: the copy of the room follows it, the joiner
+    /// (if here and still waiting) gets `Joined` before anything else
+    /// about the room can reach it, and the members here `PeerJoined`.
+    fn on_joined(
+        &self,
+        room: RoomId,
+        joiner: PeerId,
+        mode: RoomMode,
+        capacity: u32,
+        members: Vec<Member>,
+    ) {
+        let newcomer = members.iter().find(|m| m.peer_id == joiner).cloned();
+        let here: Vec<PeerId> = members
+            .iter()
+            .map(|m| m.peer_id)
+            .filter(|p| *p != joiner && self.is_here(*p))
+            .collect();
+        {
+            let mut shard = self.room_shard(&room).lock();
+            if self.is_here(joiner) || !here.is_empty() {
+                shard.mirror(&room, mode, capacity, members.clone());
+            } else {
+                shard.close(&room);
+            }
+            if self.is_here(joiner) {
+                self.joined_here(&room, joiner, mode, capacity, &members);
+            }
+        }
+        if let (Some(member), false) = (newcomer, here.is_empty()) {
+            self.registry.notify_all(
+                &here,
+                &encode(&Message::PeerJoined(PeerJoined {
+                    room,
+                    member,
+                    initiator: false,
+                })),
+            );
+        }
+    }
+
+    /// Queues `Joined` for a joiner of this node whose join still waits
+    /// for it; false if none waits (the join gave up and answered itself).
+    fn joined_here(
+        &self,
+        room: &RoomId,
+        joiner: PeerId,
+        mode: RoomMode,
+        capacity: u32,
+        members: &[Member],
+    ) -> bool {
+        let Some(waiting) = self.joining.lock().remove(&(joiner, room.clone())) else {
+            return false;
+        };
+        let others: Vec<Member> = members
+            .iter()
+            .filter(|m| m.peer_id != joiner)
+            .cloned()
+            .collect();
+        let joined = Joined {
+            room: room.clone(),
+            mode,
+            capacity,
+            initiator: mode == RoomMode::Pair && !others.is_empty(),
+            members: others,
+        };
+        self.registry
+            .notify(joiner, encode(&Message::Joined(joined)));
+        let _ = waiting.send(());
+        true
+    }
+
+    /// Tells a peer of this node that an operator removed it from `room`.
+    fn tell_kicked(&self, room: &RoomId, peer: PeerId, why: &str) {
+        self.registry.notify(
+            peer,
+            encode(&Message::Error(ErrorMessage {
+                code: ErrorCode::Kicked,
+                message: format!("{why}: {room}"),
+                request_seq: 0,
+            })),
+        );
+        self.registry
+            .notify(peer, encode(&Message::Left { room: room.clone() }));
+        if let Some(outbox) = self.registry.outbox(peer) {
+            outbox.kicked_from(room.clone());
+        }
+    }
+
+    // ---- the lease keeper ----
+
+    async fn keep_lease(self: Arc<Self>) {
+        let period = self.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let renewed: redis::RedisResult<(String, String)> = async {
+                let mut conn = self.conn.clone();
+                let boot = self.boot.lock().clone();
+                let mut call = scripts::RENEW.prepare_invoke();
+                call.arg(&self.prefix)
+                    .arg(self.node)
+                    .arg(&self.token)
+                    .arg(self.lease.as_millis() as u64)
+                    .arg(self.epoch)
+                    .arg(boot)
+                    .arg(format!("{:032x}", rand::random::<u128>()));
+                let call = call.invoke_async(&mut conn);
+                tokio::time::timeout(self.timeout, call)
+                    .await
+                    .unwrap_or_else(|e| Err(redis_error(e)))
+            }
+            .await;
+            let answer = match renewed {
+                Ok((answer, mark)) => {
+                    *self.boot.lock() = mark;
+                    answer
+                }
+                Err(e) => {
+                    if self.leased.load(Ordering::Relaxed) {
+                        warn!(error = %e, "cannot renew the lease");
+                    }
+                    self.set_leased(false);
+                    continue;
+                }
+            };
+            match answer.as_str() {
+                "ok" => self.set_leased(true),
+                "late" => {
+                    warn!("the lease had lapsed; renewed before anyone cleaned up");
+                    self.set_leased(true);
+                }
+                "restored" => {
+                    warn!("redis lost the cluster's state; writing this node's back");
+                    self.restore().await;
+                    self.set_leased(true);
+                }
+                "reaped" => {
+                    // The others took this node for dead and announced its
+                    // peers as gone: they cannot stay (their clients
+                    // reconnect and start again).
+                    error!("this node was taken for dead; closing its connections");
+                    self.registry.close_each(CloseReason::Shutdown);
+                    for shard in self.mirror.shards.iter() {
+                        *shard.lock() = Rooms::default();
+                    }
+                    self.names_here.lock().clear();
+                    self.set_leased(true);
+                }
+                other => {
+                    error!(
+                        answer = other,
+                        "another node holds this node's id; not ready"
+                    );
+                    self.set_leased(false);
+                    continue;
+                }
+            }
+            let healthy_for = self
+                .healthy_since
+                .lock()
+                .get_or_insert_with(Instant::now)
+                .elapsed();
+            if healthy_for >= self.lease {
+                self.reap().await;
+            }
+            let retries = std::mem::take(&mut *self.retries.lock());
+            for (script, args) in retries {
+                self.behind(script, args);
+            }
+        }
+    }
+
+    fn set_leased(&self, leased: bool) {
+        self.leased.store(leased, Ordering::Relaxed);
+        if !leased {
+            *self.healthy_since.lock() = None;
+        }
+    }
+
+    /// Cleans up nodes whose lease expired (at most one node does each).
+    async fn reap(&self) {
+        let mut conn = self.conn.clone();
+        let mut call = scripts::REAP.prepare_invoke();
+        call.arg(&self.prefix).arg(self.node);
+        let call = call.invoke_async::<Vec<u16>>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reaped)) => {
+                for node in reaped {
+                    warn!(
+                        node,
+                        "a node stopped renewing its lease; its peers are gone"
+                    );
+                }
+            }
+            Ok(Err(e)) => debug!(error = %e, "clean-up of dead nodes failed"),
+            Err(_) => debug!("clean-up of dead nodes timed out"),
+        }
+    }
+
+    /// Writes the rooms and names of this node's peers back into a Redis
+    /// that lost them, from the copies kept here.
+    async fn restore(&self) {
+        let mut args = vec![self.prefix.clone()];
+        for shard in self.mirror.shards.iter() {
+            let shard = shard.lock();
+            for (id, room) in shard.iter() {
+                let here: Vec<(usize, &Member)> = room
+                    .members()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| self.is_here(m.peer_id))
+                    .collect();
+                args.extend([
+                    id.to_string(),
+                    wire::mode_key(room.mode()).to_owned(),
+                    room.capacity().to_string(),
+                    here.len().to_string(),
+                ]);
+                for (i, member) in here {
+                    args.extend([
+                        (i + 1).to_string(),
+                        peer_key(member.peer_id),
+                        wire::member_record(member),
+                    ]);
+                }
+            }
+        }
+        args.push("-".into());
+        let caps: foldhash::HashMap<PeerId, u8> = self
+            .registry
+            .peers()
+            .into_iter()
+            .map(|(p, c)| (p, c.bits()))
+            .collect();
+        for (peer, name) in self.names_here.lock().iter() {
+            let bits = caps.get(peer).copied().unwrap_or(0);
+            args.extend([name.to_string(), format!("{}:{bits}", peer_key(*peer))]);
+        }
+        match self.call::<Vec<String>>(&scripts::RESTORE, args).await {
+            Ok(clashes) if clashes.is_empty() => info!("this node's rooms and names are back"),
+            Ok(clashes) => warn!(
+                ?clashes,
+                "names taken by another peer while redis was empty"
+            ),
+            Err(e) => warn!(error = %e, "could not write this node's state back; will retry"),
+        }
+    }
+
+    /// Which node a user name is held on, and by whom.
+    async fn lookup_name(&self, name: &UserName) -> Result<Option<(PeerId, u8)>, RouteError> {
+        let value: Option<String> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(format!("{}:names", self.prefix))
+                    .arg(name.as_str()),
+            )
+            .await
+            .map_err(|_| RouteError::Unavailable)?;
+        Ok(value.and_then(|v| {
+            let (peer, caps) = v.split_once(':')?;
+            Some((wire::parse_peer(peer)?, caps.parse().ok()?))
+        }))
+    }
+
+    /// `peer` as a target: its outbox if here, else its node.
+    fn target_of(&self, peer: PeerId, caps: crate::protocol::Capabilities) -> Option<Target> {
+        if self.is_here(peer) {
+            return self.registry.target(peer);
+        }
+        Some(Target {
+            peer,
+            capabilities: caps,
+            route: Route::Remote { node: peer.node() },
+        })
+    }
+
+    /// The capacity a join asks for, by the room rules.
+    fn capacity(&self, mode: RoomMode, asked: Option<u32>) -> Result<u32, JoinError> {
+        match mode {
+            RoomMode::Mesh => match asked {
+                None => Ok(self.policy.default_capacity),
+                Some(c) if (2..=self.policy.max_capacity).contains(&c) => Ok(c),
+                Some(asked) => Err(JoinError::BadCapacity {
+                    asked,
+                    max: self.policy.max_capacity,
+                }),
+            },
+            _ => Ok(2),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct JoinAnswer {
+    #[serde(default)]
+    ok: u8,
+    #[serde(default)]
+    e: String,
+    #[serde(default)]
+    cap: u32,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    created: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct LeaveAnswer {
+    left: bool,
+    emptied: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct RoomAnswer {
+    r: String,
+    mode: String,
+    cap: u32,
+    #[serde(default)]
+    m: Vec<String>,
+}
+
+impl Directory for ClusterDirectory {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn identity(&self) -> Option<(u16, u16)> {
+        Some((self.node, self.epoch))
+    }
+
+    fn ready(&self) -> bool {
+        self.leased.load(Ordering::Relaxed) && self.listening.load(Ordering::Relaxed)
+    }
+
+    async fn join(
+        &self,
+        room: &RoomId,
+        mode: RoomMode,
+        capacity: Option<u32>,
+        member: Member,
+        may_create: bool,
+    ) -> Result<Joined, JoinError> {
+        let capacity = self.capacity(mode, capacity)?;
+        let mode = if mode == RoomMode::Mesh {
+            RoomMode::Mesh
+        } else {
+            RoomMode::Pair
+        };
+        let peer = member.peer_id;
+        let user = member.user.clone();
+        let (waiting, joined) = oneshot::channel();
+        let key = (peer, room.clone());
+        self.joining.lock().insert(key.clone(), waiting);
+        let args = vec![
+            self.prefix.clone(),
+            room.to_string(),
+            wire::mode_key(mode).to_owned(),
+            capacity.to_string(),
+            peer_key(peer),
+            wire::member_record(&member),
+            u8::from(may_create).to_string(),
+        ];
+        let answer = match self.call::<String>(&scripts::JOIN, args).await {
+            Ok(answer) => serde_json::from_str::<JoinAnswer>(&answer).ok(),
+            Err(e) => {
+                debug!(error = %e, %room, "join not decided in time");
+                None
+            }
+        };
+        let Some(answer) = answer else {
+            self.joining.lock().remove(&key);
+            // It may still run: leave behind it, so no one stays in a room
+            // its session does not know of.
+            self.behind(
+                &scripts::LEAVE,
+                vec![
+                    self.prefix.clone(),
+                    room.to_string(),
+                    peer_key(peer),
+                    (LeaveReason::Left as i32).to_string(),
+                ],
+            );
+            return Err(JoinError::Unavailable);
+        };
+        if answer.ok != 1 {
+            self.joining.lock().remove(&key);
+            return Err(match answer.e.as_str() {
+                "create" => JoinError::NotAllowedToCreate { room: room.clone() },
+                "mode" => JoinError::ModeMismatch {
+                    room: room.clone(),
+                    existing: wire::parse_mode(&answer.mode),
+                },
+                "member" => JoinError::AlreadyMember { room: room.clone() },
+                _ => JoinError::Full {
+                    room: room.clone(),
+                    capacity: answer.cap,
+                },
+            });
+        }
+        if answer.created {
+            self.emit(|| Event::RoomCreated {
+                room: room.clone(),
+                mode,
+            });
+        }
+        self.emit(|| Event::PeerJoined {
+            room: room.clone(),
+            peer,
+            user,
+        });
+        // `Joined` is queued by the room event, in its place among the
+        // room's other events. Wait for it, so whatever this session says
+        // next comes after it.
+        if tokio::time::timeout(self.timeout, joined).await.is_err()
+            && self.joining.lock().remove(&key).is_some()
+        {
+            warn!(%room, "no room event for a join; this node's channel may be down");
+            let members = self
+                .rooms(Some(room))
+                .await
+                .pop()
+                .map(|r| r.members)
+                .unwrap_or_default();
+            let others: Vec<Member> = members.into_iter().filter(|m| m.peer_id != peer).collect();
+            self.registry.notify(
+                peer,
+                encode(&Message::Joined(Joined {
+                    room: room.clone(),
+                    mode,
+                    capacity: answer.cap,
+                    initiator: mode == RoomMode::Pair && !others.is_empty(),
+                    members: others,
+                })),
+            );
+        }
+        Ok(Joined {
+            room: room.clone(),
+            mode,
+            capacity: answer.cap,
+            members: Vec::new(),
+            initiator: false,
+        })
+    }
+
+    async fn leave(&self, room: &RoomId, peer: PeerId, reason: LeaveReason) -> bool {
+        let args = vec![
+            self.prefix.clone(),
+            room.to_string(),
+            peer_key(peer),
+            (reason as i32).to_string(),
+        ];
+        match self.call::<String>(&scripts::LEAVE, args.clone()).await {
+            Ok(answer) => {
+                let Ok(answer) = serde_json::from_str::<LeaveAnswer>(&answer) else {
+                    return false;
+                };
+                if answer.left {
+                    self.emit(|| Event::PeerLeft {
+                        room: room.clone(),
+                        peer,
+                        reason,
+                    });
+                    if answer.emptied {
+                        self.emit(|| Event::RoomEmptied { room: room.clone() });
+                    }
+                }
+                answer.left
+            }
+            Err(e) => {
+                warn!(error = %e, %room, "leave not written; retried when redis answers");
+                self.retry(&scripts::LEAVE, args);
+                true
+            }
+        }
+    }
+
+    async fn login(&self, name: &UserName, peer: PeerId) -> Result<(), LoginError> {
+        let caps = self
+            .registry
+            .target(peer)
+            .map_or(0, |t| t.capabilities.bits());
+        let args = vec![
+            self.prefix.clone(),
+            name.to_string(),
+            peer_key(peer),
+            caps.to_string(),
+        ];
+        match self.call::<String>(&scripts::LOGIN, args).await {
+            Ok(answer) if answer == "taken" => Err(LoginError::Taken),
+            Ok(answer) => {
+                self.names_here.lock().insert(peer, name.clone());
+                if answer == "new" {
+                    self.emit(|| Event::UserLoggedIn {
+                        user: name.clone(),
+                        peer,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                debug!(error = %e, "login not decided in time");
+                self.behind(
+                    &scripts::LOGOUT,
+                    vec![self.prefix.clone(), name.to_string(), peer_key(peer)],
+                );
+                Err(LoginError::Unavailable)
+            }
+        }
+    }
+
+    async fn logout(&self, name: &UserName, peer: PeerId) -> Vec<UserName> {
+        self.names_here.lock().remove(&peer);
+        let args = vec![self.prefix.clone(), name.to_string(), peer_key(peer)];
+        match self
+            .call::<Vec<String>>(&scripts::LOGOUT, args.clone())
+            .await
+        {
+            Ok(partners) => {
+                self.emit(|| Event::UserLoggedOut {
+                    user: name.clone(),
+                    peer,
+                });
+                partners
+                    .iter()
+                    .filter_map(|p| UserName::new(p).ok())
+                    .collect()
+            }
+            Err(e) => {
+                warn!(error = %e, "logout not written; retried when redis answers");
+                self.retry(&scripts::LOGOUT, args);
+                Vec::new()
+            }
+        }
+    }
+
+    async fn set_member_user(&self, rooms: &[RoomId], peer: PeerId, user: Option<&UserName>) {
+        if rooms.is_empty() {
+            return;
+        }
+        let mut args = vec![
+            self.prefix.clone(),
+            peer_key(peer),
+            user.map(|u| u.to_string()).unwrap_or_default(),
+        ];
+        args.extend(rooms.iter().map(|r| r.to_string()));
+        if let Err(e) = self.call::<i64>(&scripts::SET_USER, args).await {
+            debug!(error = %e, "member name not updated");
+        }
+    }
+
+    async fn open_call(&self, a: &UserName, a_peer: PeerId, b: &UserName, b_peer: PeerId) {
+        if self.in_call(a, b).await {
+            // The common case: every later offer and answer of a call.
+            return;
+        }
+        let args = vec![
+            self.prefix.clone(),
+            a.to_string(),
+            peer_key(a_peer),
+            b.to_string(),
+            peer_key(b_peer),
+            MAX_CALLS.to_string(),
+        ];
+        if let Err(e) = self.call::<i64>(&scripts::OPEN_CALL, args).await {
+            debug!(error = %e, "call not recorded");
+        }
+    }
+
+    async fn in_call(&self, a: &UserName, b: &UserName) -> bool {
+        self.query::<bool>(
+            redis::cmd("SISMEMBER")
+                .arg(format!("{}:calls:{a}", self.prefix))
+                .arg(b.as_str()),
+        )
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn end_call(&self, a: &UserName, b: &UserName) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SREM")
+            .arg(format!("{}:calls:{a}", self.prefix))
+            .arg(b.as_str())
+            .ignore()
+            .cmd("SREM")
+            .arg(format!("{}:calls:{b}", self.prefix))
+            .arg(a.as_str())
+            .ignore();
+        let mut conn = self.conn.clone();
+        let done: redis::RedisResult<()> =
+            match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+                Ok(done) => done,
+                Err(e) => Err(redis_error(e)),
+            };
+        if let Err(e) = done {
+            debug!(error = %e, "call end not written");
+        }
+    }
+
+    async fn resolve(
+        &self,
+        from: PeerId,
+        from_user: Option<&UserName>,
+        rooms: &[RoomId],
+        hint: Option<&RoomId>,
+        to: &Address,
+    ) -> Result<Target, RouteError> {
+        match to {
+            Address::Peer(peer) => {
+                if *peer == from {
+                    return Err(RouteError::UnknownPeer);
+                }
+                let caps_in = |room: &RoomId| {
+                    let shard = self.room_shard(room).lock();
+                    let r = shard.get(room)?;
+                    if !r.contains(from) {
+                        return None;
+                    }
+                    r.members()
+                        .iter()
+                        .find(|m| m.peer_id == *peer)
+                        .map(|m| m.capabilities)
+                };
+                let caps = match hint {
+                    Some(room) if rooms.contains(room) => caps_in(room),
+                    Some(_) => None,
+                    None => rooms.iter().find_map(caps_in),
+                };
+                let caps = caps.ok_or(RouteError::UnknownPeer)?;
+                self.target_of(*peer, caps).ok_or(RouteError::UnknownPeer)
+            }
+            Address::User(name) => {
+                if from_user.is_none() {
+                    return Err(RouteError::NotLoggedIn);
+                }
+                match self.lookup_name(name).await? {
+                    Some((peer, caps)) if peer != from => self
+                        .target_of(peer, crate::protocol::Capabilities::from_bits(caps))
+                        .ok_or(RouteError::UnknownPeer),
+                    _ => Err(RouteError::UnknownPeer),
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, to: &Target, frame: Encoded, origin: Origin) -> Result<(), RouteError> {
+        match &to.route {
+            Route::Local(outbox) => self.registry.deliver(outbox, frame, origin),
+            Route::Remote { node } => {
+                let appended = self
+                    .links
+                    .append(*node, Some((origin.peer, origin.seq)), |b| {
+                        wire::put_relay(b, to.peer, origin.peer, origin.seq, &frame)
+                    });
+                if appended {
+                    Ok(())
+                } else {
+                    Err(RouteError::PeerBusy)
+                }
+            }
+        }
+    }
+
+    fn notify(&self, peer: PeerId, frame: Encoded) {
+        if self.is_here(peer) {
+            self.registry.notify(peer, frame);
+        } else if !self
+            .links
+            .append(peer.node(), None, |b| wire::put_notify(b, peer, &frame))
+        {
+            warn!(
+                node = peer.node(),
+                "a notice for another node was dropped: its batch is full"
+            );
+        }
+    }
+
+    async fn census(&self) -> Census {
+        let mut c = Census::default();
+        for room in self.rooms(None).await {
+            match room.mode {
+                RoomMode::Mesh => c.mesh_rooms += 1,
+                _ => c.pair_rooms += 1,
+            }
+            c.members += room.members.len() as u64;
+        }
+        c.users = self
+            .query::<u64>(redis::cmd("HLEN").arg(format!("{}:names", self.prefix)))
+            .await
+            .unwrap_or(0);
+        c
+    }
+
+    fn set_events(&self, sink: EventSink) {
+        let _ = self.events.set(sink);
+    }
+
+    async fn rooms(&self, only: Option<&RoomId>) -> Vec<RoomInfo> {
+        let mut conn = self.conn.clone();
+        let mut call = scripts::ROOMS.prepare_invoke();
+        call.arg(&self.prefix);
+        if let Some(room) = only {
+            call.arg(room.as_str());
+        }
+        let answer: Vec<String> =
+            match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
+                Ok(Ok(answer)) => answer,
+                _ => return Vec::new(),
+            };
+        answer
+            .iter()
+            .filter_map(|a| serde_json::from_str::<RoomAnswer>(a).ok())
+            .filter_map(|a| {
+                Some(RoomInfo {
+                    id: wire::parse_room(&a.r)?,
+                    mode: wire::parse_mode(&a.mode),
+                    capacity: a.cap,
+                    members: a.m.iter().filter_map(|m| wire::parse_member(m)).collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn users(&self) -> Vec<(UserName, PeerId)> {
+        let all: Vec<(String, String)> = self
+            .query(redis::cmd("HGETALL").arg(format!("{}:names", self.prefix)))
+            .await
+            .unwrap_or_default();
+        all.into_iter()
+            .filter_map(|(name, value)| {
+                Some((UserName::new(&name).ok()?, wire::parse_peer(&value)?))
+            })
+            .collect()
+    }
+
+    async fn kick(&self, room: &RoomId, peer: PeerId) -> bool {
+        let args = vec![self.prefix.clone(), room.to_string(), peer_key(peer)];
+        let kicked = matches!(self.call::<i64>(&scripts::KICK, args).await, Ok(1));
+        if kicked {
+            self.emit(|| Event::PeerLeft {
+                room: room.clone(),
+                peer,
+                reason: LeaveReason::Kicked,
+            });
+        }
+        kicked
+    }
+
+    async fn close_room(&self, room: &RoomId) -> Option<usize> {
+        let args = vec![self.prefix.clone(), room.to_string()];
+        let count = self.call::<i64>(&scripts::CLOSE_ROOM, args).await.ok()?;
+        if count < 0 {
+            return None;
+        }
+        self.emit(|| Event::RoomEmptied { room: room.clone() });
+        Some(count as usize)
+    }
+}
