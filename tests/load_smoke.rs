@@ -62,6 +62,7 @@ async fn relay_bounces_every_message_and_reports_the_servers_cpu() {
                 window: 4,
                 duration,
                 pattern,
+                peer_url: None,
             },
         )
         .await

@@ -76,6 +76,10 @@ enum Scenario {
         /// an SDK that batches would; halves the server's system calls).
         #[arg(long)]
         coalesce: bool,
+        /// Connect each pair's second peer here instead of --url: another
+        /// node of a cluster, to measure cross-node relay.
+        #[arg(long)]
+        peer_url: Option<String>,
     },
     /// Rooms of K peers run offer/answer/ICE with real SDP.
     Handshake {
@@ -183,8 +187,10 @@ fn main() -> ExitCode {
                 duration,
                 both_sides,
                 coalesce,
+                peer_url,
             } => {
                 let o = relay::Options {
+                    peer_url,
                     pairs,
                     window,
                     duration: secs(duration),

@@ -64,6 +64,9 @@ pub struct Options {
     pub duration: Duration,
     /// What traffic to send.
     pub pattern: Pattern,
+    /// Where each pair's second peer connects, when not `Common::url`
+    /// (another node of a cluster).
+    pub peer_url: Option<String>,
 }
 
 /// What a relay run measured.
@@ -227,11 +230,21 @@ pub(crate) async fn measure(
 /// Runs the scenario.
 pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError> {
     let target = Target::resolve(common).await?;
+    let peer_target = match &options.peer_url {
+        Some(url) => {
+            Target::resolve(&Common {
+                url: url.clone(),
+                ..common.clone()
+            })
+            .await?
+        }
+        None => target.clone(),
+    };
     let tag = run_tag();
     let pairs = set_up(options.pairs, |i| {
-        let target = target.clone();
+        let (target, peer_target) = (target.clone(), peer_target.clone());
         let room = RoomId::new(&format!("relay-{tag}-{i}")).expect("valid room id");
-        async move { set_up_pair(&target, room).await }
+        async move { set_up_pair(&target, &peer_target, room).await }
     })
     .await?;
 
@@ -280,9 +293,13 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
 }
 
 /// Connects two peers and puts them in one pair room.
-async fn set_up_pair(target: &Target, room: RoomId) -> Result<(Peer, Peer), LoadError> {
+async fn set_up_pair(
+    target: &Target,
+    peer_target: &Target,
+    room: RoomId,
+) -> Result<(Peer, Peer), LoadError> {
     let mut a = target.peer().await?;
-    let mut b = target.peer().await?;
+    let mut b = peer_target.peer().await?;
     let join = Message::Join(Join {
         room: room.clone(),
         mode: RoomMode::Pair,
