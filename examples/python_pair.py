@@ -1,6 +1,6 @@
 """Two of these, started with the same room, negotiate through switchboard:
-the later joiner is the initiator and offers, the other answers, both send
-an ICE batch with end-of-candidates. Needs `pip install ./python`.
+the later joiner is the initiator and offers, the other answers, both
+trickle a candidate and end-of-candidates. Needs `pip install ./python`.
 
     python examples/python_pair.py ws://127.0.0.1:8080/ws my-room &
     python examples/python_pair.py ws://127.0.0.1:8080/ws my-room
@@ -9,42 +9,40 @@ an ICE batch with end-of-candidates. Needs `pip install ./python`.
 import asyncio
 import sys
 
-from switchboard_signaling import signal_pb2 as pb
-from switchboard_signaling.client import Connection
+from switchboard_signaling import Answer, Candidate, Client, Error, IceCandidates, Joined, Offer
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+CANDIDATE = Candidate("candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", sdp_mid="0", sdp_m_line_index=0)
 
 
 async def main(url: str, room: str) -> None:
-    c = await Connection.connect(url)
-    await c.send("join", pb.Join(room=room, mode=pb.ROOM_MODE_PAIR))
+    client = await Client.connect(url)
+    await client.join(room)
     got_offer = got_answer = got_end = False
-    while not (got_end and (got_offer or got_answer)):
-        kind, m = await c.recv()
-        if kind == "joined" and m.members:  # later joiner: the initiator
-            other = m.members[0]
-            await c.offer(other.peer_id, SDP, compress=pb.CAPABILITY_DEFLATE_SDP in other.capabilities)
-        elif kind == "offer":
+    async for event in client:
+        if isinstance(event, Joined) and event.initiator:  # the later joiner offers
+            await client.offer(event.members[0].peer_id, SDP)
+        elif isinstance(event, Offer):
             got_offer = True
-            await c.offer(m.peer.peer_id, SDP.replace("o=- 1", "o=- 2"), answer=True)
-            await send_candidates(c, m.peer.peer_id)
-        elif kind == "answer":
+            await client.answer(event.peer, SDP.replace("o=- 1", "o=- 2"))
+            await trickle(client, event.peer)
+        elif isinstance(event, Answer):
             got_answer = True
-            await send_candidates(c, m.peer.peer_id)
-        elif kind == "ice" and m.end_of_candidates:
+            await trickle(client, event.peer)
+        elif isinstance(event, IceCandidates) and event.end_of_candidates:
             got_end = True
-        elif kind == "error":
-            sys.exit(f"error: {pb.ErrorCode.Name(m.code)}: {m.message}")
+        elif isinstance(event, Error):
+            sys.exit(f"error: {event.code.name}: {event.message}")
+        if got_end and (got_offer or got_answer):
+            break
     role = "initiator" if got_answer else "answerer"
-    print(f"{role} {c.peer_id}: negotiated in room {room}", flush=True)
-    await c.close()
+    print(f"{role} {client.peer_id}: negotiated in room {room}", flush=True)
+    await client.close()
 
 
-async def send_candidates(c: Connection, to: int) -> None:
-    line = "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"
-    batch = pb.IceCandidates(peer=pb.Address(peer_id=to), end_of_candidates=True)
-    batch.candidates.add(candidate=line, sdp_mid="0", sdp_m_line_index=0)
-    await c.send("ice", batch)
+async def trickle(client: Client, to: int) -> None:
+    await client.send_candidate(to, CANDIDATE)  # waits up to 20 ms for more
+    await client.end_of_candidates(to)  # the batch goes now, with the end marker
 
 
 if __name__ == "__main__":

@@ -146,9 +146,39 @@ async fn every_scripted_exchange_passes_against_the_server() {
     assert!(exchanges.len() >= 6);
     for (n, exchange) in exchanges.iter().enumerate() {
         let name = exchange["name"].as_str().unwrap();
-        let server = start_server(test_config()).await;
+        // The default server runs in this process; an exchange that names a
+        // server profile gets the binary, started with the profile's flags
+        // and environment, as the other languages' runners start it.
+        let (in_process, child) = match exchange.get("server") {
+            None => (Some(start_server(test_config()).await), None),
+            Some(profile) => {
+                let profile = &vectors["servers"][profile.as_str().unwrap()];
+                assert!(
+                    profile.is_object(),
+                    "exchange {name:?}: no such server profile"
+                );
+                let args: Vec<&str> = profile["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                let env: Vec<(&str, &str)> = profile["env"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                    .collect();
+                (None, Some(child::Server::start_with(&args, None, &env)))
+            }
+        };
+        let url = in_process
+            .as_ref()
+            .map(TestServer::url)
+            .or_else(|| child.as_ref().map(child::Server::url))
+            .unwrap();
         let mut run = Run {
-            url: server.url(),
+            url,
             clients: HashMap::new(),
             names: HashMap::new(),
             tag: format!("{n}-{}", std::process::id()),

@@ -9,7 +9,7 @@ import os
 import unittest
 
 import websockets
-from support import REPO, ServerTestCase
+from support import REPO, ServerTestCase, start_server, stop_server
 
 from switchboard_signaling import envelope, frame
 
@@ -51,9 +51,18 @@ class Exchanges(ServerTestCase):
         self.assertGreaterEqual(len(VECTORS["exchanges"]), 10)
         for n, exchange in enumerate(VECTORS["exchanges"]):
             with self.subTest(exchange["name"]):
-                await self.run_exchange(n, exchange)
+                if "server" not in exchange:
+                    await self.run_exchange(n, exchange, self.url)
+                    continue
+                # A server of its own, started with the profile's flags.
+                profile = VECTORS["servers"][exchange["server"]]
+                server, url = start_server(profile.get("args", []), profile.get("env", {}))
+                try:
+                    await self.run_exchange(n, exchange, url)
+                finally:
+                    stop_server(server)
 
-    async def run_exchange(self, n: int, exchange: dict):
+    async def run_exchange(self, n: int, exchange: dict, url: str):
         tag = f"{n}-py-{os.getpid()}"
         names: dict[str, str] = {}
         clients: dict[str, Client] = {}
@@ -77,7 +86,7 @@ class Exchanges(ServerTestCase):
 
         async def client(name: str, first=None) -> Client:
             if name not in clients:
-                ws = await websockets.connect(self.url, max_size=None)
+                ws = await websockets.connect(url, max_size=None)
                 await ws.send(envelope.to_frame(substitute(first or {"type": "hello", "body": {"protocolVersion": 1}})))
                 clients[name] = Client(ws)
             return clients[name]

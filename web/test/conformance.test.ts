@@ -107,20 +107,17 @@ class Client {
   }
 }
 
-let server: ChildProcess | undefined;
-let url = "";
-
-before(async () => {
+/** The switchboard binary on port 0 with `args` and `env` added; the port it
+ * got is read from its "listening" line (target switchboard::listen): no port
+ * is picked here for it to race for. */
+async function startServer(args: string[] = [], env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
   assert.equal(typeof WebSocket, "function", "this Node has no WebSocket: use Node 22, or Node 20 with --experimental-websocket");
   const bin = process.env.SWITCHBOARD_BIN ? resolve(process.env.SWITCHBOARD_BIN) : join(repoDir, "target/debug/switchboard");
   assert.ok(existsSync(bin), `no switchboard binary at ${bin}: run cargo build --bin switchboard (or set SWITCHBOARD_BIN)`);
-  // Port 0, and the port the server got is read from its "listening" line
-  // (target switchboard::listen): no port is picked here for it to race for.
-  const child = spawn(bin, ["--listen", "127.0.0.1:0"], {
+  const child = spawn(bin, ["--listen", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, RUST_LOG: "warn,switchboard::listen=info", NO_COLOR: "1" },
+    env: { ...process.env, RUST_LOG: "warn,switchboard::listen=info", NO_COLOR: "1", ...env },
   });
-  server = child;
   const addr = await new Promise<string>((ok, fail) => {
     let seen = "";
     const timer = setTimeout(() => fail(new Error(`switchboard did not log that it listens within 20 s: ${seen}`)), 20_000);
@@ -135,17 +132,41 @@ before(async () => {
     });
   });
   child.stdout!.resume();
-  url = `ws://${addr}/ws`;
+  return { child, url: `ws://${addr}/ws` };
+}
+
+/** Stops a server and waits until it has exited. */
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((ok) => child.once("exit", ok));
+  child.kill();
+  await exited;
+}
+
+// The exchanges without a server profile share one server.
+let shared: { child: ChildProcess; url: string } | undefined;
+
+before(async () => {
+  shared = await startServer();
 });
 
-after(() => {
-  server?.kill();
+after(async () => {
+  if (shared) await stopServer(shared.child);
 });
 
 const vectors = JSON.parse(readFileSync(join(repoDir, "tests/conformance/exchanges.json"), "utf8"));
 
 for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
   test(`conformance: ${exchange.name}`, async () => {
+    // An exchange that names a server profile gets a server of its own,
+    // started with the profile's flags and environment.
+    let own: { child: ChildProcess; url: string } | undefined;
+    if (exchange.server !== undefined) {
+      const profile = vectors.servers?.[exchange.server];
+      assert.ok(profile, `no server profile ${exchange.server}`);
+      own = await startServer(profile.args ?? [], profile.env ?? {});
+    }
+    const url = (own ?? shared)!.url;
     const tag = `${n}-ts-${process.pid}`;
     const names = new Map<string, string>();
     const clients = new Map<string, Client>();
@@ -209,6 +230,7 @@ for (const [n, exchange] of (vectors.exchanges as Json[]).entries()) {
       }
     } finally {
       for (const c of clients.values()) c.ws.close();
+      if (own) await stopServer(own.child);
     }
   });
 }
