@@ -11,14 +11,18 @@
 #                                 schema (and a timeout on every job)
 #   deploy/docker-compose.yml     check-jsonschema, builtin compose-spec
 #                                 schema, plus files and values it refers to
+#   deploy/cluster/               the same for docker-compose.yml; haproxy -c
+#                                 on haproxy.cfg, whose servers must be the
+#                                 compose file's nodes, checked on /readyz
 #   deploy/grafana/*.json         parses; every panel has PromQL naming known
 #                                 switchboard_ metrics; promtool parses it all
 #   deploy/prometheus.yml         promtool check config (and its rule files)
 #
 # Tools come from PATH: python3 (3.11+, with PyYAML), kubernetes-validate,
-# check-jsonschema (pip install kubernetes-validate check-jsonschema PyYAML)
-# and promtool (apt-get install prometheus). kubectl, when present, also
-# renders the kustomization and that output is validated too.
+# check-jsonschema (pip install kubernetes-validate check-jsonschema PyYAML),
+# promtool (apt-get install prometheus) and haproxy (apt-get install
+# haproxy). kubectl, when present, also renders the kustomization and that
+# output is validated too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,7 @@ need python3 "Python 3.11 or later"
 need kubernetes-validate "pip install kubernetes-validate"
 need check-jsonschema "pip install check-jsonschema"
 need promtool "apt-get install prometheus"
+need haproxy "apt-get install haproxy"
 if ((${#missing[@]})); then
     printf 'check-deploy: missing tool: %s\n' "${missing[@]}" >&2
     echo "check-deploy: e.g. python3 -m venv /tmp/deploy-tools && /tmp/deploy-tools/bin/pip install kubernetes-validate check-jsonschema PyYAML && PATH=/tmp/deploy-tools/bin:\$PATH $0" >&2
@@ -93,6 +98,15 @@ check-jsonschema --builtin-schema custom.github-workflows-require-timeout .githu
 echo "==> deploy/docker-compose.yml against the compose specification"
 check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml ||
     fail "deploy/docker-compose.yml does not match the compose specification"
+
+echo "==> deploy/cluster/docker-compose.yml against the compose specification"
+check-jsonschema --builtin-schema vendor.compose-spec deploy/cluster/docker-compose.yml ||
+    fail "deploy/cluster/docker-compose.yml does not match the compose specification"
+
+# The node names (node1...) resolve inside compose only: -dr lets a server
+# whose address does not resolve pass (haproxy.cfg also says init-addr none).
+echo "==> deploy/cluster/haproxy.cfg (haproxy -c)"
+haproxy -c -dr -f deploy/cluster/haproxy.cfg || fail "haproxy -c: deploy/cluster/haproxy.cfg is invalid"
 
 echo "==> deploy/prometheus.yml (promtool check config, with its rule files)"
 promtool check config deploy/prometheus.yml || fail "promtool check config deploy/prometheus.yml"
@@ -402,6 +416,100 @@ for name, svc in services.items():
             if "SWITCHBOARD" in str(e):
                 err(str(cpath), f"service {name} sets {e}")
 
+# ----------------------------------------------------------- cluster compose
+# Nodes = the services that set SWITCHBOARD_REDIS_URL. Each must point at a
+# Redis service of the file, be checked on /readyz (what HAProxy asks) and
+# be listed in haproxy.cfg's backend with its listen port; and every server
+# of haproxy.cfg must be such a node.
+ccpath = pathlib.Path("deploy/cluster/docker-compose.yml")
+cdocs = load_docs(ccpath)
+cservices = (cdocs[0] if cdocs else {}).get("services", {})
+nodes = {}
+for name, svc in cservices.items():
+    where = f"{ccpath} service {name}"
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    for vol in svc.get("volumes", []):
+        host = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
+        if host.startswith((".", "/")) and not (ccpath.parent / host).exists():
+            err(where, f"mounts {host}, which does not exist")
+    if "SWITCHBOARD_REDIS_URL" not in env:
+        if any("SWITCHBOARD" in str(e) for e in env):
+            err(where, "sets SWITCHBOARD_* variables but is no node (no SWITCHBOARD_REDIS_URL)")
+        continue
+    nodes[name] = port_of(env.get("SWITCHBOARD_LISTEN", "0.0.0.0:8080"))
+    check_env_names(where, env)
+    build = svc.get("build", {})
+    ctx = (ccpath.parent / build.get("context", ".")).resolve()
+    if not (ctx / build.get("dockerfile", "Dockerfile")).is_file():
+        err(where, f"build: no {build.get('dockerfile', 'Dockerfile')} in {ctx}")
+    m = re.fullmatch(r"redis://([^:/]+):(\d+)(/\d*)?", str(env["SWITCHBOARD_REDIS_URL"]))
+    if not m:
+        err(where, f"SWITCHBOARD_REDIS_URL {env['SWITCHBOARD_REDIS_URL']} is not redis://SERVICE:PORT")
+    elif m.group(1) not in cservices:
+        err(where, f"SWITCHBOARD_REDIS_URL names {m.group(1)}, which is no service of the file")
+    elif m.group(1) not in (svc.get("depends_on") or {}):
+        err(where, f"does not depend on {m.group(1)}")
+    if env.get("SWITCHBOARD_LOG_FORMAT") != "json":
+        err(where, "SWITCHBOARD_LOG_FORMAT should be json")
+    grace = int(env.get("SWITCHBOARD_SHUTDOWN_GRACE_MS", 5000)) / 1000
+    stop = duration_seconds(svc.get("stop_grace_period", "10s"))
+    if stop is None or stop <= grace + 1:
+        err(where, f"stop_grace_period {svc.get('stop_grace_period')} must exceed the shutdown grace {grace}s + 1s")
+    test = svc.get("healthcheck", {}).get("test", [])
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    if "/readyz" not in " ".join(test):
+        err(where, "the healthcheck does not ask /readyz")
+    if len(test) > 1 and test[0] == "CMD" and test[1] in ("curl", "wget"):
+        err(where, f"the healthcheck runs {test[1]}, which {RUNTIME} does not have")
+    for key, want in (("read_only", True), ("cap_drop", ["ALL"])):
+        if svc.get(key) != want:
+            err(where, f"{key} should be {want}")
+if len(nodes) < 2:
+    err(str(ccpath), f"{len(nodes)} node(s) (services with SWITCHBOARD_REDIS_URL); a cluster needs two or more")
+
+hpath = ccpath.parent / "haproxy.cfg"
+hcfg = hpath.read_text() if hpath.exists() else ""
+if not hcfg:
+    err(str(hpath), "missing or empty")
+hmounted = any(
+    str(v).split(":", 1)[0] in ("./haproxy.cfg", "haproxy.cfg") for svc in cservices.values() for v in svc.get("volumes", [])
+)
+if hcfg and not hmounted:
+    err(str(ccpath), "no service mounts ./haproxy.cfg")
+hlines = [l.split("#", 1)[0].split() for l in hcfg.splitlines()]
+hlines = [l for l in hlines if l]
+servers = {}
+for l in hlines:
+    if l[0] == "server" and len(l) >= 3:
+        host, _, port = l[2].rpartition(":")
+        servers[host] = int(port) if port.isdigit() else None
+for host, port in servers.items():
+    if host not in nodes:
+        err(str(hpath), f"server {host} is not a node of {ccpath.name}")
+    elif port != nodes[host]:
+        err(str(hpath), f"server {host} port {port} is not the node's listen port {nodes[host]}")
+for name in nodes:
+    if name not in servers:
+        err(str(hpath), f"node {name} is not a server of the backend")
+if hcfg:
+    words = [" ".join(l) for l in hlines]
+    for want in ("mode tcp", "option httpchk GET /readyz", "balance leastconn"):
+        if want not in words:
+            err(str(hpath), f"no `{want}`")
+    if not any(w.startswith("timeout tunnel ") for w in words):
+        err(str(hpath), "no `timeout tunnel` (WebSockets would be cut at the client/server timeout)")
+    if any("on-marked-down shutdown-sessions" in w for w in words):
+        err(str(hpath), "on-marked-down shutdown-sessions would cut every client when Redis is unreachable")
+    maxconn = [int(l[1]) for l in hlines if l[0] == "maxconn" and len(l) > 1 and l[1].isdigit()]
+    lb = next((svc for svc in cservices.values() if hmounted and any("haproxy.cfg" in str(v) for v in svc.get("volumes", []))), {})
+    nofile = lb.get("ulimits", {}).get("nofile", {})
+    nofile = nofile.get("soft") if isinstance(nofile, dict) else nofile
+    if maxconn and isinstance(nofile, int) and nofile < 2 * max(maxconn) + 1000:
+        err(str(ccpath), f"the load balancer's nofile {nofile} is too small for maxconn {max(maxconn)} (2 per connection)")
+
 # ---------------------------------------------------------------- Prometheus
 ppath = pathlib.Path("deploy/prometheus.yml")
 prom = (load_docs(ppath) or [{}])[0]
@@ -479,7 +587,8 @@ for gpath in sorted(pathlib.Path("deploy/grafana").glob("*.json")):
 
 for e in errors:
     print("FAIL:", e, file=sys.stderr)
-print(f"{len(objects)} Kubernetes objects, {len(services)} compose services, "
+print(f"{len(objects)} Kubernetes objects, {len(services)} + {len(cservices)} compose services "
+      f"({len(nodes)} cluster nodes, {len(servers)} HAProxy servers), "
       f"{sum(len(g['rules']) for g in rules['groups'])} dashboard queries: "
       f"{'ok' if not errors else str(len(errors)) + ' problem(s)'}")
 sys.exit(1 if errors else 0)
