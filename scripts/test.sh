@@ -3,7 +3,8 @@
 # Rust unit, integration, golden, fuzz-corpus, TURN, Prometheus tests, the
 # Python package's tests, the browser SDK's tests, and the end-to-end test in a real Chromium. Installs the system packages the tests need when run as root
 # (coturn for the TURN test, chromium for the browser test, prometheus for
-# the metrics test); otherwise says
+# the metrics test, redis-server for the cluster test, haproxy to check the
+# cluster's load balancer configuration); otherwise says
 # which to install and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${need[*]}"
@@ -26,7 +29,10 @@ fi
 echo "==> crate layers"
 scripts/check-layers.sh
 
-echo "==> deployment files (offline: Kubernetes, workflow and compose schemas, promtool)"
+echo "==> minimum Rust versions (rust-version against the dependencies; clippy's incompatible_msrv checks our own code)"
+scripts/check-msrv.py
+
+echo "==> deployment files (offline: Kubernetes, workflow and compose schemas, promtool, haproxy -c)"
 # The validators are PyPI packages; they are installed once into a
 # virtual environment under target/ (git-ignored).
 tools=target/deploy-tools
