@@ -409,6 +409,7 @@ impl ClusterDirectory {
     async fn listen(self: Arc<Self>) {
         let channel = self.channel(self.node);
         let mut backoff = Duration::from_millis(50);
+        let mut resubscribed = false;
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
@@ -418,6 +419,13 @@ impl ClusterDirectory {
             match tokio::time::timeout(self.timeout * 2, subscribed).await {
                 Ok(Ok(pubsub)) => {
                     backoff = Duration::from_millis(50);
+                    if resubscribed {
+                        // Events published while this node was not
+                        // listening are lost: catch up from Redis before
+                        // reading the ones queued since subscribing.
+                        self.resync().await;
+                    }
+                    resubscribed = true;
                     self.listening.store(true, Ordering::Release);
                     info!(%channel, "listening to this node's channel");
                     let mut messages = pubsub.into_on_message();
@@ -433,6 +441,99 @@ impl ClusterDirectory {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Brings the copies of this node's rooms up to date from Redis, and
+    /// tells the members here of every change they missed.
+    async fn resync(&self) {
+        // Only within the keyspace this node knows: a Redis that came back
+        // empty holds no rooms yet, and the lease keeper writes them back.
+        let mark: Option<String> = self
+            .query(redis::cmd("GET").arg(format!("{}:boot", self.prefix)))
+            .await
+            .unwrap_or(None);
+        if mark.as_deref() != Some(self.boot.lock().as_str()) {
+            return;
+        }
+        let mut ids = Vec::new();
+        for shard in self.mirror.shards.iter() {
+            ids.extend(shard.lock().iter().map(|(id, _)| id.clone()));
+        }
+        for id in ids {
+            let Some(now) = self.fetch_room(&id).await else {
+                continue;
+            };
+            let before = self
+                .room_shard(&id)
+                .lock()
+                .get(&id)
+                .map(|r| r.members().to_vec())
+                .unwrap_or_default();
+            let after = now.as_ref().map(|r| r.members.clone()).unwrap_or_default();
+            let here_after: Vec<PeerId> = after
+                .iter()
+                .map(|m| m.peer_id)
+                .filter(|p| self.is_here(*p))
+                .collect();
+            {
+                let mut shard = self.room_shard(&id).lock();
+                match &now {
+                    Some(r) if !here_after.is_empty() => {
+                        shard.mirror(&id, r.mode, r.capacity, after.clone())
+                    }
+                    _ => {
+                        shard.close(&id);
+                    }
+                }
+            }
+            for gone in before
+                .iter()
+                .filter(|m| !after.iter().any(|a| a.peer_id == m.peer_id))
+            {
+                let to: Vec<PeerId> = here_after
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != gone.peer_id)
+                    .collect();
+                self.registry.notify_all(
+                    &to,
+                    &encode(&Message::PeerLeft(crate::protocol::PeerLeft {
+                        room: id.clone(),
+                        peer_id: gone.peer_id,
+                        reason: LeaveReason::Disconnected,
+                    })),
+                );
+            }
+            for new in after.iter().filter(|m| !before.iter().any(|b| b.peer_id == m.peer_id)) {
+                let to: Vec<PeerId> = here_after
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != new.peer_id)
+                    .collect();
+                self.registry.notify_all(
+                    &to,
+                    &encode(&Message::PeerJoined(PeerJoined {
+                        room: id.clone(),
+                        member: new.clone(),
+                        initiator: false,
+                    })),
+                );
+            }
+        }
+    }
+
+    /// One room as Redis has it: `Some(None)` when it is gone, `None` when
+    /// Redis did not answer.
+    async fn fetch_room(&self, room: &RoomId) -> Option<Option<RoomInfo>> {
+        let mut conn = self.conn.clone();
+        let mut call = scripts::ROOMS.prepare_invoke();
+        call.arg(&self.prefix).arg(room.as_str());
+        let answer: Vec<String> =
+            match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
+                Ok(Ok(answer)) => answer,
+                _ => return None,
+            };
+        Some(answer.first().and_then(|a| parse_room_answer(a)))
     }
 
     fn on_message(&self, data: &[u8]) {
@@ -578,6 +679,12 @@ impl ClusterDirectory {
             .collect();
         {
             let mut shard = self.room_shard(&room).lock();
+            if shard.get(&room).is_some_and(|r| r.contains(joiner)) {
+                // Known already (a resynchronisation saw it first): the
+                // notices went out then.
+                shard.mirror(&room, mode, capacity, members);
+                return;
+            }
             if self.is_here(joiner) || !here.is_empty() {
                 shard.mirror(&room, mode, capacity, members.clone());
             } else {
@@ -877,6 +984,16 @@ struct RoomAnswer {
     cap: u32,
     #[serde(default)]
     m: Vec<String>,
+}
+
+fn parse_room_answer(answer: &str) -> Option<RoomInfo> {
+    let a: RoomAnswer = serde_json::from_str(answer).ok()?;
+    Some(RoomInfo {
+        id: wire::parse_room(&a.r)?,
+        mode: wire::parse_mode(&a.mode),
+        capacity: a.cap,
+        members: a.m.iter().filter_map(|m| wire::parse_member(m)).collect(),
+    })
 }
 
 impl Directory for ClusterDirectory {
@@ -1267,18 +1384,7 @@ impl Directory for ClusterDirectory {
                 Ok(Ok(answer)) => answer,
                 _ => return Vec::new(),
             };
-        answer
-            .iter()
-            .filter_map(|a| serde_json::from_str::<RoomAnswer>(a).ok())
-            .filter_map(|a| {
-                Some(RoomInfo {
-                    id: wire::parse_room(&a.r)?,
-                    mode: wire::parse_mode(&a.mode),
-                    capacity: a.cap,
-                    members: a.m.iter().filter_map(|m| wire::parse_member(m)).collect(),
-                })
-            })
-            .collect()
+        answer.iter().filter_map(|a| parse_room_answer(a)).collect()
     }
 
     async fn users(&self) -> Vec<(UserName, PeerId)> {
