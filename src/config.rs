@@ -316,10 +316,10 @@ impl Config {
             return fail("outbox_bytes must be at least max_message_bytes");
         }
         if !self.webhook_urls.is_empty() {
-            if !self
+            if self
                 .webhook_secret
                 .as_ref()
-                .is_some_and(|s| s.expose().len() >= 16)
+                .is_none_or(|s| s.expose().len() < 16)
             {
                 return fail("webhook_urls need a webhook secret of at least 16 bytes");
             }

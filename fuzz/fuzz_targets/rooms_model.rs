@@ -173,7 +173,7 @@ impl Harness {
                 }
             }
             Action::Login { peer, name } => {
-                let free = self.holders.get(name).map_or(true, |h| h == peer);
+                let free = self.holders.get(name).is_none_or(|h| h == peer);
                 let result = self.names.login(name, *peer);
                 assert_eq!(result.is_ok(), free, "login {name} by {peer:?}");
                 if free {
@@ -210,7 +210,7 @@ impl Harness {
             self.rooms
                 .join_or_create(room, mode, capacity, member(peer), POLICY, may_create);
         let asked_ok = mode != RoomMode::Mesh
-            || capacity.map_or(true, |c| (2..=POLICY.max_capacity).contains(&c));
+            || capacity.is_none_or(|c| (2..=POLICY.max_capacity).contains(&c));
         match result {
             Ok(outcome) => {
                 assert!(asked_ok, "bad capacity accepted");

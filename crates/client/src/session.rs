@@ -592,7 +592,7 @@ impl Session {
             Address::Peer(p) => self
                 .capabilities
                 .get(p)
-                .map_or(true, |c| c.contains(Capabilities::ICE_BATCH)),
+                .is_none_or(|c| c.contains(Capabilities::ICE_BATCH)),
             Address::User(_) => true,
         };
         if batches {
