@@ -3,6 +3,7 @@
 
 pub mod child;
 pub mod json;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
