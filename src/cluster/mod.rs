@@ -504,7 +504,10 @@ impl ClusterDirectory {
                     })),
                 );
             }
-            for new in after.iter().filter(|m| !before.iter().any(|b| b.peer_id == m.peer_id)) {
+            for new in after
+                .iter()
+                .filter(|m| !before.iter().any(|b| b.peer_id == m.peer_id))
+            {
                 let to: Vec<PeerId> = here_after
                     .iter()
                     .copied()
