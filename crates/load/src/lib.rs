@@ -10,6 +10,8 @@
 //!   negotiations/s and time to complete.
 //! - [`idle`]: many logged-in, joined connections; server RSS per connection.
 //! - [`churn`]: connect/join/leave/disconnect loops; operations/s.
+//! - [`directory`]: login/join/leave/logout loops on open connections; the
+//!   latency of each request a cluster node decides in its shared directory.
 //!
 //! The load generator talks the wire protocol directly over
 //! tokio-tungstenite ([`Peer`]) instead of [`crate::client::Client`]: it
@@ -19,6 +21,7 @@
 //! bottleneck.
 
 pub mod churn;
+pub mod directory;
 pub mod handshake;
 #[doc(no_inline)]
 pub use switchboard_client as client;

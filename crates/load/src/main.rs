@@ -5,6 +5,7 @@
 //! switchboard-load handshake --size 2 --concurrency 64 --duration 10
 //! switchboard-load idle --connections 15000 --source-ips 4 --server-pid PID
 //! switchboard-load churn --workers 32 --duration 10
+//! switchboard-load --url ws://127.0.0.1:8081/ws directory --peer-url ws://127.0.0.1:8082/ws
 //! ```
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_load::{
-    self as load, churn, handshake, idle, relay, seed_relay, Common, LoadError,
+    self as load, churn, directory, handshake, idle, relay, seed_relay, Common, LoadError,
 };
 
 #[derive(Parser, Debug)]
@@ -138,6 +139,20 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// Login/join/leave/logout loops on open connections: the latency of
+    /// each request a cluster node decides in its shared directory.
+    Directory {
+        /// Concurrent loops, one connection each.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Another node of the cluster: each worker's room gets a member
+        /// there, and every Join is timed until its PeerJoined reaches it.
+        #[arg(long)]
+        peer_url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -252,6 +267,18 @@ fn main() -> ExitCode {
                     duration: secs(duration),
                 };
                 print(json, &churn::run(&common, &o).await?);
+            }
+            Scenario::Directory {
+                workers,
+                duration,
+                peer_url,
+            } => {
+                let o = directory::Options {
+                    workers,
+                    duration: secs(duration),
+                    peer_url,
+                };
+                print(json, &directory::run(&common, &o).await?);
             }
         }
         Ok(())
