@@ -40,7 +40,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -56,6 +55,7 @@ use crate::registry::{Registry, Route, RouteError, Shards, Target};
 use crate::rooms::{JoinError, LoginError, RoomPolicy, Rooms, MAX_CALLS};
 use crate::webhooks::{Event, EventSink};
 
+use scripts::Lua;
 use wire::{peer_key, Record};
 
 /// Most bytes waiting for one other node; past it a signal for that node is
@@ -65,6 +65,9 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Most requests waiting for the writer; past it a client's request is
 /// answered `UNAVAILABLE` at once.
 const WRITER_QUEUE: usize = 4096;
+
+/// Most scripts sent in one pipeline.
+const WRITER_PIPELINE: usize = 128;
 
 /// Most departures kept for writing once Redis answers again.
 const MAX_RETRIES: usize = 100_000;
@@ -124,7 +127,7 @@ impl Links {
 /// A script to run by the writer, and where its answer goes (none: nobody
 /// waits for it).
 struct Op {
-    script: &'static LazyLock<Script>,
+    script: &'static LazyLock<Lua>,
     args: Vec<String>,
     reply: Option<oneshot::Sender<redis::RedisResult<redis::Value>>>,
 }
@@ -159,7 +162,7 @@ pub struct ClusterDirectory {
     /// Joins waiting for their room event (which queues `Joined`).
     joining: Mutex<foldhash::HashMap<(PeerId, RoomId), oneshot::Sender<()>>>,
     /// Departures to write once Redis answers again.
-    retries: Mutex<Vec<(&'static LazyLock<Script>, Vec<String>)>>,
+    retries: Mutex<Vec<(&'static LazyLock<Lua>, Vec<String>)>>,
     leased: AtomicBool,
     listening: AtomicBool,
     timeout: Duration,
@@ -263,73 +266,80 @@ impl ClusterDirectory {
     // ---- the writer ----
 
     /// Runs every change to Redis and publishes every batch, in the order
-    /// they were made: batches first, then the next script, so a signal
-    /// queued before a room change reaches its node before the change's
-    /// events.
+    /// they were made. Whatever is waiting goes in one pipeline (one round
+    /// trip): the batches first, then the scripts in their order, so a
+    /// signal queued before a room change reaches its node before the
+    /// change's events, and many concurrent joins cost one round trip.
     async fn write(self: Arc<Self>, mut queue: mpsc::Receiver<Op>) {
         let mut conn = self.conn.clone();
+        let mut ops = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                op = queue.recv() => {
-                    let Some(op) = op else { return };
-                    self.flush(&mut conn).await;
-                    if op.reply.as_ref().is_some_and(|r| r.is_closed()) {
-                        // Its caller gave up before it ran: it is not run.
-                        continue;
-                    }
-                    let mut call = op.script.prepare_invoke();
-                    for arg in &op.args {
-                        call.arg(arg);
-                    }
-                    let result = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
-                        .await
-                        .unwrap_or_else(|e| Err(redis_error(e)));
-                    match op.reply {
-                        Some(reply) => {
-                            let _ = reply.send(result);
-                        }
-                        None => {
-                            if let Err(e) = result {
-                                debug!(error = %e, "background redis change failed");
-                            }
-                        }
+                n = queue.recv_many(&mut ops, WRITER_PIPELINE) => {
+                    if n == 0 {
+                        return;
                     }
                 }
-                () = self.links.wake.notified() => self.flush(&mut conn).await,
+                () = self.links.wake.notified() => {}
             }
-        }
-    }
-
-    /// Publishes every waiting batch, one publish per node; tells the
-    /// senders of what no node received.
-    async fn flush(&self, conn: &mut ConnectionManager) {
-        let batches = self.links.take();
-        if batches.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for (node, batch) in &batches {
-            pipe.cmd("PUBLISH")
-                .arg(self.channel(*node))
-                .arg(&batch.bytes);
-        }
-        let heard: Result<Vec<i64>, _> = tokio::time::timeout(self.timeout, pipe.query_async(conn))
-            .await
-            .unwrap_or_else(|e| Err(redis_error(e)));
-        match heard {
-            Ok(counts) => {
-                for ((node, batch), count) in batches.iter().zip(counts) {
-                    if count == 0 {
-                        debug!(node, "no node listens: its peers are gone");
-                        self.undelivered(&batch.origins, RouteError::UnknownPeer);
+            // Callers that gave up before their script was sent: not run.
+            ops.retain(|op| !op.reply.as_ref().is_some_and(|r| r.is_closed()));
+            let batches = self.links.take();
+            if batches.is_empty() && ops.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (node, batch) in &batches {
+                pipe.cmd("PUBLISH")
+                    .arg(self.channel(*node))
+                    .arg(&batch.bytes);
+            }
+            for op in &ops {
+                pipe.cmd("EVAL").arg(op.script.code()).arg(0).arg(&op.args);
+            }
+            let answers: redis::RedisResult<Vec<redis::Value>> =
+                tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+                    .await
+                    .unwrap_or_else(|e| Err(redis_error(e)));
+            let mut answers = match answers {
+                Ok(answers) => answers.into_iter(),
+                Err(e) => {
+                    warn!(error = %e, "redis did not answer in time");
+                    for (_, batch) in &batches {
+                        self.undelivered(&batch.origins, RouteError::Unavailable);
                     }
+                    for op in ops.drain(..) {
+                        if let Some(reply) = op.reply {
+                            let _ = reply.send(Err(redis_error("no answer")));
+                        }
+                    }
+                    continue;
+                }
+            };
+            for (node, batch) in &batches {
+                let heard = answers.next().map(|v| redis::from_redis_value::<i64>(v));
+                if !matches!(heard, Some(Ok(n)) if n > 0) {
+                    debug!(node, "no node listens: its peers are gone");
+                    self.undelivered(&batch.origins, RouteError::UnknownPeer);
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "could not publish to other nodes");
-                for (_, batch) in &batches {
-                    self.undelivered(&batch.origins, RouteError::Unavailable);
+            for op in ops.drain(..) {
+                let answer = match answers.next() {
+                    Some(redis::Value::ServerError(e)) => Err(redis_error(format!("{e:?}"))),
+                    Some(value) => Ok(value),
+                    None => Err(redis_error("missing answer")),
+                };
+                match op.reply {
+                    Some(reply) => {
+                        let _ = reply.send(answer);
+                    }
+                    None => {
+                        if let Err(e) = answer {
+                            debug!(error = %e, "background redis change failed");
+                        }
+                    }
                 }
             }
         }
@@ -352,7 +362,7 @@ impl ClusterDirectory {
     /// `redis_timeout` (queueing included).
     async fn call<T: redis::FromRedisValue>(
         &self,
-        script: &'static LazyLock<Script>,
+        script: &'static LazyLock<Lua>,
         args: Vec<String>,
     ) -> redis::RedisResult<T> {
         let (reply, answer) = oneshot::channel();
@@ -372,7 +382,7 @@ impl ClusterDirectory {
 
     /// Queues `script` behind everything queued so far, without waiting:
     /// undoes what a request that timed out may still do.
-    fn behind(&self, script: &'static LazyLock<Script>, args: Vec<String>) {
+    fn behind(&self, script: &'static LazyLock<Lua>, args: Vec<String>) {
         let op = Op {
             script,
             args,
@@ -385,7 +395,7 @@ impl ClusterDirectory {
         }
     }
 
-    fn retry(&self, script: &'static LazyLock<Script>, args: Vec<String>) {
+    fn retry(&self, script: &'static LazyLock<Lua>, args: Vec<String>) {
         let mut retries = self.retries.lock();
         if retries.len() < MAX_RETRIES {
             retries.push((script, args));

@@ -88,13 +88,40 @@ local function name_logout(name, peer, announce)
 end
 "#;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+/// A script: its source (the writer sends it with `EVAL` inside a
+/// pipeline, which Redis compiles once and caches by its hash) and the
+/// redis-rs [`Script`] for direct calls (`EVALSHA`, falling back to `EVAL`).
+pub struct Lua {
+    code: String,
+    script: Script,
+}
+
+impl Lua {
+    /// The script's source.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl std::ops::Deref for Lua {
+    type Target = Script;
+
+    fn deref(&self) -> &Script {
+        &self.script
+    }
+}
+
+fn script(body: &str) -> Lua {
+    let code = format!("{COMMON}\n{body}");
+    Lua {
+        script: Script::new(&code),
+        code,
+    }
 }
 
 /// Claims a free node id and the first lease on it.
 /// ARGV: prefix, token, lease ms. Returns `{id, epoch, boot}`.
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+pub static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local token, lease = ARGV[2], ARGV[3]
@@ -124,7 +151,7 @@ return redis.error_reply('no free node id')
 /// returned is the new keyspace's), `reaped` (the others cleaned the node
 /// up and announced its peers as gone: it is registered again, and must
 /// close its connections) or `taken` (another node holds the id).
-pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
+pub static RENEW: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local id, token, lease, epoch, boot, fresh = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -159,7 +186,7 @@ return {'restored', mark}
 
 /// Removes a node that is leaving cleanly from the set of node ids (its
 /// peers have left already). ARGV: prefix, id, token.
-pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local id, token = ARGV[2], ARGV[3]
@@ -178,7 +205,7 @@ return 1
 /// are freed (call partners are sent HangUp), and the node is forgotten.
 /// Atomic, so exactly one node does it for each dead node however many
 /// try. ARGV: prefix, own id. Returns the ids cleaned up.
-pub static REAP: LazyLock<Script> = LazyLock::new(|| {
+pub static REAP: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local me = ARGV[2]
@@ -207,7 +234,7 @@ return reaped
 /// ARGV: prefix, room, mode (`pair`/`mesh`), capacity for a new room, peer,
 /// member record, may create (`1`/`0`). Returns JSON: `{ok, cap, created}`
 /// or `{e = create|mode|member|full, ...}`.
-pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
+pub static JOIN: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local room, mode, cap, peer, info, may = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
@@ -241,7 +268,7 @@ return cjson.encode({ok = 1, cap = cap, created = created})
 
 /// Leaves a room. ARGV: prefix, room, peer, reason (LeaveReason number).
 /// Returns JSON `{left, emptied}`.
-pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+pub static LEAVE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local emptied = room_leave(ARGV[2], ARGV[3], tonumber(ARGV[4]))
@@ -254,7 +281,7 @@ return cjson.encode({left = true, emptied = emptied})
 /// An operator removes a peer from a room: like LEAVE with reason KICKED,
 /// and the peer's node is told to tell it. ARGV: prefix, room, peer.
 /// Returns 1 if it was a member.
-pub static KICK: LazyLock<Script> = LazyLock::new(|| {
+pub static KICK: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local room, peer = ARGV[2], ARGV[3]
@@ -268,7 +295,7 @@ return 1
 /// An operator closes a room: every member is removed, and each node with
 /// a member drops its copy of the room and tells its members. ARGV: prefix, room. Returns the number of members, -1
 /// without such a room.
-pub static CLOSE_ROOM: LazyLock<Script> = LazyLock::new(|| {
+pub static CLOSE_ROOM: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local room = ARGV[2]
@@ -288,7 +315,7 @@ return #members
 
 /// Claims a user name. ARGV: prefix, name, peer, capabilities.
 /// Returns `new`, `same` (already held by the peer) or `taken`.
-pub static LOGIN: LazyLock<Script> = LazyLock::new(|| {
+pub static LOGIN: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local name, peer, caps = ARGV[2], ARGV[3], ARGV[4]
@@ -305,7 +332,7 @@ return 'new'
 
 /// Frees a name held by a peer and ends its calls. ARGV: prefix, name,
 /// peer. Returns the call partners' names.
-pub static LOGOUT: LazyLock<Script> = LazyLock::new(|| {
+pub static LOGOUT: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 return name_logout(ARGV[2], ARGV[3], false)
@@ -315,7 +342,7 @@ return name_logout(ARGV[2], ARGV[3], false)
 
 /// Records a named call on both names, each only while its peer still
 /// holds it. ARGV: prefix, a, a's peer, b, b's peer, most calls per name.
-pub static OPEN_CALL: LazyLock<Script> = LazyLock::new(|| {
+pub static OPEN_CALL: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local a, ap, b, bp, most = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -334,7 +361,7 @@ return 1
 
 /// Updates the user name a peer is listed with in its rooms and tells the
 /// members' nodes. ARGV: prefix, peer, name ('' for none), rooms...
-pub static SET_USER: LazyLock<Script> = LazyLock::new(|| {
+pub static SET_USER: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local peer, user = ARGV[2], ARGV[3]
@@ -359,7 +386,7 @@ return 1
 /// without persistence). ARGV: prefix, then `room, mode, cap, n` followed
 /// by `n` triples `score, peer, record`, repeated; then `-` and pairs
 /// `name, PEER:CAPS`. Returns the names another peer holds meanwhile.
-pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+pub static RESTORE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local i = 2
@@ -402,7 +429,7 @@ return clashes
 
 /// Every room with its members (admin API, metrics), or only one.
 /// ARGV: prefix, [room]. Returns JSON `[{r, mode, cap, m = [records]}]`.
-pub static ROOMS: LazyLock<Script> = LazyLock::new(|| {
+pub static ROOMS: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
 local ids
