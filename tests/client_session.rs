@@ -263,6 +263,7 @@ async fn fake_server(
         let hello = ws.next().await.unwrap().unwrap();
         assert!(hello.is_binary());
         let welcome = Message::Welcome(Welcome {
+            resume: None,
             peer_id: PeerId(7),
             protocol_version: PROTOCOL_VERSION,
             limits,

@@ -158,6 +158,7 @@ fn hello() -> impl Strategy<Value = Message> {
         .prop_map(
             |(protocol_version, capabilities, access_token, user_agent)| {
                 Message::Hello(Hello {
+                    resume: None,
                     protocol_version,
                     capabilities,
                     access_token,
@@ -181,6 +182,7 @@ fn welcome() -> impl Strategy<Value = Message> {
         .prop_map(
             |(peer_id, version, limits, interval, timeout, ice_servers, caps, dict)| {
                 Message::Welcome(Welcome {
+                    resume: None,
                     peer_id: PeerId(peer_id),
                     protocol_version: version,
                     limits,

@@ -199,6 +199,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "hello",
             Message::Hello(Hello {
+                resume: None,
                 protocol_version: 1,
                 capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
                 access_token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
@@ -208,6 +209,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "welcome",
             Message::Welcome(Welcome {
+                resume: None,
                 peer_id: PeerId::new(1, 0, 1),
                 protocol_version: 1,
                 limits: Limits {

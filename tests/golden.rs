@@ -79,6 +79,7 @@ fn cases() -> Vec<Case> {
             vec![(
                 1,
                 Message::Hello(Hello {
+                    resume: None,
                     protocol_version: 1,
                     capabilities: both(),
                     access_token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
@@ -92,6 +93,7 @@ fn cases() -> Vec<Case> {
             vec![(
                 1,
                 Message::Welcome(Welcome {
+                    resume: None,
                     peer_id: PeerId(0xfffe_0000_0000_0001),
                     protocol_version: 1,
                     limits: Limits {

@@ -61,6 +61,7 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A Hello with this crate's protocol version and every capability.
 pub fn default_hello() -> Hello {
     Hello {
+        resume: None,
         protocol_version: PROTOCOL_VERSION,
         capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
         access_token: None,
@@ -275,6 +276,7 @@ impl Connection {
 
 fn placeholder_welcome() -> Welcome {
     Welcome {
+        resume: None,
         peer_id: protocol::PeerId(0),
         protocol_version: 0,
         limits: protocol::Limits {

@@ -32,7 +32,8 @@ pub use ids::{IdError, PeerId, RoomId, UserName, MAX_ID_BYTES};
 pub use message::{
     Address, Capabilities, ErrorCode, ErrorMessage, FieldError, Hello, IceCandidate, IceCandidates,
     IceServer, Join, Joined, LeaveReason, Limits, LoginResult, Member, Message, PeerJoined,
-    PeerLeft, RoomMode, Sdp, SessionDescription, Welcome, PROTOCOL_VERSION,
+    PeerLeft, Resume, ResumeLimits, ResumeRefusal, ResumeRequest, RoomMode, Sdp,
+    SessionDescription, Welcome, MAX_RESUME_TOKEN_BYTES, PROTOCOL_VERSION,
 };
 
 /// Size limits the decoder enforces before it allocates.
@@ -460,6 +461,7 @@ mod tests {
             // [DEFLATE_SDP, ICE_BATCH]; 1a 01 "k": access_token; 22 01 "t": user_agent.
             MessageType::Hello => (
                 Message::Hello(Hello {
+                    resume: None,
                     protocol_version: 1,
                     capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
                     access_token: Some("k".into()),
@@ -567,6 +569,7 @@ mod tests {
             // 48 01: sdp_dictionary (field 9).
             MessageType::Welcome => (
                 Message::Welcome(Welcome {
+                    resume: None,
                     peer_id: PeerId(5),
                     protocol_version: 1,
                     limits: Limits {

@@ -15,6 +15,7 @@ use crate::proto as pb;
 
 pub use pb::ErrorCode;
 pub use pb::LeaveReason;
+pub use pb::ResumeRefusal;
 pub use pb::RoomMode;
 
 /// Protocol version spoken by this crate.
@@ -192,6 +193,51 @@ pub struct Hello {
     pub access_token: Option<String>,
     /// Client software name, for logs.
     pub user_agent: String,
+    /// The session to resume, with `CAPABILITY_RESUME`.
+    pub resume: Option<ResumeRequest>,
+}
+
+/// Longest resume token accepted, in bytes.
+pub const MAX_RESUME_TOKEN_BYTES: usize = 64;
+
+/// `Hello`'s request to resume a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The token of the session's last `Welcome`.
+    pub token: Bytes,
+    /// The highest sequence number of the server's frames the client has
+    /// processed.
+    pub last_seq: u32,
+}
+
+/// What `Welcome` says of session resume, when `CAPABILITY_RESUME` is
+/// granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The token to resume this session with (only the latest is valid).
+    pub token: Bytes,
+    /// Whether this `Welcome` continues the session `Hello` named.
+    pub resumed: bool,
+    /// Why a resume that was asked for did not happen.
+    pub refusal: Option<ResumeRefusal>,
+    /// On a resume: the highest sequence number of the client's frames the
+    /// server has processed.
+    pub last_seq: u32,
+    /// The limits of resume.
+    pub limits: ResumeLimits,
+}
+
+/// The limits of session resume, announced in `Welcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeLimits {
+    /// How long a dropped session waits for its client.
+    pub grace: Duration,
+    /// Most frames each side keeps unacknowledged.
+    pub replay_frames: u32,
+    /// Most payload bytes each side keeps unacknowledged.
+    pub replay_bytes: u32,
+    /// Longest wait before acknowledging.
+    pub ack_delay: Duration,
 }
 
 /// A STUN or TURN server offered to the client.
@@ -255,6 +301,8 @@ pub struct Welcome {
     pub capabilities: Capabilities,
     /// Id of the preset SDP dictionary.
     pub sdp_dictionary: u32,
+    /// Session resume, when granted.
+    pub resume: Option<Resume>,
 }
 
 /// A room member as other members see it.
@@ -659,6 +707,21 @@ impl TryFrom<pb::Hello> for Hello {
                 Some(bounded("access_token", h.access_token, MAX_TOKEN_BYTES)?)
             },
             user_agent: bounded("user_agent", h.user_agent, MAX_TEXT_BYTES)?,
+            resume: if h.resume_token.is_empty() {
+                None
+            } else {
+                if h.resume_token.len() > MAX_RESUME_TOKEN_BYTES {
+                    return Err(FieldError::TooLong {
+                        field: "resume_token",
+                        len: h.resume_token.len(),
+                        max: MAX_RESUME_TOKEN_BYTES,
+                    });
+                }
+                Some(ResumeRequest {
+                    token: h.resume_token,
+                    last_seq: h.resume_last_seq,
+                })
+            },
         })
     }
 }
@@ -670,8 +733,11 @@ impl From<&Hello> for pb::Hello {
             capabilities: h.capabilities.to_wire(),
             access_token: h.access_token.clone().unwrap_or_default(),
             user_agent: h.user_agent.clone(),
-            resume_token: Bytes::new(),
-            resume_last_seq: 0,
+            resume_token: h
+                .resume
+                .as_ref()
+                .map_or_else(Bytes::new, |r| r.token.clone()),
+            resume_last_seq: h.resume.as_ref().map_or(0, |r| r.last_seq),
         }
     }
 }
@@ -743,6 +809,29 @@ impl TryFrom<pb::Welcome> for Welcome {
                 .collect(),
             capabilities: Capabilities::from_wire(&w.capabilities),
             sdp_dictionary: w.sdp_dictionary,
+            resume: if w.resume_token.is_empty() {
+                None
+            } else {
+                let limits = w.resume_limits.unwrap_or_default();
+                Some(Resume {
+                    token: w.resume_token,
+                    resumed: w.resumed,
+                    // An unknown reason from a newer server is still a refusal.
+                    refusal: match w.resume_refusal {
+                        0 => None,
+                        r => {
+                            Some(ResumeRefusal::try_from(r).unwrap_or(ResumeRefusal::UnknownToken))
+                        }
+                    },
+                    last_seq: w.resume_last_seq,
+                    limits: ResumeLimits {
+                        grace: Duration::from_millis(limits.grace_ms.into()),
+                        replay_frames: limits.replay_frames,
+                        replay_bytes: limits.replay_bytes,
+                        ack_delay: Duration::from_millis(limits.ack_delay_ms.into()),
+                    },
+                })
+            },
         })
     }
 }
@@ -769,8 +858,24 @@ impl From<&Welcome> for pb::Welcome {
                 })
                 .collect(),
             capabilities: w.capabilities.to_wire(),
-            resume_token: Bytes::new(),
+            resume_token: w
+                .resume
+                .as_ref()
+                .map_or_else(Bytes::new, |r| r.token.clone()),
             sdp_dictionary: w.sdp_dictionary,
+            resumed: w.resume.as_ref().is_some_and(|r| r.resumed),
+            resume_refusal: w
+                .resume
+                .as_ref()
+                .and_then(|r| r.refusal)
+                .map_or(0, |r| r as i32),
+            resume_last_seq: w.resume.as_ref().map_or(0, |r| r.last_seq),
+            resume_limits: w.resume.as_ref().map(|r| pb::ResumeLimits {
+                grace_ms: millis(r.limits.grace),
+                replay_frames: r.limits.replay_frames,
+                replay_bytes: r.limits.replay_bytes,
+                ack_delay_ms: millis(r.limits.ack_delay),
+            }),
         }
     }
 }

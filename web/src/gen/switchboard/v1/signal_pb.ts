@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/signal.proto.
  */
 export const file_switchboard_v1_signal: GenFile = /*@__PURE__*/
-  fileDesc("Chtzd2l0Y2hib2FyZC92MS9zaWduYWwucHJvdG8SDnN3aXRjaGJvYXJkLnYxIqwBCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEjAKDGNhcGFiaWxpdGllcxgCIAMoDjIaLnN3aXRjaGJvYXJkLnYxLkNhcGFiaWxpdHkSFAoMYWNjZXNzX3Rva2VuGAMgASgJEhIKCnVzZXJfYWdlbnQYBCABKAkSFAoMcmVzdW1lX3Rva2VuGAUgASgMEhcKD3Jlc3VtZV9sYXN0X3NlcRgGIAEoDSI/CglJY2VTZXJ2ZXISDAoEdXJscxgBIAMoCRIQCgh1c2VybmFtZRgCIAEoCRISCgpjcmVkZW50aWFsGAMgASgJIukCCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHgoWbWF4X2ZyYW1lc19wZXJfbWVzc2FnZRgCIAEoDRIVCg1tYXhfc2RwX2J5dGVzGAMgASgNEhcKD3JhdGVfcGVyX3NlY29uZBgEIAEoDRISCgpyYXRlX2J1cnN0GAUgASgNEhQKDG1heF9pZF9ieXRlcxgGIAEoDRIZChFtYXhfcm9vbV9jYXBhY2l0eRgHIAEoDRIdChVkZWZhdWx0X3Jvb21fY2FwYWNpdHkYCCABKA0SGQoRbWF4X3BheWxvYWRfYnl0ZXMYCSABKA0SIAoYbWF4X2NhbmRpZGF0ZXNfcGVyX2JhdGNoGAogASgNEh0KFXJhdGVfYnl0ZXNfcGVyX3NlY29uZBgLIAEoDRIYChByYXRlX2J5dGVzX2J1cnN0GAwgASgNEhoKEm1heF9yb29tc19wZXJfcGVlchgNIAEoDSKpAgoHV2VsY29tZRIPCgdwZWVyX2lkGAEgASgEEhgKEHByb3RvY29sX3ZlcnNpb24YAiABKA0SJgoGbGltaXRzGAMgASgLMhYuc3dpdGNoYm9hcmQudjEuTGltaXRzEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgEIAEoDRIcChRoZWFydGJlYXRfdGltZW91dF9tcxgFIAEoDRIuCgtpY2Vfc2VydmVycxgGIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIwCgxjYXBhYmlsaXRpZXMYByADKA4yGi5zd2l0Y2hib2FyZC52MS5DYXBhYmlsaXR5EhQKDHJlc3VtZV90b2tlbhgIIAEoDBIWCg5zZHBfZGljdGlvbmFyeRgJIAEoDSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhUKBFBvbmcSDQoFbm9uY2UYASABKAQiEgoDQWNrEgsKA3NlcRgBIAEoDSJvCgZNZW1iZXISDwoHcGVlcl9pZBgBIAEoBBIUCgxkaXNwbGF5X25hbWUYAiABKAkSDAoEdXNlchgDIAEoCRIwCgxjYXBhYmlsaXRpZXMYBCADKA4yGi5zd2l0Y2hib2FyZC52MS5DYXBhYmlsaXR5ImQKBEpvaW4SDAoEcm9vbRgBIAEoCRImCgRtb2RlGAIgASgOMhguc3dpdGNoYm9hcmQudjEuUm9vbU1vZGUSEAoIY2FwYWNpdHkYAyABKA0SFAoMZGlzcGxheV9uYW1lGAQgASgJIowBCgZKb2luZWQSDAoEcm9vbRgBIAEoCRImCgRtb2RlGAIgASgOMhguc3dpdGNoYm9hcmQudjEuUm9vbU1vZGUSEAoIY2FwYWNpdHkYAyABKA0SJwoHbWVtYmVycxgEIAMoCzIWLnN3aXRjaGJvYXJkLnYxLk1lbWJlchIRCglpbml0aWF0b3IYBSABKAgiVQoKUGVlckpvaW5lZBIMCgRyb29tGAEgASgJEiYKBm1lbWJlchgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLk1lbWJlchIRCglpbml0aWF0b3IYAyABKAgiVgoIUGVlckxlZnQSDAoEcm9vbRgBIAEoCRIPCgdwZWVyX2lkGAIgASgEEisKBnJlYXNvbhgDIAEoDjIbLnN3aXRjaGJvYXJkLnYxLkxlYXZlUmVhc29uIioKCFJvb21GdWxsEgwKBHJvb20YASABKAkSEAoIY2FwYWNpdHkYAiABKA0iFQoFTGVhdmUSDAoEcm9vbRgBIAEoCSIUCgRMZWZ0EgwKBHJvb20YASABKAkiFQoFTG9naW4SDAoEbmFtZRgBIAEoCSJWCgtMb2dpblJlc3VsdBIMCgRuYW1lGAEgASgJEg8KB3N1Y2Nlc3MYAiABKAgSKAoFZXJyb3IYAyABKA4yGS5zd2l0Y2hib2FyZC52MS5FcnJvckNvZGUiCAoGTG9nb3V0IjQKB0FkZHJlc3MSEQoHcGVlcl9pZBgBIAEoBEgAEg4KBHVzZXIYAiABKAlIAEIGCgRraW5kIi8KBkhhbmdVcBIlCgRwZWVyGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuQWRkcmVzcyJuChJTZXNzaW9uRGVzY3JpcHRpb24SJQoEcGVlchgBIAEoCzIXLnN3aXRjaGJvYXJkLnYxLkFkZHJlc3MSCwoDc2RwGAMgASgMEgwKBHJvb20YBCABKAkSEAoIYXBwX2RhdGEYBSABKAlKBAgCEAMirQEKDEljZUNhbmRpZGF0ZRIRCgljYW5kaWRhdGUYASABKAkSFAoHc2RwX21pZBgCIAEoCUgAiAEBEh0KEHNkcF9tX2xpbmVfaW5kZXgYAyABKA1IAYgBARIeChF1c2VybmFtZV9mcmFnbWVudBgEIAEoCUgCiAEBQgoKCF9zZHBfbWlkQhMKEV9zZHBfbV9saW5lX2luZGV4QhQKEl91c2VybmFtZV9mcmFnbWVudCKpAQoNSWNlQ2FuZGlkYXRlcxIlCgRwZWVyGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuQWRkcmVzcxIwCgpjYW5kaWRhdGVzGAMgAygLMhwuc3dpdGNoYm9hcmQudjEuSWNlQ2FuZGlkYXRlEhkKEWVuZF9vZl9jYW5kaWRhdGVzGAQgASgIEgwKBHJvb20YBSABKAkSEAoIYXBwX2RhdGEYBiABKAlKBAgCEAMiVgoFRXJyb3ISJwoEY29kZRgBIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhMKC3JlcXVlc3Rfc2VxGAMgASgNKqcECgtNZXNzYWdlVHlwZRIcChhNRVNTQUdFX1RZUEVfVU5TUEVDSUZJRUQQABIWChJNRVNTQUdFX1RZUEVfSEVMTE8QARIVChFNRVNTQUdFX1RZUEVfUElORxACEhUKEU1FU1NBR0VfVFlQRV9QT05HEAMSFAoQTUVTU0FHRV9UWVBFX0FDSxAEEhUKEU1FU1NBR0VfVFlQRV9KT0lOEBASFgoSTUVTU0FHRV9UWVBFX0xFQVZFEBESFgoSTUVTU0FHRV9UWVBFX0xPR0lOECASFwoTTUVTU0FHRV9UWVBFX0xPR09VVBAhEhgKFE1FU1NBR0VfVFlQRV9IQU5HX1VQECISFgoSTUVTU0FHRV9UWVBFX09GRkVSEDASFwoTTUVTU0FHRV9UWVBFX0FOU1dFUhAxEhQKEE1FU1NBR0VfVFlQRV9JQ0UQMhIZChRNRVNTQUdFX1RZUEVfV0VMQ09NRRCBARIYChNNRVNTQUdFX1RZUEVfSk9JTkVEEJABEh0KGE1FU1NBR0VfVFlQRV9QRUVSX0pPSU5FRBCRARIbChZNRVNTQUdFX1RZUEVfUEVFUl9MRUZUEJIBEhsKFk1FU1NBR0VfVFlQRV9ST09NX0ZVTEwQkwESFgoRTUVTU0FHRV9UWVBFX0xFRlQQlAESHgoZTUVTU0FHRV9UWVBFX0xPR0lOX1JFU1VMVBCgARIXChJNRVNTQUdFX1RZUEVfRVJST1IQ4AEqPAoJRnJhbWVGbGFnEhMKD0ZSQU1FX0ZMQUdfTk9ORRAAEhoKFkZSQU1FX0ZMQUdfREVGTEFURV9TRFAQASp1CgpDYXBhYmlsaXR5EhoKFkNBUEFCSUxJVFlfVU5TUEVDSUZJRUQQABIaChZDQVBBQklMSVRZX0RFRkxBVEVfU0RQEAESGAoUQ0FQQUJJTElUWV9JQ0VfQkFUQ0gQAhIVChFDQVBBQklMSVRZX1JFU1VNRRADKk0KCFJvb21Nb2RlEhkKFVJPT01fTU9ERV9VTlNQRUNJRklFRBAAEhIKDlJPT01fTU9ERV9QQUlSEAESEgoOUk9PTV9NT0RFX01FU0gQAircAQoLTGVhdmVSZWFzb24SHAoYTEVBVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASFQoRTEVBVkVfUkVBU09OX0xFRlQQARIdChlMRUFWRV9SRUFTT05fRElTQ09OTkVDVEVEEAISGgoWTEVBVkVfUkVBU09OX1RJTUVEX09VVBADEiIKHkxFQVZFX1JFQVNPTl9KT0lORURfT1RIRVJfUk9PTRAEEhcKE0xFQVZFX1JFQVNPTl9LSUNLRUQQBRIgChxMRUFWRV9SRUFTT05fU0VSVkVSX1NIVVRET1dOEAYqrQYKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9NQUxGT1JNRUQQARIbChdFUlJPUl9DT0RFX1VOS05PV05fVFlQRRACEhgKFEVSUk9SX0NPREVfVE9PX0xBUkdFEAMSHgoaRVJST1JfQ09ERV9CQURfQ09NUFJFU1NJT04QBBIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QBRIdChlFUlJPUl9DT0RFX0hFTExPX1JFUVVJUkVEEAYSHwobRVJST1JfQ09ERV9JTlZBTElEX0FSR1VNRU5UEAcSGQoVRVJST1JfQ09ERV9OT1RfSk9JTkVEEAgSGwoXRVJST1JfQ09ERV9VTktOT1dOX1BFRVIQCRIYChRFUlJPUl9DT0RFX1JPT01fRlVMTBAKEhwKGEVSUk9SX0NPREVfTU9ERV9NSVNNQVRDSBALEhkKFUVSUk9SX0NPREVfTkFNRV9UQUtFThAMEiAKHEVSUk9SX0NPREVfQUxSRUFEWV9MT0dHRURfSU4QDRIcChhFUlJPUl9DT0RFX05PVF9MT0dHRURfSU4QDhIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBAPEhgKFEVSUk9SX0NPREVfUEVFUl9CVVNZEBASHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQERIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThASEiMKH0VSUk9SX0NPREVfVE9PX01BTllfQ09OTkVDVElPTlMQExIjCh9FUlJPUl9DT0RFX1NFUlZFUl9TSFVUVElOR19ET1dOEBQSHAoYRVJST1JfQ09ERV9TTE9XX0NPTlNVTUVSEBUSIAocRVJST1JfQ09ERV9IRUFSVEJFQVRfVElNRU9VVBAWEh0KGUVSUk9SX0NPREVfVE9PX01BTllfUk9PTVMQFxIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEBgSFQoRRVJST1JfQ09ERV9LSUNLRUQQGRIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEBpiBnByb3RvMw");
+  fileDesc("Chtzd2l0Y2hib2FyZC92MS9zaWduYWwucHJvdG8SDnN3aXRjaGJvYXJkLnYxIqwBCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEjAKDGNhcGFiaWxpdGllcxgCIAMoDjIaLnN3aXRjaGJvYXJkLnYxLkNhcGFiaWxpdHkSFAoMYWNjZXNzX3Rva2VuGAMgASgJEhIKCnVzZXJfYWdlbnQYBCABKAkSFAoMcmVzdW1lX3Rva2VuGAUgASgMEhcKD3Jlc3VtZV9sYXN0X3NlcRgGIAEoDSI/CglJY2VTZXJ2ZXISDAoEdXJscxgBIAMoCRIQCgh1c2VybmFtZRgCIAEoCRISCgpjcmVkZW50aWFsGAMgASgJIukCCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHgoWbWF4X2ZyYW1lc19wZXJfbWVzc2FnZRgCIAEoDRIVCg1tYXhfc2RwX2J5dGVzGAMgASgNEhcKD3JhdGVfcGVyX3NlY29uZBgEIAEoDRISCgpyYXRlX2J1cnN0GAUgASgNEhQKDG1heF9pZF9ieXRlcxgGIAEoDRIZChFtYXhfcm9vbV9jYXBhY2l0eRgHIAEoDRIdChVkZWZhdWx0X3Jvb21fY2FwYWNpdHkYCCABKA0SGQoRbWF4X3BheWxvYWRfYnl0ZXMYCSABKA0SIAoYbWF4X2NhbmRpZGF0ZXNfcGVyX2JhdGNoGAogASgNEh0KFXJhdGVfYnl0ZXNfcGVyX3NlY29uZBgLIAEoDRIYChByYXRlX2J5dGVzX2J1cnN0GAwgASgNEhoKEm1heF9yb29tc19wZXJfcGVlchgNIAEoDSK/AwoHV2VsY29tZRIPCgdwZWVyX2lkGAEgASgEEhgKEHByb3RvY29sX3ZlcnNpb24YAiABKA0SJgoGbGltaXRzGAMgASgLMhYuc3dpdGNoYm9hcmQudjEuTGltaXRzEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgEIAEoDRIcChRoZWFydGJlYXRfdGltZW91dF9tcxgFIAEoDRIuCgtpY2Vfc2VydmVycxgGIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIwCgxjYXBhYmlsaXRpZXMYByADKA4yGi5zd2l0Y2hib2FyZC52MS5DYXBhYmlsaXR5EhQKDHJlc3VtZV90b2tlbhgIIAEoDBIWCg5zZHBfZGljdGlvbmFyeRgJIAEoDRIPCgdyZXN1bWVkGAogASgIEjUKDnJlc3VtZV9yZWZ1c2FsGAsgASgOMh0uc3dpdGNoYm9hcmQudjEuUmVzdW1lUmVmdXNhbBIXCg9yZXN1bWVfbGFzdF9zZXEYDCABKA0SMwoNcmVzdW1lX2xpbWl0cxgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlc3VtZUxpbWl0cyJjCgxSZXN1bWVMaW1pdHMSEAoIZ3JhY2VfbXMYASABKA0SFQoNcmVwbGF5X2ZyYW1lcxgCIAEoDRIUCgxyZXBsYXlfYnl0ZXMYAyABKA0SFAoMYWNrX2RlbGF5X21zGAQgASgNIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiFQoEUG9uZxINCgVub25jZRgBIAEoBCISCgNBY2sSCwoDc2VxGAEgASgNIm8KBk1lbWJlchIPCgdwZWVyX2lkGAEgASgEEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRIMCgR1c2VyGAMgASgJEjAKDGNhcGFiaWxpdGllcxgEIAMoDjIaLnN3aXRjaGJvYXJkLnYxLkNhcGFiaWxpdHkiZAoESm9pbhIMCgRyb29tGAEgASgJEiYKBG1vZGUYAiABKA4yGC5zd2l0Y2hib2FyZC52MS5Sb29tTW9kZRIQCghjYXBhY2l0eRgDIAEoDRIUCgxkaXNwbGF5X25hbWUYBCABKAkijAEKBkpvaW5lZBIMCgRyb29tGAEgASgJEiYKBG1vZGUYAiABKA4yGC5zd2l0Y2hib2FyZC52MS5Sb29tTW9kZRIQCghjYXBhY2l0eRgDIAEoDRInCgdtZW1iZXJzGAQgAygLMhYuc3dpdGNoYm9hcmQudjEuTWVtYmVyEhEKCWluaXRpYXRvchgFIAEoCCJVCgpQZWVySm9pbmVkEgwKBHJvb20YASABKAkSJgoGbWVtYmVyGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuTWVtYmVyEhEKCWluaXRpYXRvchgDIAEoCCJWCghQZWVyTGVmdBIMCgRyb29tGAEgASgJEg8KB3BlZXJfaWQYAiABKAQSKwoGcmVhc29uGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuTGVhdmVSZWFzb24iKgoIUm9vbUZ1bGwSDAoEcm9vbRgBIAEoCRIQCghjYXBhY2l0eRgCIAEoDSIVCgVMZWF2ZRIMCgRyb29tGAEgASgJIhQKBExlZnQSDAoEcm9vbRgBIAEoCSIVCgVMb2dpbhIMCgRuYW1lGAEgASgJIlYKC0xvZ2luUmVzdWx0EgwKBG5hbWUYASABKAkSDwoHc3VjY2VzcxgCIAEoCBIoCgVlcnJvchgDIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkVycm9yQ29kZSIICgZMb2dvdXQiNAoHQWRkcmVzcxIRCgdwZWVyX2lkGAEgASgESAASDgoEdXNlchgCIAEoCUgAQgYKBGtpbmQiLwoGSGFuZ1VwEiUKBHBlZXIYASABKAsyFy5zd2l0Y2hib2FyZC52MS5BZGRyZXNzIm4KElNlc3Npb25EZXNjcmlwdGlvbhIlCgRwZWVyGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuQWRkcmVzcxILCgNzZHAYAyABKAwSDAoEcm9vbRgEIAEoCRIQCghhcHBfZGF0YRgFIAEoCUoECAIQAyKtAQoMSWNlQ2FuZGlkYXRlEhEKCWNhbmRpZGF0ZRgBIAEoCRIUCgdzZHBfbWlkGAIgASgJSACIAQESHQoQc2RwX21fbGluZV9pbmRleBgDIAEoDUgBiAEBEh4KEXVzZXJuYW1lX2ZyYWdtZW50GAQgASgJSAKIAQFCCgoIX3NkcF9taWRCEwoRX3NkcF9tX2xpbmVfaW5kZXhCFAoSX3VzZXJuYW1lX2ZyYWdtZW50IqkBCg1JY2VDYW5kaWRhdGVzEiUKBHBlZXIYASABKAsyFy5zd2l0Y2hib2FyZC52MS5BZGRyZXNzEjAKCmNhbmRpZGF0ZXMYAyADKAsyHC5zd2l0Y2hib2FyZC52MS5JY2VDYW5kaWRhdGUSGQoRZW5kX29mX2NhbmRpZGF0ZXMYBCABKAgSDAoEcm9vbRgFIAEoCRIQCghhcHBfZGF0YRgGIAEoCUoECAIQAyJWCgVFcnJvchInCgRjb2RlGAEgASgOMhkuc3dpdGNoYm9hcmQudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSEwoLcmVxdWVzdF9zZXEYAyABKA0qpwQKC01lc3NhZ2VUeXBlEhwKGE1FU1NBR0VfVFlQRV9VTlNQRUNJRklFRBAAEhYKEk1FU1NBR0VfVFlQRV9IRUxMTxABEhUKEU1FU1NBR0VfVFlQRV9QSU5HEAISFQoRTUVTU0FHRV9UWVBFX1BPTkcQAxIUChBNRVNTQUdFX1RZUEVfQUNLEAQSFQoRTUVTU0FHRV9UWVBFX0pPSU4QEBIWChJNRVNTQUdFX1RZUEVfTEVBVkUQERIWChJNRVNTQUdFX1RZUEVfTE9HSU4QIBIXChNNRVNTQUdFX1RZUEVfTE9HT1VUECESGAoUTUVTU0FHRV9UWVBFX0hBTkdfVVAQIhIWChJNRVNTQUdFX1RZUEVfT0ZGRVIQMBIXChNNRVNTQUdFX1RZUEVfQU5TV0VSEDESFAoQTUVTU0FHRV9UWVBFX0lDRRAyEhkKFE1FU1NBR0VfVFlQRV9XRUxDT01FEIEBEhgKE01FU1NBR0VfVFlQRV9KT0lORUQQkAESHQoYTUVTU0FHRV9UWVBFX1BFRVJfSk9JTkVEEJEBEhsKFk1FU1NBR0VfVFlQRV9QRUVSX0xFRlQQkgESGwoWTUVTU0FHRV9UWVBFX1JPT01fRlVMTBCTARIWChFNRVNTQUdFX1RZUEVfTEVGVBCUARIeChlNRVNTQUdFX1RZUEVfTE9HSU5fUkVTVUxUEKABEhcKEk1FU1NBR0VfVFlQRV9FUlJPUhDgASo8CglGcmFtZUZsYWcSEwoPRlJBTUVfRkxBR19OT05FEAASGgoWRlJBTUVfRkxBR19ERUZMQVRFX1NEUBABKnUKCkNhcGFiaWxpdHkSGgoWQ0FQQUJJTElUWV9VTlNQRUNJRklFRBAAEhoKFkNBUEFCSUxJVFlfREVGTEFURV9TRFAQARIYChRDQVBBQklMSVRZX0lDRV9CQVRDSBACEhUKEUNBUEFCSUxJVFlfUkVTVU1FEAMqqwEKDVJlc3VtZVJlZnVzYWwSHgoaUkVTVU1FX1JFRlVTQUxfVU5TUEVDSUZJRUQQABIgChxSRVNVTUVfUkVGVVNBTF9VTktOT1dOX1RPS0VOEAESGgoWUkVTVU1FX1JFRlVTQUxfRVhQSVJFRBACEh4KGlJFU1VNRV9SRUZVU0FMX1JFUExBWV9MT1NUEAMSHAoYUkVTVU1FX1JFRlVTQUxfRk9SQklEREVOEAQqTQoIUm9vbU1vZGUSGQoVUk9PTV9NT0RFX1VOU1BFQ0lGSUVEEAASEgoOUk9PTV9NT0RFX1BBSVIQARISCg5ST09NX01PREVfTUVTSBACKtwBCgtMZWF2ZVJlYXNvbhIcChhMRUFWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIVChFMRUFWRV9SRUFTT05fTEVGVBABEh0KGUxFQVZFX1JFQVNPTl9ESVNDT05ORUNURUQQAhIaChZMRUFWRV9SRUFTT05fVElNRURfT1VUEAMSIgoeTEVBVkVfUkVBU09OX0pPSU5FRF9PVEhFUl9ST09NEAQSFwoTTEVBVkVfUkVBU09OX0tJQ0tFRBAFEiAKHExFQVZFX1JFQVNPTl9TRVJWRVJfU0hVVERPV04QBiqtBgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX01BTEZPUk1FRBABEhsKF0VSUk9SX0NPREVfVU5LTk9XTl9UWVBFEAISGAoURVJST1JfQ09ERV9UT09fTEFSR0UQAxIeChpFUlJPUl9DT0RFX0JBRF9DT01QUkVTU0lPThAEEiIKHkVSUk9SX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThAFEh0KGUVSUk9SX0NPREVfSEVMTE9fUkVRVUlSRUQQBhIfChtFUlJPUl9DT0RFX0lOVkFMSURfQVJHVU1FTlQQBxIZChVFUlJPUl9DT0RFX05PVF9KT0lORUQQCBIbChdFUlJPUl9DT0RFX1VOS05PV05fUEVFUhAJEhgKFEVSUk9SX0NPREVfUk9PTV9GVUxMEAoSHAoYRVJST1JfQ09ERV9NT0RFX01JU01BVENIEAsSGQoVRVJST1JfQ09ERV9OQU1FX1RBS0VOEAwSIAocRVJST1JfQ09ERV9BTFJFQURZX0xPR0dFRF9JThANEhwKGEVSUk9SX0NPREVfTk9UX0xPR0dFRF9JThAOEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA8SGAoURVJST1JfQ09ERV9QRUVSX0JVU1kQEBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAREhgKFEVSUk9SX0NPREVfRk9SQklEREVOEBISIwofRVJST1JfQ09ERV9UT09fTUFOWV9DT05ORUNUSU9OUxATEiMKH0VSUk9SX0NPREVfU0VSVkVSX1NIVVRUSU5HX0RPV04QFBIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQFRIgChxFUlJPUl9DT0RFX0hFQVJUQkVBVF9USU1FT1VUEBYSHQoZRVJST1JfQ09ERV9UT09fTUFOWV9ST09NUxAXEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQGBIVChFFUlJPUl9DT0RFX0tJQ0tFRBAZEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQGmIGcHJvdG8z");
 
 /**
  * type 0x01, client -> server, first frame on a connection.
@@ -58,8 +58,9 @@ export type Hello = Message<"switchboard.v1.Hello"> & {
   userAgent: string;
 
   /**
-   * Reserved for session resume: the token from a previous Welcome and the
-   * last server sequence number the client processed.
+   * Session resume: the token of the last Welcome of the session to resume,
+   * and the highest sequence number of the server's frames the client has
+   * processed in it. The server then sends again every later frame it holds.
    *
    * @generated from field: bytes resume_token = 5;
    */
@@ -253,7 +254,9 @@ export type Welcome = Message<"switchboard.v1.Welcome"> & {
   capabilities: Capability[];
 
   /**
-   * Reserved for session resume.
+   * Session resume (CAPABILITY_RESUME granted): the token to resume this
+   * session with after a drop. It changes with every Welcome; only the
+   * latest is valid. Secret: at least 128 random bits.
    *
    * @generated from field: bytes resume_token = 8;
    */
@@ -265,6 +268,38 @@ export type Welcome = Message<"switchboard.v1.Welcome"> & {
    * @generated from field: uint32 sdp_dictionary = 9;
    */
   sdpDictionary: number;
+
+  /**
+   * True when this Welcome continues the session Hello.resume_token named:
+   * same peer id, rooms, name and calls, and no one was told of a departure.
+   *
+   * @generated from field: bool resumed = 10;
+   */
+  resumed: boolean;
+
+  /**
+   * Why the resume Hello asked for did not happen (the session starts
+   * fresh); unset when resumed or when no resume was asked for.
+   *
+   * @generated from field: switchboard.v1.ResumeRefusal resume_refusal = 11;
+   */
+  resumeRefusal: ResumeRefusal;
+
+  /**
+   * On a resume: the highest sequence number of the client's frames the
+   * server has processed in this session. The client sends again, with
+   * their sequence numbers, every later frame it still holds.
+   *
+   * @generated from field: uint32 resume_last_seq = 12;
+   */
+  resumeLastSeq: number;
+
+  /**
+   * Session resume's limits, when CAPABILITY_RESUME is granted.
+   *
+   * @generated from field: switchboard.v1.ResumeLimits resume_limits = 13;
+   */
+  resumeLimits?: ResumeLimits | undefined;
 };
 
 /**
@@ -273,6 +308,47 @@ export type Welcome = Message<"switchboard.v1.Welcome"> & {
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_signal, 3);
+
+/**
+ * @generated from message switchboard.v1.ResumeLimits
+ */
+export type ResumeLimits = Message<"switchboard.v1.ResumeLimits"> & {
+  /**
+   * How long a dropped session waits for its client.
+   *
+   * @generated from field: uint32 grace_ms = 1;
+   */
+  graceMs: number;
+
+  /**
+   * Most frames and bytes (frame payloads) each side keeps unacknowledged;
+   * the server holds the client to these as it holds itself.
+   *
+   * @generated from field: uint32 replay_frames = 2;
+   */
+  replayFrames: number;
+
+  /**
+   * @generated from field: uint32 replay_bytes = 3;
+   */
+  replayBytes: number;
+
+  /**
+   * Longest the server waits before acknowledging what it processed (it
+   * acknowledges sooner when it has frames to send anyway); a client
+   * should do the same.
+   *
+   * @generated from field: uint32 ack_delay_ms = 4;
+   */
+  ackDelayMs: number;
+};
+
+/**
+ * Describes the message switchboard.v1.ResumeLimits.
+ * Use `create(ResumeLimitsSchema)` to create a new message.
+ */
+export const ResumeLimitsSchema: GenMessage<ResumeLimits> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_signal, 4);
 
 /**
  * type 0x02 (either direction). Browsers cannot send WebSocket pings, so
@@ -292,7 +368,7 @@ export type Ping = Message<"switchboard.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 4);
+  messageDesc(file_switchboard_v1_signal, 5);
 
 /**
  * type 0x03 (either direction).
@@ -311,10 +387,13 @@ export type Pong = Message<"switchboard.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 5);
+  messageDesc(file_switchboard_v1_signal, 6);
 
 /**
- * type 0x04, reserved: cumulative acknowledgement for session resume.
+ * type 0x04, either way, with CAPABILITY_RESUME: cumulative
+ * acknowledgement. `seq` is the highest sequence number of the other side's
+ * frames that the sender has processed; the other side may forget every
+ * frame up to it. Acks are not themselves acknowledged nor replayed.
  *
  * @generated from message switchboard.v1.Ack
  */
@@ -330,7 +409,7 @@ export type Ack = Message<"switchboard.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 6);
+  messageDesc(file_switchboard_v1_signal, 7);
 
 /**
  * @generated from message switchboard.v1.Member
@@ -364,7 +443,7 @@ export type Member = Message<"switchboard.v1.Member"> & {
  * Use `create(MemberSchema)` to create a new message.
  */
 export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 7);
+  messageDesc(file_switchboard_v1_signal, 8);
 
 /**
  * type 0x10, client -> server. Joining a pair room leaves the pair room the
@@ -401,7 +480,7 @@ export type Join = Message<"switchboard.v1.Join"> & {
  * Use `create(JoinSchema)` to create a new message.
  */
 export const JoinSchema: GenMessage<Join> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 8);
+  messageDesc(file_switchboard_v1_signal, 9);
 
 /**
  * type 0x90, server -> client, answer to Join.
@@ -444,7 +523,7 @@ export type Joined = Message<"switchboard.v1.Joined"> & {
  * Use `create(JoinedSchema)` to create a new message.
  */
 export const JoinedSchema: GenMessage<Joined> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 9);
+  messageDesc(file_switchboard_v1_signal, 10);
 
 /**
  * type 0x91, server -> every other member.
@@ -476,7 +555,7 @@ export type PeerJoined = Message<"switchboard.v1.PeerJoined"> & {
  * Use `create(PeerJoinedSchema)` to create a new message.
  */
 export const PeerJoinedSchema: GenMessage<PeerJoined> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 10);
+  messageDesc(file_switchboard_v1_signal, 11);
 
 /**
  * type 0x92, server -> remaining members.
@@ -505,7 +584,7 @@ export type PeerLeft = Message<"switchboard.v1.PeerLeft"> & {
  * Use `create(PeerLeftSchema)` to create a new message.
  */
 export const PeerLeftSchema: GenMessage<PeerLeft> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 11);
+  messageDesc(file_switchboard_v1_signal, 12);
 
 /**
  * type 0x93, server -> client, answer to Join when the room is at capacity.
@@ -529,7 +608,7 @@ export type RoomFull = Message<"switchboard.v1.RoomFull"> & {
  * Use `create(RoomFullSchema)` to create a new message.
  */
 export const RoomFullSchema: GenMessage<RoomFull> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 12);
+  messageDesc(file_switchboard_v1_signal, 13);
 
 /**
  * type 0x11, client -> server.
@@ -548,7 +627,7 @@ export type Leave = Message<"switchboard.v1.Leave"> & {
  * Use `create(LeaveSchema)` to create a new message.
  */
 export const LeaveSchema: GenMessage<Leave> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 13);
+  messageDesc(file_switchboard_v1_signal, 14);
 
 /**
  * type 0x94, server -> client, answer to Leave.
@@ -567,7 +646,7 @@ export type Left = Message<"switchboard.v1.Left"> & {
  * Use `create(LeftSchema)` to create a new message.
  */
 export const LeftSchema: GenMessage<Left> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 14);
+  messageDesc(file_switchboard_v1_signal, 15);
 
 /**
  * type 0x20, client -> server. Names are unique across the routing space.
@@ -586,7 +665,7 @@ export type Login = Message<"switchboard.v1.Login"> & {
  * Use `create(LoginSchema)` to create a new message.
  */
 export const LoginSchema: GenMessage<Login> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 15);
+  messageDesc(file_switchboard_v1_signal, 16);
 
 /**
  * type 0xA0, server -> client. On failure `error` says why (NAME_TAKEN...).
@@ -615,7 +694,7 @@ export type LoginResult = Message<"switchboard.v1.LoginResult"> & {
  * Use `create(LoginResultSchema)` to create a new message.
  */
 export const LoginResultSchema: GenMessage<LoginResult> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 16);
+  messageDesc(file_switchboard_v1_signal, 17);
 
 /**
  * type 0x21, client -> server: give the name up (also on disconnect).
@@ -630,7 +709,7 @@ export type Logout = Message<"switchboard.v1.Logout"> & {
  * Use `create(LogoutSchema)` to create a new message.
  */
 export const LogoutSchema: GenMessage<Logout> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 17);
+  messageDesc(file_switchboard_v1_signal, 18);
 
 /**
  * The other end of a call or negotiation: a peer id (rooms) or a user name
@@ -663,7 +742,7 @@ export type Address = Message<"switchboard.v1.Address"> & {
  * Use `create(AddressSchema)` to create a new message.
  */
 export const AddressSchema: GenMessage<Address> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 18);
+  messageDesc(file_switchboard_v1_signal, 19);
 
 /**
  * type 0x22 (either direction). Client -> server: `peer` is the other end of
@@ -683,7 +762,7 @@ export type HangUp = Message<"switchboard.v1.HangUp"> & {
  * Use `create(HangUpSchema)` to create a new message.
  */
 export const HangUpSchema: GenMessage<HangUp> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 19);
+  messageDesc(file_switchboard_v1_signal, 20);
 
 /**
  * Offer (type 0x30) and Answer (type 0x31), either direction.
@@ -728,7 +807,7 @@ export type SessionDescription = Message<"switchboard.v1.SessionDescription"> & 
  * Use `create(SessionDescriptionSchema)` to create a new message.
  */
 export const SessionDescriptionSchema: GenMessage<SessionDescription> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 20);
+  messageDesc(file_switchboard_v1_signal, 21);
 
 /**
  * @generated from message switchboard.v1.IceCandidate
@@ -762,7 +841,7 @@ export type IceCandidate = Message<"switchboard.v1.IceCandidate"> & {
  * Use `create(IceCandidateSchema)` to create a new message.
  */
 export const IceCandidateSchema: GenMessage<IceCandidate> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 21);
+  messageDesc(file_switchboard_v1_signal, 22);
 
 /**
  * type 0x32, either direction. One or more candidates gathered together; an
@@ -804,7 +883,7 @@ export type IceCandidates = Message<"switchboard.v1.IceCandidates"> & {
  * Use `create(IceCandidatesSchema)` to create a new message.
  */
 export const IceCandidatesSchema: GenMessage<IceCandidates> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 22);
+  messageDesc(file_switchboard_v1_signal, 23);
 
 /**
  * type 0xE0, server -> client.
@@ -835,7 +914,7 @@ export type Error = Message<"switchboard.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_signal, 23);
+  messageDesc(file_switchboard_v1_signal, 24);
 
 /**
  * The frame header's type byte: which message the payload holds. Not a
@@ -1055,7 +1134,10 @@ export enum Capability {
   ICE_BATCH = 2,
 
   /**
-   * Reserved: lossless session resume (acks + replay buffer).
+   * Lossless session resume: both sides acknowledge frames (Ack) and keep
+   * what the other has not acknowledged; a dropped connection's session
+   * waits Welcome.resume_limits.grace_ms for the client to come back with
+   * Hello.resume_token (docs/PROTOCOL.md, section "Session resume").
    *
    * @generated from enum value: CAPABILITY_RESUME = 3;
    */
@@ -1067,6 +1149,53 @@ export enum Capability {
  */
 export const CapabilitySchema: GenEnum<Capability> = /*@__PURE__*/
   enumDesc(file_switchboard_v1_signal, 2);
+
+/**
+ * @generated from enum switchboard.v1.ResumeRefusal
+ */
+export enum ResumeRefusal {
+  /**
+   * @generated from enum value: RESUME_REFUSAL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No session holds that token: unknown, already used (tokens change on
+   * every resume), or issued before the server restarted.
+   *
+   * @generated from enum value: RESUME_REFUSAL_UNKNOWN_TOKEN = 1;
+   */
+  UNKNOWN_TOKEN = 1,
+
+  /**
+   * The session's grace period ran out before the client came back; its
+   * rooms were told PeerLeft{TIMED_OUT}.
+   *
+   * @generated from enum value: RESUME_REFUSAL_EXPIRED = 2;
+   */
+  EXPIRED = 2,
+
+  /**
+   * Frames the client had not acknowledged are no longer held (its replay
+   * buffer overflowed): the session was ended (PeerLeft{TIMED_OUT}).
+   *
+   * @generated from enum value: RESUME_REFUSAL_REPLAY_LOST = 3;
+   */
+  REPLAY_LOST = 3,
+
+  /**
+   * The access token names another identity than the session's.
+   *
+   * @generated from enum value: RESUME_REFUSAL_FORBIDDEN = 4;
+   */
+  FORBIDDEN = 4,
+}
+
+/**
+ * Describes the enum switchboard.v1.ResumeRefusal.
+ */
+export const ResumeRefusalSchema: GenEnum<ResumeRefusal> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_signal, 3);
 
 /**
  * @generated from enum switchboard.v1.RoomMode
@@ -1096,7 +1225,7 @@ export enum RoomMode {
  * Describes the enum switchboard.v1.RoomMode.
  */
 export const RoomModeSchema: GenEnum<RoomMode> = /*@__PURE__*/
-  enumDesc(file_switchboard_v1_signal, 3);
+  enumDesc(file_switchboard_v1_signal, 4);
 
 /**
  * @generated from enum switchboard.v1.LeaveReason
@@ -1142,7 +1271,7 @@ export enum LeaveReason {
  * Describes the enum switchboard.v1.LeaveReason.
  */
 export const LeaveReasonSchema: GenEnum<LeaveReason> = /*@__PURE__*/
-  enumDesc(file_switchboard_v1_signal, 4);
+  enumDesc(file_switchboard_v1_signal, 5);
 
 /**
  * @generated from enum switchboard.v1.ErrorCode
@@ -1320,5 +1449,5 @@ export enum ErrorCode {
  * Describes the enum switchboard.v1.ErrorCode.
  */
 export const ErrorCodeSchema: GenEnum<ErrorCode> = /*@__PURE__*/
-  enumDesc(file_switchboard_v1_signal, 5);
+  enumDesc(file_switchboard_v1_signal, 6);
 
