@@ -132,6 +132,19 @@ pub struct Config {
     /// call by name); past it the client gets `UNAVAILABLE`.
     #[serde(with = "millis")]
     pub redis_timeout: Duration,
+    /// How long a session whose connection dropped waits for its client to
+    /// resume it (clients with `CAPABILITY_RESUME`); 0 turns resume off.
+    #[serde(with = "millis")]
+    pub resume_grace: Duration,
+    /// Most frames sent to a resumable client that it has not acknowledged;
+    /// past it the oldest are dropped and the session can no longer resume.
+    pub replay_frames: usize,
+    /// Most payload bytes of such frames.
+    pub replay_bytes: usize,
+    /// Longest the server waits before acknowledging a resumable client's
+    /// frames (it acknowledges sooner whenever it sends anything).
+    #[serde(with = "millis")]
+    pub ack_delay: Duration,
     /// The key webhook requests are signed with (HMAC-SHA256). Like
     /// `jwt_secret`, never read from TOML.
     #[serde(skip)]
@@ -241,6 +254,10 @@ impl Default for Config {
             cluster: "switchboard".into(),
             lease: Duration::from_secs(3),
             redis_timeout: Duration::from_secs(1),
+            resume_grace: Duration::from_secs(30),
+            replay_frames: 256,
+            replay_bytes: 256 * 1024,
+            ack_delay: Duration::from_millis(200),
             webhook_secret: None,
             turn_ttl: crate::turn::DEFAULT_TTL,
         }
@@ -424,6 +441,18 @@ impl Config {
             max_sdp: self.max_sdp_bytes,
             max_candidates: self.max_candidates_per_batch,
         }
+    }
+
+    /// Session resume's limits as `Welcome` announces them; `None` with
+    /// resume off.
+    pub fn resume_limits(&self) -> Option<crate::protocol::ResumeLimits> {
+        let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        (!self.resume_grace.is_zero()).then(|| crate::protocol::ResumeLimits {
+            grace: self.resume_grace,
+            replay_frames: clamp(self.replay_frames),
+            replay_bytes: clamp(self.replay_bytes),
+            ack_delay: self.ack_delay,
+        })
     }
 
     /// Limits as announced to clients in Welcome.

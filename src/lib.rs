@@ -16,6 +16,8 @@
 //!   [`directory::Directory`] seam; [`directory::LocalDirectory`] in memory.
 //! - [`cluster`]: the [`directory::Directory`] of several nodes sharing
 //!   one routing space through Redis (`--redis-url`).
+//! - [`resume`]: session resume's bookkeeping (held frames, acks, the
+//!   token), sans I/O.
 //! - [`session`]: one connection's protocol state and rules, sans I/O, time
 //!   passed in.
 //! - [`config`]: typed configuration and its defaults.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rate;
 pub mod registry;
+pub mod resume;
 pub mod rooms;
 pub mod server;
 pub mod session;

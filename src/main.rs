@@ -167,6 +167,20 @@ struct Cli {
     /// answered UNAVAILABLE.
     #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS")]
     redis_timeout_ms: Option<u64>,
+    /// Milliseconds a session whose connection dropped waits for its client
+    /// to resume it (clients with the resume capability); 0 turns resume off.
+    #[arg(long, env = "SWITCHBOARD_RESUME_GRACE_MS")]
+    resume_grace_ms: Option<u64>,
+    /// Most unacknowledged frames kept for a resumable client.
+    #[arg(long, env = "SWITCHBOARD_REPLAY_FRAMES")]
+    replay_frames: Option<usize>,
+    /// Most unacknowledged payload bytes kept for a resumable client.
+    #[arg(long, env = "SWITCHBOARD_REPLAY_BYTES")]
+    replay_bytes: Option<usize>,
+    /// Longest wait, in milliseconds, before the server acknowledges a
+    /// resumable client's frames.
+    #[arg(long, env = "SWITCHBOARD_ACK_DELAY_MS")]
+    ack_delay_ms: Option<u64>,
     /// File holding the key webhook requests are signed with (at least 16
     /// bytes). Alternatively set SWITCHBOARD_WEBHOOK_SECRET.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET_FILE")]
@@ -365,8 +379,16 @@ impl Cli {
             allowed_origins,
             turn_urls,
             webhook_urls,
-            cluster
+            cluster,
+            replay_frames,
+            replay_bytes
         );
+        if let Some(v) = self.resume_grace_ms {
+            c.resume_grace = ms(v);
+        }
+        if let Some(v) = self.ack_delay_ms {
+            c.ack_delay = ms(v);
+        }
         if self.redis_url.is_some() {
             c.redis_url = self.redis_url;
         }
@@ -468,6 +490,10 @@ fn defaults(c: &Config) -> Vec<(&'static str, String)> {
         ("cluster", c.cluster.clone()),
         ("lease_ms", ms(c.lease)),
         ("redis_timeout_ms", ms(c.redis_timeout)),
+        ("resume_grace_ms", ms(c.resume_grace)),
+        ("replay_frames", c.replay_frames.to_string()),
+        ("replay_bytes", c.replay_bytes.to_string()),
+        ("ack_delay_ms", ms(c.ack_delay)),
     ]
 }
 

@@ -35,6 +35,7 @@ use crate::protocol::{
 };
 use crate::rate::{RateGuard, Verdict};
 use crate::registry::{RouteError, Target};
+use crate::resume::Resumption;
 use crate::rooms::{JoinError, LoginError};
 
 /// What every session of a server shares: its configuration, its codec
@@ -151,6 +152,8 @@ pub struct Session<D> {
     pub leave_reason: LeaveReason,
     /// What the access token allows, with `auth = token`.
     grant: Option<Box<Grant>>,
+    /// Session resume's state, when the client has `CAPABILITY_RESUME`.
+    resume: Option<Box<Resumption>>,
 }
 
 impl<D: Directory> Session<D> {
@@ -187,7 +190,48 @@ impl<D: Directory> Session<D> {
             ping_nonce: 0,
             leave_reason: LeaveReason::Disconnected,
             grant,
+            resume: None,
         }
+    }
+
+    /// Makes the session resumable (the client has `CAPABILITY_RESUME` and
+    /// the server resume on): from now on frames are held until
+    /// acknowledged, and the client's are acknowledged.
+    pub fn enable_resume(&mut self, limits: crate::protocol::ResumeLimits) {
+        self.resume = Some(Box::new(Resumption::new(limits)));
+    }
+
+    /// Session resume's state, if resumable.
+    pub fn resumption(&self) -> Option<&Resumption> {
+        self.resume.as_deref()
+    }
+
+    /// Session resume's state, if resumable.
+    pub fn resumption_mut(&mut self) -> Option<&mut Resumption> {
+        self.resume.as_deref_mut()
+    }
+
+    /// The client came back at `now` on a new connection.
+    pub fn reattached(&mut self, now: Instant) {
+        self.now = now;
+        self.heard(now);
+    }
+
+    /// This session's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The identity of the access token the session was opened with.
+    pub fn identity(&self) -> Option<&UserName> {
+        self.grant.as_deref().map(|g| g.identity())
+    }
+
+    /// An `Ack` for the client frames processed since the last one, to go
+    /// out with whatever is written next; `None` if nothing is new.
+    pub fn take_ack(&mut self) -> Option<Encoded> {
+        let seq = self.resume.as_mut()?.take_ack()?;
+        Some(encode(&Message::Ack { seq }))
     }
 
     /// Queues a message for this connection.
@@ -252,6 +296,13 @@ impl<D: Directory> Session<D> {
                     return None;
                 }
             };
+            if let Some(resume) = self.resume.as_deref_mut() {
+                // Sent again after a resume, and handled before the drop.
+                if resume.is_duplicate(seq) {
+                    continue;
+                }
+                resume.processing(seq, now);
+            }
             let scanned = relay::scan(&frame, &codec);
             if let Some(signal) = &scanned {
                 if let Some(m) = &self.ctx.metrics {
@@ -396,9 +447,13 @@ impl<D: Directory> Session<D> {
         } else {
             self.last_heard + config.heartbeat_interval
         };
-        match self.rate_report() {
+        let due = match self.rate_report() {
             Some((due, _)) => heartbeat.min(due),
             None => heartbeat,
+        };
+        match self.resume.as_deref().and_then(Resumption::ack_due) {
+            Some(ack) => due.min(ack),
+            None => due,
         }
     }
 
@@ -407,6 +462,16 @@ impl<D: Directory> Session<D> {
     /// the heartbeat timeout.
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
         self.now = now;
+        if self
+            .resume
+            .as_deref()
+            .and_then(Resumption::ack_due)
+            .is_some_and(|due| due <= now)
+        {
+            if let Some(ack) = self.take_ack() {
+                let _ = self.outbox.push(ack);
+            }
+        }
         if self.rate_report().is_some_and(|(due, _)| due <= now) {
             let count = self.rate.take_unreported();
             self.report_drops(count);
@@ -457,11 +522,21 @@ impl<D: Directory> Session<D> {
 
     /// What a write needs at once: a numberer for the frames written (as
     /// [`Session::next_seq_out`]) and the metrics to count them in.
-    pub fn writer(&mut self) -> (impl FnMut() -> u32 + '_, Option<&Metrics>) {
+    ///
+    /// A resumable session holds each frame until the client acknowledges
+    /// it, and numbers its `Ack`s 0 (outside the count).
+    pub fn writer(&mut self) -> (impl FnMut(&Encoded) -> u32 + '_, Option<&Metrics>) {
         let seq_out = &mut self.seq_out;
-        let number = move || {
-            *seq_out = next_seq(*seq_out);
-            *seq_out
+        let mut resume = self.resume.as_deref_mut();
+        let number = move |frame: &Encoded| {
+            let mut next = || {
+                *seq_out = next_seq(*seq_out);
+                *seq_out
+            };
+            match resume.as_deref_mut() {
+                Some(resume) => resume.number(frame, next),
+                None => next(),
+            }
         };
         (number, self.ctx.metrics.as_deref())
     }
@@ -502,7 +577,12 @@ impl<D: Directory> Session<D> {
     async fn handle(&mut self, seq: u32, message: Message) {
         match message {
             Message::Ping { nonce } => self.reply(&Message::Pong { nonce }),
-            Message::Pong { .. } | Message::Ack { .. } => {}
+            Message::Pong { .. } => {}
+            Message::Ack { seq } => {
+                if let Some(resume) = self.resume.as_deref_mut() {
+                    resume.acknowledged(seq);
+                }
+            }
             Message::Hello(_) => self.error(
                 ErrorCode::HelloRequired,
                 "hello was already sent".into(),

@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use super::http::HeaderToken;
-use super::{Admission, Shared};
+use super::{park, Admission, Shared};
 use crate::auth::Grant;
 use crate::compat::{Dialect, Outbound, Translator};
 use crate::directory::Directory;
@@ -30,7 +30,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{
     self, encode, sdp, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage, FieldError,
-    LeaveReason, Message, Welcome, PROTOCOL_VERSION,
+    LeaveReason, Message, ResumeRefusal, Welcome, PROTOCOL_VERSION,
 };
 use crate::rate::{RateGuard, Verdict};
 use crate::session::{Close, Session};
@@ -141,6 +141,7 @@ where
         let hello = match self.dialect {
             Some(dialect) => Ok(Ok((
                 protocol::Hello {
+                    resume: None,
                     protocol_version: PROTOCOL_VERSION,
                     capabilities: Capabilities::default(),
                     access_token: None,
@@ -214,64 +215,149 @@ where
                 return;
             }
         };
-        let peer_id = shared.next_peer_id();
-        // Decimal, as in the JSON mapping, the compat endpoints and the admin API.
-        tracing::Span::current().record("peer", peer_id.0);
-        let capabilities = hello
-            .capabilities
-            .intersection(Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH));
-        let outbox = Arc::new(Outbox::new(shared.outbox));
-        shared
-            .ctx
-            .directory
-            .registry()
-            .register(peer_id, capabilities, outbox.clone());
-        let mut ice_servers: Vec<protocol::IceServer> = config
-            .ice_servers
-            .iter()
-            .map(|url| protocol::IceServer {
-                urls: vec![url.clone()],
-                username: String::new(),
-                credential: String::new(),
-            })
-            .collect();
-        if let Some(turn) = &shared.turn {
-            // Labelled with the token's user when there is one, so coturn's
-            // logs and quotas tell users apart; else with the peer id.
-            let identity = grant
-                .as_ref()
-                .map_or_else(|| peer_id.to_string(), |g| g.identity().to_string());
-            ice_servers.push(turn.credentials(&identity, SystemTime::now()));
+        // Session resume: granted to a client that asks, on a server with
+        // it on (not on the compat endpoints: their clients send no Hello).
+        let resume_limits = config.resume_limits().filter(|_| {
+            hello.capabilities.contains(Capabilities::RESUME)
+                && !matches!(encoding, Encoding::Compat(_))
+        });
+        let mut offered = Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH);
+        if resume_limits.is_some() {
+            offered = offered.union(Capabilities::RESUME);
         }
-        let mut session = Session::new(
-            shared.ctx.clone(),
-            peer_id,
-            capabilities,
-            outbox.clone(),
-            grant,
-            rate,
-            Instant::now().into_std(),
-            SystemTime::now(),
-        );
-        session.reply(&Message::Welcome(Welcome {
-            peer_id,
-            protocol_version: PROTOCOL_VERSION,
-            limits: config.wire_limits(),
-            heartbeat_interval: config.heartbeat_interval,
-            heartbeat_timeout: config.heartbeat_timeout,
-            ice_servers,
-            capabilities,
-            sdp_dictionary: sdp::DICTIONARY_ID,
-        }));
-        tracing::info!(
-            conn = self.admission.id,
-            addr = %self.admission.addr,
-            peer = peer_id.0,
-            encoding = encoding.name(),
-            // Debug: a client's text must not forge log lines.
-            user_agent = ?hello.user_agent,
-            "session started"
-        );
+        let capabilities = hello.capabilities.intersection(offered);
+        let mut refusal = None;
+        let mut resumed = None;
+        if let (Some(_), Some(asked)) = (resume_limits, &hello.resume) {
+            let identity = grant.as_deref().map(Grant::identity);
+            match Box::pin(park::take(shared, &asked.token, identity)).await {
+                Ok((session, outbox)) => {
+                    let replay = session.resumption().map(|r| r.replay_after(asked.last_seq));
+                    match replay {
+                        Some(Ok(frames)) => resumed = Some((session, outbox, frames)),
+                        _ => {
+                            refusal = Some(ResumeRefusal::ReplayLost);
+                            tokio::spawn(park::end(session, LeaveReason::TimedOut));
+                        }
+                    }
+                }
+                Err(why) => refusal = Some(why),
+            }
+        }
+        let (mut session, outbox) = match resumed {
+            Some((mut session, outbox, frames)) => {
+                let now = Instant::now().into_std();
+                session.reattached(now);
+                let peer_id = session.peer_id();
+                let resume = session.resumption_mut().expect("a resumable session");
+                resume.rotate();
+                resume.resumed(hello.resume.as_ref().map_or(0, |r| r.last_seq));
+                let welcome = Welcome {
+                    peer_id,
+                    protocol_version: PROTOCOL_VERSION,
+                    limits: config.wire_limits(),
+                    heartbeat_interval: config.heartbeat_interval,
+                    heartbeat_timeout: config.heartbeat_timeout,
+                    ice_servers: ice_servers(shared, grant.as_deref(), peer_id),
+                    capabilities,
+                    sdp_dictionary: sdp::DICTIONARY_ID,
+                    resume: Some(protocol::Resume {
+                        token: resume.token_bytes(),
+                        resumed: true,
+                        refusal: None,
+                        last_seq: resume.client_seq(),
+                        limits: resume.limits(),
+                    }),
+                };
+                // Welcome outside the numbering (seq 0), then every frame
+                // the client missed with its own number, then the rest.
+                let (numbers, frames): (Vec<u32>, Vec<Encoded>) = frames.into_iter().unzip();
+                let mut seqs = std::iter::once(0).chain(numbers);
+                let mut out: Vec<Encoded> = std::iter::once(encode(&Message::Welcome(welcome)))
+                    .chain(frames)
+                    .collect();
+                let replayed = out.len() - 1;
+                let sent = send_frames(
+                    ws,
+                    &mut encoding,
+                    &mut out,
+                    |_| seqs.next().unwrap_or(0),
+                    metrics,
+                );
+                if tokio::time::timeout(config.heartbeat_timeout, sent)
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    // Gone again at once: it may try again within the grace.
+                    park::park(shared, session, outbox);
+                    return;
+                }
+                tracing::info!(
+                    conn = self.admission.id,
+                    addr = %self.admission.addr,
+                    peer = session.peer_id().0,
+                    replayed,
+                    "session resumed"
+                );
+                (session, outbox)
+            }
+            None => {
+                let peer_id = shared.next_peer_id();
+                // Decimal, as in the JSON mapping, the compat endpoints and the admin API.
+                tracing::Span::current().record("peer", peer_id.0);
+                let outbox = Arc::new(Outbox::new(shared.outbox));
+                shared
+                    .ctx
+                    .directory
+                    .registry()
+                    .register(peer_id, capabilities, outbox.clone());
+                let ice_servers = ice_servers(shared, grant.as_deref(), peer_id);
+                let mut session = Box::new(Session::new(
+                    shared.ctx.clone(),
+                    peer_id,
+                    capabilities,
+                    outbox.clone(),
+                    grant,
+                    rate,
+                    Instant::now().into_std(),
+                    SystemTime::now(),
+                ));
+                let resume = resume_limits.map(|limits| {
+                    session.enable_resume(limits);
+                    let r = session.resumption().expect("just enabled");
+                    protocol::Resume {
+                        token: r.token_bytes(),
+                        resumed: false,
+                        refusal,
+                        last_seq: 0,
+                        limits,
+                    }
+                });
+                session.reply(&Message::Welcome(Welcome {
+                    peer_id,
+                    protocol_version: PROTOCOL_VERSION,
+                    limits: config.wire_limits(),
+                    heartbeat_interval: config.heartbeat_interval,
+                    heartbeat_timeout: config.heartbeat_timeout,
+                    ice_servers,
+                    capabilities,
+                    sdp_dictionary: sdp::DICTIONARY_ID,
+                    resume,
+                }));
+                tracing::info!(
+                    conn = self.admission.id,
+                    addr = %self.admission.addr,
+                    peer = peer_id.0,
+                    encoding = encoding.name(),
+                    // Debug: a client's text must not forge log lines.
+                    user_agent = ?hello.user_agent,
+                    "session started"
+                );
+                (session, outbox)
+            }
+        };
+        let peer_id = session.peer_id();
+        let takeover = park::live(shared, &session);
         if let Some(m) = metrics {
             m.attempt(Outcome::Accepted);
             m.session_open(1);
@@ -292,13 +378,58 @@ where
         };
         let ending = match early {
             Some(ending) => ending,
-            None => serve(ws, &mut encoding, &mut session, &outbox, shared).await,
+            None => {
+                serve(
+                    ws,
+                    &mut encoding,
+                    &mut session,
+                    &outbox,
+                    shared,
+                    takeover.as_deref(),
+                )
+                .await
+            }
         };
         let ending_was_client_close = matches!(ending, Ending::ClientClosed);
+        let taken_over = matches!(ending, Ending::TakenOver);
         let close = match ending {
             Ending::Close(close) => Some(close),
+            Ending::TakenOver => Some(Close {
+                code: 1000,
+                reason: "resumed on another connection",
+                leave: LeaveReason::Disconnected,
+            }),
             Ending::ClientClosed | Ending::SocketGone => None,
         };
+        if let Some(m) = metrics {
+            m.session_open(-1);
+        }
+        // A drop (no close frame from the client, nothing the server
+        // decided but a heartbeat timeout) keeps a resumable session for
+        // its client to come back to.
+        let dropped = match (&close, ending_was_client_close) {
+            (None, false) => true,
+            (Some(c), _) => taken_over || c.code == 4000 + ErrorCode::HeartbeatTimeout as u16,
+            (None, true) => false,
+        };
+        let token = session.resumption().map(|r| r.token());
+        if dropped && !shared.draining() && session.resumption().is_some_and(|r| r.resumable()) {
+            tracing::info!(
+                conn = self.admission.id,
+                addr = %self.admission.addr,
+                peer = peer_id.0,
+                close_code = close.map(|c| c.code),
+                "connection dropped; session kept for a resume"
+            );
+            park::park(shared, session, outbox);
+            if let Some(close) = close {
+                Box::pin(close_within(ws, close, metrics)).await;
+            }
+            return;
+        }
+        if let Some(token) = &token {
+            park::forget(shared, token);
+        }
         let user = session.user().cloned();
         session.leave_reason = close
             .as_ref()
@@ -308,9 +439,6 @@ where
         let teardown = tokio::time::timeout(TEARDOWN_LIMIT, session.teardown());
         if Box::pin(teardown).await.is_err() {
             tracing::warn!(peer = peer_id.0, "session teardown timed out");
-        }
-        if let Some(m) = metrics {
-            m.session_open(-1);
         }
         tracing::info!(
             conn = self.admission.id,
@@ -333,6 +461,32 @@ where
             (None, false) => {}
         }
     }
+}
+
+/// The STUN/TURN servers for a session: the configured ones, and TURN
+/// credentials labelled with the token's user when there is one (so
+/// coturn's logs and quotas tell users apart), else with the peer id.
+fn ice_servers<D>(
+    shared: &Shared<D>,
+    grant: Option<&Grant>,
+    peer_id: protocol::PeerId,
+) -> Vec<protocol::IceServer> {
+    let mut servers: Vec<protocol::IceServer> = shared
+        .ctx
+        .config
+        .ice_servers
+        .iter()
+        .map(|url| protocol::IceServer {
+            urls: vec![url.clone()],
+            username: String::new(),
+            credential: String::new(),
+        })
+        .collect();
+    if let Some(turn) = &shared.turn {
+        let identity = grant.map_or_else(|| peer_id.to_string(), |g| g.identity().to_string());
+        servers.push(turn.credentials(&identity, SystemTime::now()));
+    }
+    servers
 }
 
 /// Checks the access token when `auth = token`; `Ok(None)` without auth.
@@ -391,6 +545,8 @@ enum Ending {
     ClientClosed,
     /// The socket failed or reached EOF: nothing more can be sent.
     SocketGone,
+    /// The client resumed the session on another connection.
+    TakenOver,
 }
 
 /// Tells the client why it is refused, in an `Error` frame (sequence
@@ -417,7 +573,7 @@ async fn refuse_within<S>(
                 _ => Outcome::HelloFailed,
             });
         }
-        send_frames(ws, encoding, &mut vec![error], || 1, metrics).await?;
+        send_frames(ws, encoding, &mut vec![error], |_| 1, metrics).await?;
         let reason = match code {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::UnsupportedVersion => "unsupported protocol version",
@@ -566,6 +722,7 @@ async fn serve<S, D: Directory>(
     session: &mut Session<D>,
     outbox: &Outbox,
     shared: &Shared<D>,
+    takeover: Option<&tokio::sync::Notify>,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -620,6 +777,11 @@ where
                     }
                     if pending.is_empty() {
                         break;
+                    }
+                    // A resumable client's frames are acknowledged with
+                    // whatever goes out anyway.
+                    if pending.len() < max_frames {
+                        pending.extend(session.take_ack());
                     }
                     let stalled = Instant::now() + timeout;
                     // Boxed: the write's state would otherwise widen every
@@ -719,6 +881,10 @@ where
             }
             // Input and timers had their look; output comes first again.
             () = tokio::task::yield_now(), if yield_to_input => yield_to_input = false,
+            // A resume of this session arrived on another connection.
+            () = async { if let Some(t) = takeover { t.notified().await } }, if takeover.is_some() => {
+                return Ending::TakenOver;
+            }
         }
     }
 }
@@ -838,7 +1004,7 @@ async fn send_frames<S>(
     ws: &mut WebSocketStream<S>,
     encoding: &mut Encoding,
     frames: &mut Vec<Encoded>,
-    mut seq: impl FnMut() -> u32,
+    mut seq: impl FnMut(&Encoded) -> u32,
     metrics: Option<&Metrics>,
 ) -> Result<(), tungstenite::Error>
 where
@@ -866,13 +1032,13 @@ where
             // on to the largest message ever sent by this connection.
             let mut out = BytesMut::with_capacity(total);
             for frame in frames.drain(..) {
-                frame.write(seq(), &mut out);
+                frame.write(seq(&frame), &mut out);
             }
             ws.send(WsMessage::Binary(out.freeze())).await
         }
         Encoding::Compat(translator) => {
             for frame in frames.drain(..) {
-                seq();
+                seq(&frame);
                 let Some(message) = frame.decode() else {
                     continue;
                 };
@@ -888,7 +1054,7 @@ where
         }
         Encoding::Json => {
             for frame in frames.drain(..) {
-                let seq = seq();
+                let seq = seq(&frame);
                 let text = protocol::text::to_text(frame.kind, frame.flags, seq, &frame.payload)
                     .unwrap_or_else(|e| {
                         // Only a relayed payload the relay check let through

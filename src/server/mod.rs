@@ -16,6 +16,7 @@ mod assets;
 mod connection;
 mod descriptors;
 mod http;
+mod park;
 mod readahead;
 mod tls;
 
@@ -72,6 +73,30 @@ pub(crate) struct Shared<D> {
     drain_started: tokio::sync::Notify,
     /// When the node started.
     started: std::time::Instant,
+    /// Resumable sessions by token: served by a connection, or waiting
+    /// for their client after a drop.
+    pub resumable: Mutex<HashMap<crate::resume::Token, Resumable<D>>>,
+    /// Tokens of sessions whose grace ran out lately (to say `EXPIRED`
+    /// rather than `UNKNOWN_TOKEN`); at most [`EXPIRED_KEPT`].
+    pub expired: Mutex<std::collections::VecDeque<crate::resume::Token>>,
+    next_park: AtomicU64,
+}
+
+/// Expired resume tokens remembered.
+pub(crate) const EXPIRED_KEPT: usize = 4096;
+
+/// A resumable session.
+pub(crate) enum Resumable<D> {
+    /// Served by a connection; notifying it makes the connection hand the
+    /// session over (a resume arrived while the old socket is half-open).
+    Live(Arc<tokio::sync::Notify>, Option<crate::protocol::UserName>),
+    /// Waiting for its client since its connection dropped; `id` names this
+    /// wait, so an expiry timer ends only the wait it was set for.
+    Parked {
+        session: Box<crate::session::Session<D>>,
+        outbox: Arc<crate::outbox::Outbox>,
+        id: u64,
+    },
 }
 
 impl<D: Directory> Shared<D> {
@@ -111,6 +136,9 @@ impl<D: Directory> Shared<D> {
             next_serial: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
+            resumable: Mutex::new(HashMap::new()),
+            expired: Mutex::new(std::collections::VecDeque::new()),
+            next_park: AtomicU64::new(1),
             ctx: Arc::new(Context {
                 codec: config.codec_limits(),
                 metrics: config.metrics.then(|| Arc::new(Metrics::new())),
@@ -118,6 +146,11 @@ impl<D: Directory> Shared<D> {
                 directory,
             }),
         })
+    }
+
+    /// A number for the next parked session.
+    pub fn next_park_id(&self) -> u64 {
+        self.next_park.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The id of the next WebSocket connection, for logs.

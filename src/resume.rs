@@ -1,0 +1,253 @@
+//! Session resume, sans I/O: what a resumable session keeps so that a
+//! dropped connection loses nothing (docs/PROTOCOL.md, section 11a).
+//!
+//! A [`Resumption`] holds the session's current token, the frames written
+//! to the client that it has not acknowledged (bounded; an overflow makes
+//! the session unresumable rather than unbounded), the highest client frame
+//! processed, and when an `Ack` for it is due. Time is passed in.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::protocol::{Encoded, MessageType, ResumeLimits};
+
+/// A resume token: 32 bytes from a cryptographically secure generator
+/// seeded by the operating system.
+pub type Token = [u8; 32];
+
+/// A new random token.
+pub fn new_token() -> Token {
+    rand::random()
+}
+
+/// The frames a client missed are no longer all held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("frames the client did not acknowledge were dropped")]
+pub struct ReplayLost;
+
+/// What a resumable session keeps.
+#[derive(Debug)]
+pub struct Resumption {
+    token: Token,
+    limits: ResumeLimits,
+    /// Frames written and not acknowledged, oldest first, with their
+    /// sequence numbers.
+    held: VecDeque<(u32, Encoded)>,
+    held_bytes: usize,
+    /// The highest sequence number dropped from `held` without an Ack.
+    lost_up_to: u32,
+    /// The highest client frame processed, and the highest acknowledged.
+    client_seq: u32,
+    acked: u32,
+    ack_due: Option<Instant>,
+}
+
+impl Resumption {
+    /// A fresh resumable session with a new token.
+    pub fn new(limits: ResumeLimits) -> Resumption {
+        Resumption {
+            token: new_token(),
+            limits,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            lost_up_to: 0,
+            client_seq: 0,
+            acked: 0,
+            ack_due: None,
+        }
+    }
+
+    /// The current token.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The current token as `Welcome` carries it.
+    pub fn token_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.token)
+    }
+
+    /// Replaces the token (every resume does: a copied old token is void).
+    pub fn rotate(&mut self) -> Token {
+        self.token = new_token();
+        self.token
+    }
+
+    /// The limits announced to the client.
+    pub fn limits(&self) -> ResumeLimits {
+        self.limits
+    }
+
+    /// Whether the session can still be resumed (nothing was dropped
+    /// unacknowledged).
+    pub fn resumable(&self) -> bool {
+        self.lost_up_to == 0
+    }
+
+    /// The sequence number a written frame gets: `0` for an `Ack` (outside
+    /// the numbering), else `next()`; the frame is held until acknowledged.
+    pub fn number(&mut self, frame: &Encoded, next: impl FnOnce() -> u32) -> u32 {
+        if frame.kind == MessageType::Ack {
+            return 0;
+        }
+        let seq = next();
+        self.held.push_back((seq, frame.clone()));
+        self.held_bytes += frame.payload.len();
+        while self.held.len() > self.limits.replay_frames as usize
+            || self.held_bytes > self.limits.replay_bytes as usize
+        {
+            let Some((dropped, frame)) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= frame.payload.len();
+            self.lost_up_to = dropped;
+        }
+        seq
+    }
+
+    /// The client acknowledged every frame up to `seq`.
+    pub fn acknowledged(&mut self, seq: u32) {
+        while self.held.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, frame)) = self.held.pop_front() {
+                self.held_bytes -= frame.payload.len();
+            }
+        }
+    }
+
+    /// Whether a client frame numbered `seq` was processed already (it is
+    /// sent again after a resume).
+    pub fn is_duplicate(&self, seq: u32) -> bool {
+        seq != 0 && seq <= self.client_seq
+    }
+
+    /// A client frame numbered `seq` is being processed at `now`: it is to
+    /// be acknowledged within the ack delay.
+    pub fn processing(&mut self, seq: u32, now: Instant) {
+        if seq > self.client_seq {
+            self.client_seq = seq;
+            self.ack_due.get_or_insert(now + self.limits.ack_delay);
+        }
+    }
+
+    /// The highest client frame processed.
+    pub fn client_seq(&self) -> u32 {
+        self.client_seq
+    }
+
+    /// When an `Ack` must be sent at the latest.
+    pub fn ack_due(&self) -> Option<Instant> {
+        self.ack_due
+    }
+
+    /// The sequence number to acknowledge now, if anything is new.
+    pub fn take_ack(&mut self) -> Option<u32> {
+        self.ack_due = None;
+        (self.client_seq > self.acked).then(|| {
+            self.acked = self.client_seq;
+            self.client_seq
+        })
+    }
+
+    /// The frames to send again to a client that processed every frame up
+    /// to `last_seq`, in order with their numbers.
+    pub fn replay_after(&self, last_seq: u32) -> Result<Vec<(u32, Encoded)>, ReplayLost> {
+        if self.lost_up_to > last_seq {
+            return Err(ReplayLost);
+        }
+        Ok(self
+            .held
+            .iter()
+            .filter(|(seq, _)| *seq > last_seq)
+            .cloned()
+            .collect())
+    }
+
+    /// After a resume: the client acknowledged `last_seq` by resuming, and
+    /// an `Ack` for what the server processed goes out with the `Welcome`.
+    pub fn resumed(&mut self, last_seq: u32) {
+        self.acknowledged(last_seq);
+        self.acked = self.client_seq;
+        self.ack_due = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::{encode, Message};
+
+    fn limits(frames: u32, bytes: u32) -> ResumeLimits {
+        ResumeLimits {
+            grace: Duration::from_secs(30),
+            replay_frames: frames,
+            replay_bytes: bytes,
+            ack_delay: Duration::from_millis(200),
+        }
+    }
+
+    fn ping(nonce: u64) -> Encoded {
+        encode(&Message::Ping { nonce })
+    }
+
+    #[test]
+    fn frames_are_held_until_acknowledged_and_replayed_in_order() {
+        let mut r = Resumption::new(limits(16, 1 << 20));
+        let mut seq = 0;
+        for nonce in 1..=5 {
+            r.number(&ping(nonce), || {
+                seq += 1;
+                seq
+            });
+        }
+        assert_eq!(r.number(&encode(&Message::Ack { seq: 9 }), || 99), 0);
+        r.acknowledged(2);
+        let replay = r.replay_after(3).unwrap();
+        assert_eq!(replay.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(replay[0].1, ping(4));
+        // A client that claims less than it acknowledged gets what is held.
+        assert_eq!(r.replay_after(0).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_overflow_makes_the_session_unresumable_not_unbounded() {
+        let mut r = Resumption::new(limits(3, 1 << 20));
+        for seq in 1..=5 {
+            r.number(&ping(seq.into()), || seq);
+        }
+        assert!(!r.resumable());
+        assert_eq!(r.held.len(), 3);
+        assert_eq!(r.replay_after(1), Err(ReplayLost));
+        // Had the client seen frames 1 and 2, nothing it needs is lost.
+        assert_eq!(r.replay_after(2).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn client_frames_are_acknowledged_once_and_duplicates_recognised() {
+        let t0 = Instant::now();
+        let mut r = Resumption::new(limits(16, 1 << 20));
+        assert!(!r.is_duplicate(1));
+        r.processing(1, t0);
+        r.processing(2, t0 + Duration::from_millis(50));
+        assert_eq!(r.ack_due(), Some(t0 + Duration::from_millis(200)));
+        assert!(r.is_duplicate(2) && r.is_duplicate(1) && !r.is_duplicate(3));
+        assert!(
+            !r.is_duplicate(0),
+            "seq 0 frames (Acks) are never duplicates"
+        );
+        assert_eq!(r.take_ack(), Some(2));
+        assert_eq!(r.take_ack(), None);
+        assert_eq!(r.ack_due(), None);
+    }
+
+    #[test]
+    fn tokens_rotate() {
+        let mut r = Resumption::new(limits(1, 1));
+        let first = r.token();
+        assert_ne!(r.rotate(), first);
+        assert_ne!(first, [0; 32]);
+    }
+}

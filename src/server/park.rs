@@ -1,0 +1,161 @@
+//! Where resumable sessions wait for their client after a drop, and how a
+//! resume takes one back (docs/PROTOCOL.md, section 11a).
+//!
+//! A resumable session is in `Shared::resumable` under its current token
+//! for its whole life: `Live` while a connection serves it, `Parked` while
+//! it waits. Parking starts a timer; a session still parked when its grace
+//! runs out is ended as timed out (its rooms get `PeerLeft{TIMED_OUT}`,
+//! once). Taking a `Live` session wakes its connection, which parks it and
+//! closes its (half-open) socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{Resumable, Shared, EXPIRED_KEPT};
+use crate::directory::Directory;
+use crate::outbox::Outbox;
+use crate::protocol::{LeaveReason, ResumeRefusal, UserName};
+use crate::resume::Token;
+use crate::session::Session;
+
+/// How long a resume waits for a half-open connection to hand its session
+/// over.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long ending an expired session may take (as a connection's end).
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Marks a served session's token, so a resume can take it over.
+pub(super) fn live<D: Directory>(
+    shared: &Shared<D>,
+    session: &Session<D>,
+) -> Option<Arc<tokio::sync::Notify>> {
+    let token = session.resumption()?.token();
+    let notify = Arc::new(tokio::sync::Notify::new());
+    shared.resumable.lock().insert(
+        token,
+        Resumable::Live(notify.clone(), session.identity().cloned()),
+    );
+    Some(notify)
+}
+
+/// Forgets a session that ends for good.
+pub(super) fn forget<D: Directory>(shared: &Shared<D>, token: &Token) {
+    let mut resumable = shared.resumable.lock();
+    if matches!(resumable.get(token), Some(Resumable::Live(..))) {
+        resumable.remove(token);
+    }
+}
+
+/// Parks a session whose connection dropped, for the grace period.
+pub(super) fn park<D: Directory>(
+    shared: &Arc<Shared<D>>,
+    session: Box<Session<D>>,
+    outbox: Arc<Outbox>,
+) {
+    let Some(resume) = session.resumption() else {
+        return;
+    };
+    let (token, grace) = (resume.token(), resume.limits().grace);
+    let id = shared.next_park_id();
+    let peer = session.peer_id();
+    shared.resumable.lock().insert(
+        token,
+        Resumable::Parked {
+            session,
+            outbox,
+            id,
+        },
+    );
+    info!(
+        peer = peer.0,
+        grace_ms = grace.as_millis() as u64,
+        "session waits for its client"
+    );
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let expired = {
+            let mut resumable = shared.resumable.lock();
+            match resumable.get(&token) {
+                Some(Resumable::Parked { id: waiting, .. }) if *waiting == id => {
+                    resumable.remove(&token)
+                }
+                _ => None,
+            }
+        };
+        if let Some(Resumable::Parked { session, .. }) = expired {
+            {
+                let mut recent = shared.expired.lock();
+                if recent.len() >= EXPIRED_KEPT {
+                    recent.pop_front();
+                }
+                recent.push_back(token);
+            }
+            info!(peer = peer.0, "session not resumed in time");
+            end(session, LeaveReason::TimedOut).await;
+        }
+    });
+}
+
+/// Ends a session that will not be resumed: its rooms hear of it once.
+pub(super) async fn end<D: Directory>(mut session: Box<Session<D>>, reason: LeaveReason) {
+    session.leave_reason = reason;
+    if tokio::time::timeout(TEARDOWN_LIMIT, session.teardown())
+        .await
+        .is_err()
+    {
+        warn!(peer = session.peer_id().0, "session teardown timed out");
+    }
+}
+
+/// Takes the session `token` names for a client with access-token
+/// identity `identity`, waking its connection first if it is still
+/// served; or says why it cannot be resumed.
+pub(super) async fn take<D: Directory>(
+    shared: &Shared<D>,
+    token: &[u8],
+    identity: Option<&UserName>,
+) -> Result<(Box<Session<D>>, Arc<Outbox>), ResumeRefusal> {
+    let Ok(token) = Token::try_from(token) else {
+        return Err(ResumeRefusal::UnknownToken);
+    };
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        {
+            let mut resumable = shared.resumable.lock();
+            match resumable.get(&token) {
+                Some(Resumable::Parked { session, .. }) => {
+                    if session.identity() != identity {
+                        return Err(ResumeRefusal::Forbidden);
+                    }
+                    if let Some(Resumable::Parked {
+                        session, outbox, ..
+                    }) = resumable.remove(&token)
+                    {
+                        return Ok((session, outbox));
+                    }
+                }
+                Some(Resumable::Live(notify, owner)) => {
+                    if owner.as_ref() != identity {
+                        return Err(ResumeRefusal::Forbidden);
+                    }
+                    notify.notify_one();
+                }
+                None => {
+                    return Err(if shared.expired.lock().contains(&token) {
+                        ResumeRefusal::Expired
+                    } else {
+                        ResumeRefusal::UnknownToken
+                    })
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ResumeRefusal::UnknownToken);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
