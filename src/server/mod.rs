@@ -518,13 +518,18 @@ async fn drain<D: Directory>(shared: &Arc<Shared<D>>) {
         "draining: not ready, telling clients to reconnect"
     );
     registry.close_all(CloseReason::Shutdown);
+    // Sessions waiting for a resume will not get one from this node: they
+    // leave their rooms now, like the connected ones.
+    let ended = park::end_all(shared, crate::protocol::LeaveReason::ServerShutdown);
     let all = u32::try_from(shared.ctx.config.max_connections).unwrap_or(u32::MAX);
     let grace = shared.ctx.config.shutdown_grace;
     // Every WebSocket connection holds a permit until its task ends.
-    if tokio::time::timeout(grace, shared.sockets.acquire_many(all))
-        .await
-        .is_err()
-    {
+    let sockets = async {
+        let permits = shared.sockets.acquire_many(all).await;
+        ended.await;
+        permits
+    };
+    if tokio::time::timeout(grace, sockets).await.is_err() {
         warn!(
             remaining = registry.peer_count(),
             "shutdown grace expired with connections open"

@@ -159,3 +159,34 @@ pub(super) async fn take<D: Directory>(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Ends every parked session (the node is shutting down); resolves when
+/// they have all left their rooms.
+pub(super) fn end_all<D: Directory>(
+    shared: &Shared<D>,
+    reason: LeaveReason,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let parked: Vec<Box<Session<D>>> = {
+        let mut resumable = shared.resumable.lock();
+        let tokens: Vec<Token> = resumable
+            .iter()
+            .filter(|(_, r)| matches!(r, Resumable::Parked { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| match resumable.remove(&t) {
+                Some(Resumable::Parked { session, .. }) => Some(session),
+                _ => None,
+            })
+            .collect()
+    };
+    if !parked.is_empty() {
+        info!(sessions = parked.len(), "ending sessions that waited for a resume");
+    }
+    async move {
+        for session in parked {
+            end(session, reason).await;
+        }
+    }
+}
