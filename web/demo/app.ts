@@ -74,6 +74,8 @@ const exposed = {
   chat: [] as { from: string; text: string }[],
   files: [] as { from: string; name: string; size: number; sha256: string; intact: boolean }[],
   incoming: "" as string,
+  /** One entry per reconnect: "resumed" (the calls went on) or "fresh" (a new session, rejoining). */
+  reconnects: [] as ("resumed" | "fresh")[],
   /** Whether the local microphone and camera tracks are sending (mute and camera toggles). */
   local(): { audio: boolean[]; video: boolean[] } {
     return {
@@ -513,9 +515,45 @@ client.on("state", ({ state }) => {
   exposed.server = state;
   ui.serverState.textContent = SERVER_WORDS[state];
   ui.serverState.dataset.state = state;
-  if (state === "reconnecting") {
-    // Peer ids change on a new connection, so the calls of the old one are over.
-    for (const key of [...peers.keys()]) dropPeer(key);
+  // While reconnecting the calls stay: the session may be resumed.
+  if (state === "closed") for (const key of [...peers.keys()]) dropPeer(key);
+});
+
+/** Whether there is anything a reconnect could keep or lose. */
+function inCall(): boolean {
+  return peers.size > 0 || exposed.room !== "" || exposed.user !== "";
+}
+
+function reconnected(line: string): void {
+  ui.serverState.textContent = line;
+  log(line);
+}
+
+client.on("resumed", () => {
+  exposed.reconnects.push("resumed");
+  reconnected(inCall() ? "Reconnected — your call continued." : "Reconnected.");
+});
+
+/** Set when a new session rejoins the room: its Joined lists whom to call again. */
+let rejoining = false;
+
+client.on("startedFresh", () => {
+  exposed.reconnects.push("fresh");
+  const had = inCall();
+  // A new session has a new peer id: the calls of the old one are over.
+  for (const key of [...peers.keys()]) dropPeer(key);
+  hideIncoming();
+  rejoining = exposed.room !== "";
+  reconnected(had ? "Reconnected — rejoining." : "Reconnected.");
+});
+
+client.on("joined", (joined) => {
+  if (!rejoining || joined.room !== exposed.room) return;
+  rejoining = false;
+  // Back in the room as a newcomer, who offers to everyone there.
+  for (const m of joined.members) {
+    const peer = addPeer({ peerId: m.peerId }, memberLabel(m), joined.room);
+    peer.offer().catch((e: unknown) => showError(`Could not call ${peer.label}: ${words(e)}`));
   }
 });
 

@@ -12,6 +12,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { createServer as createHttpServer } from "node:http";
+import { connect as tcpConnect, createServer as createTcpServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -25,11 +26,13 @@ const BIN = process.env.SWITCHBOARD_BIN
   : resolve(repo, "target/debug/switchboard");
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const SHOTS = join(here, "screenshots");
+const GRACE_MS = 3000;
 
 let server;
 let serverLog = "";
 let browser;
 let base;
+let serverPort;
 
 /** Calls `probe` until it returns something truthy; fails with `what` after `ms`. */
 async function until(what, probe, ms = 30_000) {
@@ -56,15 +59,15 @@ function replacer(_key, value) {
 
 const opened = [];
 
-/** A new page (its own browser context) on the demo, with `?name=`. */
-async function openPage(name, query = {}) {
+/** A new page (its own browser context) on the demo, with `?name=`; `via`: the demo's origin (default: the server). */
+async function openPage(name, query = {}, via = base) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
   const page = await context.newPage();
   page.lines = [];
   page.on("console", (m) => page.lines.push(`[console.${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => page.lines.push(`[pageerror] ${e.message}`));
   const params = new URLSearchParams({ name, ...query });
-  await page.goto(`${base}/?${params}`);
+  await page.goto(`${via}/?${params}`);
   await until(`${name} to reach the server`, () => state(page, (s) => s.server === "open"));
   opened.push({ name, page });
   return page;
@@ -103,6 +106,48 @@ async function closePage(page) {
   if (i >= 0) opened.splice(i, 1);
 }
 
+/**
+ * A TCP proxy to the server. A page loaded through it talks to the server
+ * through it, WebSocket included; `cut()` resets every connection through
+ * it at once, so both ends see the connection die without a close frame, as
+ * on a network change. New connections go through, unless `blocked`.
+ */
+async function startProxy() {
+  const sockets = new Set();
+  const proxy = createTcpServer((down) => {
+    if (control.blocked) {
+      down.on("error", () => {});
+      down.resetAndDestroy();
+      return;
+    }
+    const up = tcpConnect(serverPort, "127.0.0.1");
+    for (const s of [down, up]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        down.destroy();
+        up.destroy();
+      });
+    }
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise((ok) => proxy.listen(0, "127.0.0.1", ok));
+  const control = {
+    blocked: false,
+    origin: `http://127.0.0.1:${proxy.address().port}`,
+    cut() {
+      for (const s of [...sockets]) s.resetAndDestroy();
+    },
+    close() {
+      this.cut();
+      proxy.close();
+    },
+  };
+  return control;
+}
+
 before(async () => {
   if (!existsSync(CHROMIUM)) {
     throw new Error(
@@ -118,7 +163,8 @@ before(async () => {
   // candidates connect the pages on this machine.
   // Port 0: the port the server got is read from its "listening" line
   // (target switchboard::listen), so no port is picked here for it to race for.
-  server = spawn(BIN, ["--listen", "127.0.0.1:0", "--ice-server", "stun:127.0.0.1:9"], {
+  // A short resume grace, so that the test of a session that outlives it does not wait 30 s.
+  server = spawn(BIN, ["--listen", "127.0.0.1:0", "--ice-server", "stun:127.0.0.1:9", "--resume-grace-ms", String(GRACE_MS)], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: `${process.env.RUST_LOG ?? "info"},switchboard::listen=info`, NO_COLOR: "1" },
   });
@@ -129,6 +175,7 @@ before(async () => {
     if (server.exitCode !== null) throw new Error(`server exited with ${await exited}:\n${serverLog}`);
     const listening = /switchboard::listen: listening addr=127\.0\.0\.1:(\d+)/.exec(serverLog);
     if (!listening) return false;
+    serverPort = Number(listening[1]);
     base = `http://localhost:${listening[1]}`;
     const res = await fetch(`${base}/healthz`);
     return res.ok;
@@ -289,6 +336,101 @@ describe("demo page", () => {
     }
     await closePage(pages[0]);
     await closePage(pages[1]);
+  });
+
+  test("a connection cut mid-call is resumed: the call goes on, chat and signaling keep working", async () => {
+    const proxy = await startProxy();
+    try {
+      const ann = await openPage("Ann", {}, proxy.origin);
+      const bob = await openPage("Bob");
+      await joinRoom(ann, "resume-1", "pair");
+      await until("Ann to be in the room", () => state(ann, (s) => s.room === "resume-1"));
+      await joinRoom(bob, "resume-1", "pair");
+      await connected(ann, 1, "Ann");
+      await connected(bob, 1, "Bob");
+      for (const [who, page] of [["Ann", ann], ["Bob", bob]]) {
+        await until(`${who}'s chat channel to open`, () => state(page, (s) => s.peers[0]?.channel === "open"));
+      }
+      const peerId = await state(ann, (s) => s.peerId);
+
+      proxy.cut();
+      const after = await until("Ann to reconnect", () =>
+        state(ann, (s) => s.reconnects.length > 0 && s.server === "open" && s),
+      );
+      assert.deepEqual(after.reconnects, ["resumed"], after.log.join("\n"));
+      assert.equal(after.peerId, peerId, "the same session");
+      assert.equal(await ann.textContent("#server-state"), "Reconnected — your call continued.");
+      await ann.screenshot({ path: join(SHOTS, "resumed.png") });
+
+      // The call never stopped, and Bob heard of no departure.
+      await connected(ann, 1, "Ann");
+      await connected(bob, 1, "Bob");
+      const bobLog = await state(bob, (s) => s.log);
+      assert.ok(!bobLog.some((l) => /^Ann left/.test(l)), bobLog.join("\n"));
+
+      await ann.fill("#chat-input", "still here");
+      await ann.click("#chat-send");
+      await until("Bob to receive Ann's chat", () => state(bob, (s) => s.chat.some((c) => c.text === "still here")));
+      await bob.fill("#chat-input", "me too");
+      await bob.click("#chat-send");
+      await until("Ann to receive Bob's chat", () => state(ann, (s) => s.chat.some((c) => c.text === "me too")));
+
+      // Signaling goes on over the resumed session: Bob leaves, Ann hears it.
+      await bob.click("#hangup");
+      await until("Ann to see Bob leave", () =>
+        state(ann, (s) => s.peers.length === 0 && s.log.some((l) => /^Bob left room resume-1/.test(l))),
+      );
+      await closePage(ann);
+      await closePage(bob);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  test("a connection away longer than the resume grace starts fresh: the page rejoins and calls again", async () => {
+    const proxy = await startProxy();
+    try {
+      const ann = await openPage("Ann", {}, proxy.origin);
+      const bob = await openPage("Bob");
+      await joinRoom(ann, "fresh-1", "pair");
+      await until("Ann to be in the room", () => state(ann, (s) => s.room === "fresh-1"));
+      await joinRoom(bob, "fresh-1", "pair");
+      await connected(ann, 1, "Ann");
+      await connected(bob, 1, "Bob");
+      const peerId = await state(ann, (s) => s.peerId);
+
+      proxy.blocked = true;
+      proxy.cut();
+      await until("Ann to notice the drop", () => state(ann, (s) => s.server === "reconnecting"));
+      // The server gives the session up after the grace: Bob hears Ann time out.
+      await until("Bob to see Ann time out", () =>
+        state(bob, (s) => s.peers.length === 0 && s.log.some((l) => /^Ann left room fresh-1 \(stopped answering\)/.test(l))),
+        GRACE_MS + 10_000,
+      );
+      proxy.blocked = false;
+      const after = await until("Ann to reconnect", () =>
+        state(ann, (s) => s.reconnects.length > 0 && s.server === "open" && s),
+        30_000,
+      );
+      assert.deepEqual(after.reconnects, ["fresh"], after.log.join("\n"));
+      assert.notEqual(after.peerId, peerId, "a new session");
+      assert.equal(await ann.textContent("#server-state"), "Reconnected — rejoining.");
+
+      // The page joins the room again and calls Bob anew.
+      await connected(ann, 1, "Ann");
+      await connected(bob, 1, "Bob");
+      await until("the new chat channels to open", async () =>
+        (await state(ann, (s) => s.peers[0]?.channel === "open")) && state(bob, (s) => s.peers[0]?.channel === "open"),
+      );
+      await ann.fill("#chat-input", "back again");
+      await ann.click("#chat-send");
+      await until("Bob to receive Ann's chat", () => state(bob, (s) => s.chat.some((c) => c.text === "back again")));
+      await ann.screenshot({ path: join(SHOTS, "started-fresh.png") });
+      await closePage(ann);
+      await closePage(bob);
+    } finally {
+      proxy.close();
+    }
   });
 
   test("call by name: one call accepted, another declined", async () => {

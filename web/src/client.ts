@@ -9,12 +9,20 @@
  * receives is decoded with the announced limits; a frame it cannot decode is
  * reported as an `error` event and skipped (PROTOCOL.md section 5), and the
  * connection stays open.
+ *
+ * Session resume (PROTOCOL.md section 11a, on unless `resume: false`): the
+ * client numbers its frames across the connections of one session, keeps
+ * those the server has not acknowledged, and acknowledges the server's. A
+ * connection that drops is resumed on the next one: nothing is lost, peers
+ * see nothing, and the `resumed` event says so; when the server cannot
+ * resume it, `startedFresh` says why and rooms and name are restored as
+ * without resume.
  */
 import { DEFAULT_BACKOFF, backoffDelay, type BackoffConfig } from "./backoff.js";
 import { DEFAULT_LIMITS, decodeMessage, encode, type CodecLimits, type Encoded } from "./codec.js";
 import { Emitter } from "./emitter.js";
 import { DecodeError, LimitError, SdpError, SignalingError } from "./errors.js";
-import { HEADER_LEN, writeFrame } from "./frame.js";
+import { HEADER_LEN, MessageType, writeFrame } from "./frame.js";
 import { DEFAULT_BATCH, IceBatcher, type Batch, type BatchConfig } from "./ice.js";
 import {
   Capabilities,
@@ -32,9 +40,11 @@ import {
   type Message,
   type PeerJoined,
   type PeerLeft,
+  type ResumeRefusal,
   type Welcome,
 } from "./message.js";
 import { DEFAULT_OUTBOX, Outbox } from "./outbox.js";
+import { ResumeSession } from "./resume.js";
 import { deflateIfSmaller, inflate } from "./sdp.js";
 
 /** The part of the browser's `WebSocket` the client uses. */
@@ -69,8 +79,14 @@ export interface ClientOptions {
   userAgent?: string;
   /** Reconnect back-off, or `false` to stay closed after a disconnect. */
   reconnect?: Partial<BackoffConfig> | false;
-  /** Join the same rooms and log in with the same name after reconnecting. */
+  /** Join the same rooms and log in with the same name after reconnecting (when the session is not resumed). */
   rejoin?: boolean;
+  /**
+   * Session resume (`CAPABILITY_RESUME`): a dropped connection's session
+   * goes on on the next one, rooms, name, calls and every frame included.
+   * On by default; `false` starts a new session on every reconnect.
+   */
+  resume?: boolean;
   /** ICE batching window and size. */
   iceBatch?: Partial<BatchConfig>;
   /**
@@ -114,6 +130,20 @@ export interface ClientEvents {
   answer: DescriptionEvent;
   ice: IceEvent;
   hangUp: { from: Address };
+  /**
+   * After a drop, the new connection continues the session: same peer id,
+   * rooms, name and calls; frames the server had not processed were sent
+   * again (`resent`), and the others were told nothing.
+   */
+  resumed: { welcome: Welcome; resent: number };
+  /**
+   * After a drop, the new connection is a new session: a new peer id, the
+   * calls of the old one are over, and rooms and name are being joined and
+   * taken again (`rejoin`). `refusal` says why the server did not resume
+   * the old session; absent when no resume was asked for (resume off or not
+   * granted, or frames the server had not acknowledged were dropped).
+   */
+  startedFresh: { welcome: Welcome; refusal?: ResumeRefusal };
   /**
    * A server Error; a frame from the server that could not be decoded (it was
    * skipped, the connection stays open); or a rejoin after reconnecting that
@@ -209,6 +239,13 @@ export class SignalingClient extends Emitter<ClientEvents> {
   private socket: WebSocketLike | undefined;
   private seq = 0;
   private attempt = 0;
+  /** Session resume's bookkeeping while the session may resume (asked for, or granted). */
+  private resume: ResumeSession | undefined;
+  /** This connection's Hello asked to resume the session. */
+  private resuming = false;
+  /** Dropped sockets left to the server (closing one would end the session), closed after the next Welcome. */
+  private abandoned: WebSocketLike[] = [];
+  private ackTimer: unknown;
   /** Set when a connection was lost, so the next Welcome restores rooms and name. */
   private restoring = false;
   private retryTimer: unknown;
@@ -267,6 +304,10 @@ export class SignalingClient extends Emitter<ClientEvents> {
   /** Closes the connection for good; nothing reconnects. */
   close(): void {
     this.clock.clearTimeout(this.retryTimer);
+    // A close frame ends the session on the server: nothing will resume it.
+    this.resume = undefined;
+    this.resuming = false;
+    this.closeAbandoned();
     this.teardown();
     this.rooms.clear();
     this.userName = undefined;
@@ -376,22 +417,18 @@ export class SignalingClient extends Emitter<ClientEvents> {
       return;
     }
     this.socket = socket;
-    this.seq = 0;
+    this.resuming = this.resume?.resumable === true;
+    if (!this.resuming) {
+      // A new session: numbering starts over; frames sent before its
+      // Welcome are held in case it grants resume.
+      this.seq = 0;
+      this.resume = this.options.resume === false ? undefined : new ResumeSession();
+      this.serverLimits = SDK_LIMITS;
+    }
     this.limits = { ...DEFAULT_LIMITS, ...this.options.limits };
-    this.serverLimits = SDK_LIMITS;
     this.outbox = new Outbox();
     socket.binaryType = "arraybuffer";
-    socket.onopen = () => {
-      this.send({
-        type: "hello",
-        hello: {
-          protocolVersion: PROTOCOL_VERSION,
-          capabilities: CAPABILITIES,
-          accessToken: this.options.accessToken,
-          userAgent: this.options.userAgent ?? "switchboard-web/0.1",
-        },
-      });
-    };
+    socket.onopen = () => this.hello(socket);
     socket.onmessage = (ev) => this.receive(ev.data);
     socket.onclose = () => {
       if (this.socket === socket) this.lost();
@@ -401,15 +438,79 @@ export class SignalingClient extends Emitter<ClientEvents> {
     };
   }
 
-  /** Drops the socket and its per-connection state. */
+  /**
+   * Sends Hello, outside the outbox's pacing (it is the first frame) and
+   * outside the replay buffer (it is never sent again). Its number is the
+   * session's next one; a resume Hello names the session and the last
+   * server frame processed, which acknowledges everything up to it.
+   */
+  private hello(socket: WebSocketLike): void {
+    if (this.socket !== socket) return;
+    const resume = this.resuming && this.resume !== undefined ? this.resume : undefined;
+    const hello: Message = {
+      type: "hello",
+      hello: {
+        protocolVersion: PROTOCOL_VERSION,
+        capabilities: this.options.resume === false ? CAPABILITIES : CAPABILITIES | Capabilities.RESUME,
+        accessToken: this.options.accessToken,
+        userAgent: this.options.userAgent ?? "switchboard-web/0.1",
+      },
+    };
+    if (resume !== undefined) hello.hello.resume = { token: resume.token!, lastSeq: resume.takeAck() };
+    const { type, flags, payload } = encode(hello);
+    this.seq = nextSeq(this.seq);
+    this.outbox.push(writeFrame(type, flags, this.seq, payload));
+    this.flush();
+  }
+
+  /** Drops the socket, closing it, and the state of the session it carried. */
   private teardown(): void {
+    this.detach(true);
+    this.forgetSession();
+  }
+
+  /**
+   * Drops the socket and its per-connection state. `close`: with a close
+   * frame; else the socket is left alone, since a close frame would end a
+   * session that is to be resumed (the server closes it when the resume
+   * takes over, else it is closed after the next Welcome).
+   */
+  private detach(close: boolean): void {
     const socket = this.socket;
     this.socket = undefined;
-    this.welcomeInfo = undefined;
     this.clock.clearTimeout(this.livenessTimer);
     this.clock.clearTimeout(this.outboxTimer);
     this.outboxTimer = undefined;
+    this.clock.clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
     this.outbox.clear();
+    if (socket !== undefined) {
+      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      if (close) {
+        try {
+          socket.close(1000);
+        } catch {
+          // Already closed.
+        }
+      } else if (socket.readyState <= OPEN) {
+        this.abandoned.push(socket);
+      }
+    }
+  }
+
+  private closeAbandoned(): void {
+    for (const socket of this.abandoned.splice(0)) {
+      try {
+        socket.close(1000);
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+
+  /** Forgets what the session had on the server: calls, members, requests, candidates. */
+  private forgetSession(): void {
+    this.welcomeInfo = undefined;
     for (const queue of this.ice.values()) this.clock.clearTimeout(queue.timer);
     this.ice.clear();
     for (const room of this.rooms.values()) room.members.clear();
@@ -419,29 +520,30 @@ export class SignalingClient extends Emitter<ClientEvents> {
       p.reject(new SignalingError(ErrorCode.UNSPECIFIED, "connection lost"));
     }
     this.pending.clear();
-    if (socket !== undefined) {
-      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
-      try {
-        socket.close(1000);
-      } catch {
-        // Already closed.
-      }
-    }
-  }
-
-  private lost(): void {
-    this.teardown();
-    this.restoring = true;
     if (this.options.rejoin === false) {
       this.rooms.clear();
       this.userName = undefined;
     }
-    if (this.backoff === undefined || this.attempt >= this.backoff.maxAttempts) {
+  }
+
+  private lost(): void {
+    const retry = this.backoff !== undefined && this.attempt < this.backoff.maxAttempts;
+    if (retry && this.resume?.resumable === true) {
+      // The session waits on the server: keep its state, requests and
+      // candidates included, for the resume.
+      this.detach(false);
+    } else {
+      this.resume = undefined;
+      this.teardown();
+    }
+    this.resuming = false;
+    this.restoring = true;
+    if (!retry) {
       this.failWaiters(new SignalingError(ErrorCode.UNSPECIFIED, "connection closed"));
       this.setState("closed");
       return;
     }
-    const delay = backoffDelay(this.attempt, this.backoff, this.random);
+    const delay = backoffDelay(this.attempt, this.backoff!, this.random);
     this.attempt++;
     this.setState("reconnecting");
     this.retryTimer = this.clock.setTimeout(() => this.open("reconnecting"), delay);
@@ -456,32 +558,70 @@ export class SignalingClient extends Emitter<ClientEvents> {
   /**
    * Numbers `message` and queues it for the socket; returns its seq. Throws,
    * sending nothing, when not connected or when the message is over one of
-   * the server's limits (`LimitError`).
+   * the server's limits (`LimitError`). While a session that can resume is
+   * reconnecting, the frame is only held: it goes out after the resume, or
+   * is dropped with the session when the server starts a fresh one.
    */
   private send(message: Message): number {
     const socket = this.socket;
-    if (socket === undefined || socket.readyState !== OPEN) {
+    const holdOnly = this.currentState === "reconnecting" && this.resume?.resumable === true;
+    if (!holdOnly && (socket === undefined || socket.readyState !== OPEN)) {
       throw new SignalingError(ErrorCode.UNSPECIFIED, `not connected (state ${this.currentState})`);
     }
     const { type, flags, payload } = this.checkLimits(message);
+    if (holdOnly && !this.resume!.fits(payload.length)) {
+      throw new SignalingError(ErrorCode.UNSPECIFIED, "not connected (reconnecting), and no room to hold more frames");
+    }
     this.seq = nextSeq(this.seq);
-    this.outbox.push(writeFrame(type, flags, this.seq, payload));
-    if (!this.holding) this.flush();
+    const frame = writeFrame(type, flags, this.seq, payload);
+    this.resume?.hold(this.seq, frame, payload.length);
+    if (!holdOnly) {
+      this.outbox.push(frame);
+      if (!this.holding) this.flush();
+    }
     return this.seq;
   }
 
-  /** Sends what the outbox lets go now, and comes back when it lets go more. */
+  /**
+   * Sends what the outbox lets go now, and comes back when it lets go more.
+   * An `Ack` that is owed rides along with whatever is sent.
+   */
   private flush(): void {
     const socket = this.socket;
     if (socket === undefined || socket.readyState !== OPEN) return;
+    if (this.outbox.size > 0 && this.acking()) this.queueAck();
     const now = this.clock.now();
     for (const bytes of this.outbox.take(now)) socket.send(bytes);
+    this.armAck();
     const deadline = this.outbox.deadline();
     if (deadline === undefined || this.outboxTimer !== undefined) return;
     this.outboxTimer = this.clock.setTimeout(() => {
       this.outboxTimer = undefined;
       this.flush();
     }, Math.max(0, deadline - now));
+  }
+
+  /** Whether an `Ack` is owed on this connection. */
+  private acking(): boolean {
+    return this.currentState === "open" && this.resume?.token !== undefined && this.resume.ackOwed;
+  }
+
+  private queueAck(): void {
+    this.clock.clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    const seq = this.resume!.takeAck();
+    this.outbox.ack(writeFrame(MessageType.Ack, 0, 0, encode({ type: "ack", seq }).payload));
+  }
+
+  /** Acknowledges within `ack_delay_ms` what nothing sent carried an `Ack` for. */
+  private armAck(): void {
+    if (this.ackTimer !== undefined || !this.acking()) return;
+    this.ackTimer = this.clock.setTimeout(() => {
+      this.ackTimer = undefined;
+      if (!this.acking()) return;
+      this.queueAck();
+      this.flush();
+    }, this.resume!.ackDelayMs);
   }
 
   /**
@@ -595,8 +735,17 @@ export class SignalingClient extends Emitter<ClientEvents> {
     queue.timer = this.clock.setTimeout(() => {
       queue.timer = undefined;
       const batch = queue.batcher.poll(this.clock.now());
-      if (batch !== undefined) this.flushIce(queue, batch);
-      else this.armIce(queue);
+      if (batch === undefined) {
+        this.armIce(queue);
+        return;
+      }
+      try {
+        this.flushIce(queue, batch);
+      } catch (e) {
+        // Not connected (a drop nothing can resume): the batch is lost with the call.
+        if (e instanceof SignalingError || e instanceof LimitError) this.emit("error", e);
+        else throw e;
+      }
     }, Math.max(0, deadline - this.clock.now()));
   }
 
@@ -660,6 +809,15 @@ export class SignalingClient extends Emitter<ClientEvents> {
     this.holding = true;
     try {
       for (const decoded of decodeMessage(bytes, this.limits)) {
+        if (decoded.ok && decoded.message.type === "welcome") {
+          this.welcomed(decoded.message.welcome, decoded.seq);
+          continue;
+        }
+        // With resume, a frame processed before a drop is never handled twice.
+        const r = this.resume;
+        if (decoded.seq !== undefined && r?.token !== undefined && this.currentState === "open") {
+          if (!r.received(decoded.seq)) continue;
+        }
         if (!decoded.ok) {
           // That frame is skipped; after a frame-layer error, so is the rest
           // of this message. The connection stays open either way.
@@ -681,20 +839,9 @@ export class SignalingClient extends Emitter<ClientEvents> {
 
   private dispatch(m: Message): void {
     switch (m.type) {
-      case "welcome": {
-        this.welcomeInfo = m.welcome;
-        this.adoptLimits(m.welcome.limits);
-        this.attempt = 0;
-        this.armLiveness();
-        this.setState("open");
-        this.emit("welcome", m.welcome);
-        const waiters = this.connectWaiters;
-        this.connectWaiters = [];
-        for (const w of waiters) w.resolve(m.welcome);
-        if (this.restoring) this.restore();
-        this.restoring = false;
+      case "ack":
+        this.resume?.acknowledged(m.seq);
         return;
-      }
       case "joined": {
         const room = this.rooms.get(m.joined.room);
         if (room !== undefined) {
@@ -784,6 +931,66 @@ export class SignalingClient extends Emitter<ClientEvents> {
       default:
         // pong, ack and client-to-server types are not for a client.
         return;
+    }
+  }
+
+  /**
+   * A Welcome (numbered `seq`) opens the connection: it continues the
+   * session (a resume: the frames the server did not process are sent
+   * again) or begins one (after a drop: a fresh start, rooms and name are
+   * restored).
+   */
+  private welcomed(w: Welcome, seq: number): void {
+    const asked = this.resuming;
+    this.resuming = false;
+    const r = this.resume;
+    this.welcomeInfo = w;
+    this.adoptLimits(w.limits);
+    this.attempt = 0;
+    this.armLiveness();
+    let resent: number | undefined;
+    let fresh = false;
+    if (asked && r !== undefined && w.resume?.resumed === true) {
+      r.token = w.resume.token;
+      r.adopt(w.resume.limits);
+      const frames = r.resendAfter(w.resume.lastSeq);
+      for (const frame of frames) this.outbox.push(frame);
+      resent = frames.length;
+    } else {
+      fresh = this.restoring;
+      // The old session, kept through the drop for a resume, is over: its
+      // calls, requests and held frames go with it.
+      if (asked) {
+        this.forgetSession();
+        this.welcomeInfo = w;
+      }
+      const granted = this.options.resume !== false && (w.capabilities & Capabilities.RESUME) !== 0 && w.resume !== undefined;
+      if (granted) {
+        // Frames held from before this Welcome are this session's only when
+        // it was begun fresh (a refused resume's held frames are the old one's).
+        const session = asked || r === undefined ? new ResumeSession() : r;
+        session.token = w.resume!.token;
+        session.adopt(w.resume!.limits);
+        session.received(seq);
+        this.resume = session;
+      } else {
+        this.resume = undefined;
+      }
+    }
+    this.restoring = false;
+    this.closeAbandoned();
+    this.setState("open");
+    this.emit("welcome", w);
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const waiter of waiters) waiter.resolve(w);
+    if (resent !== undefined) {
+      this.emit("resumed", { welcome: w, resent });
+    } else if (fresh) {
+      const event: ClientEvents["startedFresh"] = { welcome: w };
+      if (asked && w.resume?.refusal !== undefined) event.refusal = w.resume.refusal;
+      this.emit("startedFresh", event);
+      this.restore();
     }
   }
 

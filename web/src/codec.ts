@@ -17,14 +17,18 @@ import {
   MAX_ICE_SERVERS,
   MAX_ID_BYTES,
   MAX_MEMBERS,
+  MAX_RESUME_TOKEN_BYTES,
   MAX_TEXT_BYTES,
   MAX_TOKEN_BYTES,
+  ResumeRefusal,
   RoomMode,
   type Address,
+  type Hello,
   type IceCandidate,
   type IceCandidates,
   type Member,
   type Message,
+  type Resume,
   type SessionDescription,
 } from "./message.js";
 
@@ -192,6 +196,27 @@ function iceCandidates(i: pb.IceCandidates, maxCandidates: number): IceCandidate
   return out;
 }
 
+function resumeFromWire(w: pb.Welcome): Resume {
+  const l = w.resumeLimits;
+  const resume: Resume = {
+    token: w.resumeToken,
+    resumed: w.resumed,
+    lastSeq: w.resumeLastSeq,
+    limits: {
+      graceMs: l?.graceMs ?? 0,
+      replayFrames: l?.replayFrames ?? 0,
+      replayBytes: l?.replayBytes ?? 0,
+      ackDelayMs: l?.ackDelayMs ?? 0,
+    },
+  };
+  if (w.resumeRefusal !== ResumeRefusal.UNSPECIFIED) {
+    // An unknown reason from a newer server is still a refusal.
+    resume.refusal =
+      typeof ResumeRefusal[w.resumeRefusal] === "string" ? w.resumeRefusal : ResumeRefusal.UNKNOWN_TOKEN;
+  }
+  return resume;
+}
+
 // ------------------------------------------------------------ decode
 
 function parse<Desc extends DescMessage>(schema: Desc, payload: Uint8Array): MessageShape<Desc> {
@@ -268,18 +293,24 @@ export function decodeFrame(frame: RawFrame, limits: CodecLimits = DEFAULT_LIMIT
   switch (type) {
     case MessageType.Hello: {
       const h = parse(pb.HelloSchema, p);
-      const hello = {
+      const hello: Hello = {
         protocolVersion: h.protocolVersion,
         capabilities: capabilitiesFromWire(h.capabilities),
         userAgent: bounded("user_agent", h.userAgent, MAX_TEXT_BYTES),
       };
-      return {
-        type: "hello",
-        hello:
-          h.accessToken === ""
-            ? hello
-            : { ...hello, accessToken: bounded("access_token", h.accessToken, MAX_TOKEN_BYTES) },
-      };
+      if (h.accessToken !== "") hello.accessToken = bounded("access_token", h.accessToken, MAX_TOKEN_BYTES);
+      if (h.resumeToken.length > 0) {
+        if (h.resumeToken.length > MAX_RESUME_TOKEN_BYTES) {
+          throw DecodeError.field({
+            kind: "too_long",
+            field: "resume_token",
+            len: h.resumeToken.length,
+            max: MAX_RESUME_TOKEN_BYTES,
+          });
+        }
+        hello.resume = { token: h.resumeToken, lastSeq: h.resumeLastSeq };
+      }
+      return { type: "hello", hello };
     }
     case MessageType.Welcome: {
       const w = parse(pb.WelcomeSchema, p);
@@ -297,6 +328,7 @@ export function decodeFrame(frame: RawFrame, limits: CodecLimits = DEFAULT_LIMIT
           iceServers: w.iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
           capabilities: capabilitiesFromWire(w.capabilities),
           sdpDictionary: w.sdpDictionary,
+          ...(w.resumeToken.length > 0 ? { resume: resumeFromWire(w) } : {}),
         },
       };
     }
@@ -451,6 +483,8 @@ export function encode(msg: Message): Encoded {
           capabilities: capabilitiesToWire(msg.hello.capabilities),
           accessToken: msg.hello.accessToken ?? "",
           userAgent: msg.hello.userAgent,
+          resumeToken: msg.hello.resume?.token ?? new Uint8Array(0),
+          resumeLastSeq: msg.hello.resume?.lastSeq ?? 0,
         }),
       );
     case "welcome": {
@@ -466,6 +500,11 @@ export function encode(msg: Message): Encoded {
           iceServers: w.iceServers.map((s) => create(pb.IceServerSchema, s)),
           capabilities: capabilitiesToWire(w.capabilities),
           sdpDictionary: w.sdpDictionary,
+          resumeToken: w.resume?.token ?? new Uint8Array(0),
+          resumed: w.resume?.resumed ?? false,
+          resumeRefusal: w.resume?.refusal ?? ResumeRefusal.UNSPECIFIED,
+          resumeLastSeq: w.resume?.lastSeq ?? 0,
+          resumeLimits: w.resume ? create(pb.ResumeLimitsSchema, w.resume.limits) : undefined,
         }),
       );
     }

@@ -3,9 +3,9 @@
  * `src/protocol/message.rs`. Only `codec.ts` converts between these and the
  * generated protobuf types.
  */
-import { ErrorCode, LeaveReason, RoomMode } from "./gen/switchboard/v1/signal_pb.js";
+import { ErrorCode, LeaveReason, ResumeRefusal, RoomMode } from "./gen/switchboard/v1/signal_pb.js";
 
-export { ErrorCode, LeaveReason, RoomMode };
+export { ErrorCode, LeaveReason, ResumeRefusal, RoomMode };
 
 /** Protocol version spoken by this SDK. */
 export const PROTOCOL_VERSION = 1;
@@ -25,6 +25,8 @@ export const MAX_APP_DATA_BYTES = 1024;
 export const MAX_MEMBERS = 1024;
 /** Most ICE servers a Welcome may list. */
 export const MAX_ICE_SERVERS = 16;
+/** Longest resume token accepted, in bytes. */
+export const MAX_RESUME_TOKEN_BYTES = 64;
 
 /** Optional client features, as a bit set (same bits as the Rust crate). */
 export const Capabilities = {
@@ -47,6 +49,41 @@ export interface Hello {
   capabilities: Capabilities;
   accessToken?: string;
   userAgent: string;
+  /** The session to resume (PROTOCOL.md section 11a). */
+  resume?: ResumeRequest;
+}
+
+/** `Hello`'s request to resume a session. */
+export interface ResumeRequest {
+  /** The token of the session's last `Welcome`. */
+  token: Uint8Array;
+  /** The highest sequence number of the server's frames the client has processed. */
+  lastSeq: number;
+}
+
+/** The limits of session resume, announced in `Welcome`. */
+export interface ResumeLimits {
+  /** How long a dropped session waits for its client. */
+  graceMs: number;
+  /** Most frames each side keeps unacknowledged. */
+  replayFrames: number;
+  /** Most payload bytes each side keeps unacknowledged. */
+  replayBytes: number;
+  /** Longest wait before acknowledging. */
+  ackDelayMs: number;
+}
+
+/** What `Welcome` says of session resume, when `CAPABILITY_RESUME` is granted. */
+export interface Resume {
+  /** The token to resume this session with (only the latest is valid). */
+  token: Uint8Array;
+  /** Whether this `Welcome` continues the session `Hello` named. */
+  resumed: boolean;
+  /** Why a resume that was asked for did not happen. */
+  refusal?: ResumeRefusal;
+  /** On a resume: the highest sequence number of the client's frames the server has processed. */
+  lastSeq: number;
+  limits: ResumeLimits;
 }
 
 export interface IceServer {
@@ -84,6 +121,8 @@ export interface Welcome {
   iceServers: IceServer[];
   capabilities: Capabilities;
   sdpDictionary: number;
+  /** Session resume, when granted. */
+  resume?: Resume;
 }
 
 export interface Member {

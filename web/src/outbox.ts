@@ -50,6 +50,8 @@ export class Outbox {
   private at = 0;
   /** Frames handed out so far, paid for out of the server's bucket. */
   private spent = 0;
+  /** Whether `frames[0]` is an `Ack` (there is at most one waiting, the latest). */
+  private ackFirst = false;
 
   /** How many frames wait to be sent. */
   get size(): number {
@@ -72,6 +74,16 @@ export class Outbox {
     this.frames.push(frame);
   }
 
+  /**
+   * Queues an `Ack` in front of the others (it is paid for like any frame),
+   * replacing one that still waits: acknowledgements are cumulative.
+   */
+  ack(frame: Uint8Array): void {
+    if (this.ackFirst) this.frames[0] = frame;
+    else this.frames.unshift(frame);
+    this.ackFirst = true;
+  }
+
   /** The WebSocket messages that may be sent at `now`, oldest frames first. */
   take(now: number): Uint8Array[] {
     const { ratePerSecond: rate, rateBurst } = this.limits;
@@ -81,6 +93,7 @@ export class Outbox {
     if (n <= 0) return [];
     this.tokens -= n;
     this.spent += n;
+    this.ackFirst = false;
     return packFrames(this.frames.splice(0, n), this.limits.maxFramesPerMessage, this.limits.maxMessageBytes);
   }
 
@@ -94,5 +107,6 @@ export class Outbox {
   /** Drops everything queued (the connection is gone). */
   clear(): void {
     this.frames = [];
+    this.ackFirst = false;
   }
 }

@@ -83,7 +83,12 @@ test("sends Hello first with seq 1, capabilities and the token; Welcome opens", 
   assert.equal(hello!.seq, 1);
   assert.deepStrictEqual(hello!.message, {
     type: "hello",
-    hello: { protocolVersion: 1, capabilities: 3, accessToken: "tok", userAgent: "switchboard-web/0.1" },
+    hello: {
+      protocolVersion: 1,
+      capabilities: Capabilities.DEFLATE_SDP | Capabilities.ICE_BATCH | Capabilities.RESUME,
+      accessToken: "tok",
+      userAgent: "switchboard-web/0.1",
+    },
   });
   assert.equal(client.state, "open");
   assert.equal(client.peerId, 2n ** 60n);

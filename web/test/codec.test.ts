@@ -7,6 +7,7 @@ import {
   Flags,
   HEADER_LEN,
   MessageType,
+  ResumeRefusal,
   RoomMode,
   concatFrames,
   decodeFrame,
@@ -146,4 +147,66 @@ test("join with an unspecified mode means pair; capacity 0 means default", () =>
   assert.throws(() =>
     decodeFrame({ header: { type: MessageType.Join, flags: 0, seq: 1, len: 5 }, payload: new Uint8Array([0x0a, 0x01, 0x72, 0x10, 0x09]) }),
   );
+});
+
+test("Hello's and Welcome's session-resume fields round-trip; an unknown refusal is still a refusal", () => {
+  const hello: Message = {
+    type: "hello",
+    hello: {
+      protocolVersion: 1,
+      capabilities: 7,
+      userAgent: "t",
+      resume: { token: new Uint8Array([1, 2, 3]), lastSeq: 0xfffffffe },
+    },
+  };
+  assert.deepStrictEqual(decodeOne(encodeFrame(hello, 9)).message, hello);
+  const welcome: Message = {
+    type: "welcome",
+    welcome: {
+      peerId: 5n,
+      protocolVersion: 1,
+      limits: {
+        maxMessageBytes: 1,
+        maxFramesPerMessage: 2,
+        maxSdpBytes: 3,
+        ratePerSecond: 4,
+        rateBurst: 5,
+        maxIdBytes: 6,
+        maxRoomCapacity: 7,
+        defaultRoomCapacity: 8,
+        maxPayloadBytes: 9,
+        maxCandidatesPerBatch: 10,
+        rateBytesPerSecond: 11,
+        rateBytesBurst: 12,
+        maxRoomsPerPeer: 13,
+      },
+      heartbeatIntervalMs: 1,
+      heartbeatTimeoutMs: 2,
+      iceServers: [],
+      capabilities: 7,
+      sdpDictionary: 1,
+      resume: {
+        token: new Uint8Array(32).fill(7),
+        resumed: false,
+        refusal: ResumeRefusal.EXPIRED,
+        lastSeq: 0,
+        limits: { graceMs: 30000, replayFrames: 256, replayBytes: 262144, ackDelayMs: 200 },
+      },
+    },
+  };
+  assert.deepStrictEqual(decodeOne(encodeFrame(welcome, 0)).message, welcome);
+  const { resume: _, ...plain } = (welcome as { welcome: object }).welcome as Record<string, unknown>;
+  assert.deepStrictEqual(decodeOne(encodeFrame({ type: "welcome", welcome: plain } as unknown as Message, 1)).message, {
+    type: "welcome",
+    welcome: plain,
+  });
+  // Welcome{resume_token: [1], resume_refusal: 99}: a reason from a newer server.
+  const payload = encodeFrame(welcome, 1).subarray(HEADER_LEN);
+  const extra = new Uint8Array([...payload, 0x58, 99]); // field 11, varint 99 (the last value wins)
+  const decoded = decodeOne(writeFrame(MessageType.Welcome, 0, 1, extra)).message;
+  assert.ok(decoded.type === "welcome");
+  assert.equal(decoded.welcome.resume?.refusal, ResumeRefusal.UNKNOWN_TOKEN);
+  // An over-long resume token in a Hello is refused.
+  const long = encodeFrame({ ...hello, hello: { ...(hello as any).hello, resume: { token: new Uint8Array(65), lastSeq: 1 } } }, 1);
+  assert.equal(decodeError(long).code, ErrorCode.TOO_LARGE);
 });
