@@ -1620,3 +1620,61 @@ async fn redis_over_tcp_url_works_too() {
     b.send(&offer(Address::Peer(a.id()), "v=0 tcp")).await;
     a.expect_offer(&Address::Peer(b.id()), "v=0 tcp").await;
 }
+
+/// What `/metrics` says of rooms, members and users: the cluster's counts,
+/// the same from every node, kept by the scripts (no scan of Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_rooms_members_and_users_cluster_wide() {
+    let cluster = Cluster::start("metrics", 2);
+    let mut a = cluster.connect(0, "A").await;
+    let mut b = cluster.connect(1, "B").await;
+    let mut c = cluster.connect(1, "C").await;
+    a.login_ok("ann").await;
+    a.join("m-pair", RoomMode::Pair, None).await;
+    b.join("m-pair", RoomMode::Pair, None).await;
+    a.expect_peer_joined("m-pair", b.id()).await;
+    c.join("m-mesh", RoomMode::Mesh, None).await;
+    a.join("m-mesh", RoomMode::Mesh, None).await;
+    let scrape = |node: usize| {
+        let addr = cluster.addr(node);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let want = [
+        "switchboard_rooms{mode=\"pair\"} 1",
+        "switchboard_rooms{mode=\"mesh\"} 1",
+        "switchboard_room_members 4",
+        "switchboard_users 1",
+    ];
+    for node in 0..2 {
+        let text = scrape(node).await;
+        for line in want {
+            assert!(text.contains(line), "node {node} lacks {line:?}:\n{text}");
+        }
+    }
+    // Leaving and disconnecting bring the counts down again.
+    drop(c);
+    b.send(&Message::Leave {
+        room: room("m-pair"),
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(1).await;
+        if text.contains("switchboard_rooms{mode=\"pair\"} 1")
+            && text.contains("switchboard_room_members 2")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts did not follow:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1366,19 +1366,29 @@ impl Directory for ClusterDirectory {
     }
 
     async fn census(&self) -> Census {
-        let mut c = Census::default();
-        for room in self.rooms(None).await {
-            match room.mode {
-                RoomMode::Mesh => c.mesh_rooms += 1,
-                _ => c.pair_rooms += 1,
-            }
-            c.members += room.members.len() as u64;
+        // Counts the scripts keep, not a scan: a scrape must not make Redis
+        // walk a million rooms.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(format!("{}:stats", self.prefix))
+            .arg(&["pair_rooms", "mesh_rooms", "members"])
+            .cmd("HLEN")
+            .arg(format!("{}:names", self.prefix));
+        let mut conn = self.conn.clone();
+        let counts: redis::RedisResult<((Option<i64>, Option<i64>, Option<i64>), i64)> =
+            tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+                .await
+                .unwrap_or_else(|e| Err(redis_error(e)));
+        let Ok(((pair, mesh, members), users)) = counts else {
+            return Census::default();
+        };
+        let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        Census {
+            pair_rooms: n(pair),
+            mesh_rooms: n(mesh),
+            members: n(members),
+            users: users.max(0) as u64,
         }
-        c.users = self
-            .query::<u64>(redis::cmd("HLEN").arg(format!("{}:names", self.prefix)))
-            .await
-            .unwrap_or(0);
-        c
     }
 
     fn set_events(&self, sink: EventSink) {

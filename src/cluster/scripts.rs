@@ -23,6 +23,7 @@
 //! | `P:names` | hash | user name → `PEER:CAPS` |
 //! | `P:pname:PEER` | string | the name a peer holds |
 //! | `P:calls:NAME` | set | the names NAME is in a call with |
+//! | `P:stats` | hash | `pair_rooms`, `mesh_rooms`, `members`: counts kept by the scripts, so `/metrics` costs one read |
 //!
 //! Peers are written as 16 hexadecimal digits, so a script finds a peer's
 //! node in its first four (Lua numbers cannot hold 64 bits). Scripts publish
@@ -58,7 +59,10 @@ local function room_leave(room, peer, why)
   redis.call('HDEL', P .. ':minfo:' .. room, peer)
   redis.call('SREM', P .. ':prooms:' .. peer, room)
   local emptied = redis.call('ZCARD', mk) == 0
+  redis.call('HINCRBY', P .. ':stats', 'members', -1)
   if emptied then
+    local mode = redis.call('HGET', P .. ':room:' .. room, 'mode') or 'pair'
+    redis.call('HINCRBY', P .. ':stats', mode .. '_rooms', -1)
     redis.call('DEL', P .. ':room:' .. room, mk, P .. ':minfo:' .. room)
     redis.call('SREM', P .. ':rooms', room)
   end
@@ -245,6 +249,7 @@ if not meta[1] then
   if may ~= '1' then return cjson.encode({e = 'create'}) end
   redis.call('HSET', rk, 'mode', mode, 'cap', cap, 'seq', 0)
   redis.call('SADD', P .. ':rooms', room)
+  redis.call('HINCRBY', P .. ':stats', mode .. '_rooms', 1)
   created = true
 else
   if meta[1] ~= mode then return cjson.encode({e = 'mode', mode = meta[1]}) end
@@ -255,6 +260,7 @@ if redis.call('ZSCORE', mk, peer) then return cjson.encode({e = 'member'}) end
 if redis.call('ZCARD', mk) >= cap then return cjson.encode({e = 'full', cap = cap}) end
 local seq = redis.call('HINCRBY', rk, 'seq', 1)
 redis.call('ZADD', mk, seq, peer)
+redis.call('HINCRBY', P .. ':stats', 'members', 1)
 redis.call('HSET', P .. ':minfo:' .. room, peer, info)
 redis.call('SADD', P .. ':prooms:' .. peer, room)
 redis.call('SADD', P .. ':npeers:' .. node_of(peer), peer)
@@ -305,6 +311,9 @@ local members = redis.call('ZRANGE', mk, 0, -1)
 for _, peer in ipairs(members) do
   redis.call('SREM', P .. ':prooms:' .. peer, room)
 end
+local mode = redis.call('HGET', P .. ':room:' .. room, 'mode') or 'pair'
+redis.call('HINCRBY', P .. ':stats', mode .. '_rooms', -1)
+redis.call('HINCRBY', P .. ':stats', 'members', -#members)
 redis.call('DEL', P .. ':room:' .. room, mk, P .. ':minfo:' .. room)
 redis.call('SREM', P .. ':rooms', room)
 publish_to(members, cjson.encode({k = 'c', r = room}))
@@ -397,11 +406,14 @@ while ARGV[i] ~= '-' do
   if redis.call('EXISTS', rk) == 0 then
     redis.call('HSET', rk, 'mode', mode, 'cap', cap, 'seq', 0)
     redis.call('SADD', P .. ':rooms', room)
+    redis.call('HINCRBY', P .. ':stats', mode .. '_rooms', 1)
   end
   for _ = 1, n do
     local score, peer, info = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
     i = i + 3
-    redis.call('ZADD', P .. ':members:' .. room, 'NX', score, peer)
+    if redis.call('ZADD', P .. ':members:' .. room, 'NX', score, peer) == 1 then
+      redis.call('HINCRBY', P .. ':stats', 'members', 1)
+    end
     redis.call('HSET', P .. ':minfo:' .. room, peer, info)
     redis.call('SADD', P .. ':prooms:' .. peer, room)
     redis.call('SADD', P .. ':npeers:' .. node_of(peer), peer)
