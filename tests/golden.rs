@@ -18,8 +18,8 @@ use serde_json::{json, Map, Value};
 use switchboard::protocol::{
     decode_message, encode_into, sdp, Address, Capabilities, CodecLimits, ErrorCode, ErrorMessage,
     Hello, IceCandidate, IceCandidates, IceServer, Join, Joined, LeaveReason, Limits, LoginResult,
-    Member, Message, PeerId, PeerJoined, PeerLeft, RoomId, RoomMode, Sdp, SessionDescription,
-    UserName, Welcome,
+    Member, Message, PeerId, PeerJoined, PeerLeft, Resume, ResumeLimits, ResumeRefusal,
+    ResumeRequest, RoomId, RoomMode, Sdp, SessionDescription, UserName, Welcome,
 };
 
 fn dir() -> PathBuf {
@@ -41,6 +41,62 @@ fn sample_sdp() -> Vec<u8> {
 
 fn both() -> Capabilities {
     Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH)
+}
+
+fn all_three() -> Capabilities {
+    both().union(Capabilities::RESUME)
+}
+
+/// A 32-byte resume token: `first`, `first + step`, ... (mod 256), so the
+/// hex in the manifest has both digits and letters.
+fn token(first: u8, step: u8) -> Bytes {
+    (0..32u8)
+        .map(|i| first.wrapping_add(i.wrapping_mul(step)))
+        .collect()
+}
+
+/// The server's defaults (PROTOCOL.md section 11a).
+fn resume_limits() -> ResumeLimits {
+    ResumeLimits {
+        grace: Duration::from_millis(30_000),
+        replay_frames: 256,
+        replay_bytes: 262_144,
+        ack_delay: Duration::from_millis(200),
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_message_bytes: 131_072,
+        max_frames_per_message: 64,
+        max_sdp_bytes: 65_536,
+        rate_per_second: 50,
+        rate_burst: 100,
+        max_id_bytes: 64,
+        max_room_capacity: 16,
+        default_room_capacity: 8,
+        max_payload_bytes: 131_060,
+        max_candidates_per_batch: 64,
+        rate_bytes_per_second: 262_144,
+        rate_bytes_burst: 1_048_576,
+        max_rooms_per_peer: 16,
+    }
+}
+
+/// A Welcome with the default limits, no ICE servers, and all three
+/// capabilities.
+fn welcome_with(peer_id: u64, resume: Resume) -> Message {
+    Message::Welcome(Welcome {
+        peer_id: PeerId(peer_id),
+        protocol_version: 1,
+        limits: limits(),
+        heartbeat_interval: Duration::from_millis(15_000),
+        heartbeat_timeout: Duration::from_millis(45_000),
+        ice_servers: vec![],
+        capabilities: all_three(),
+        sdp_dictionary: 1,
+        resume: Some(resume),
+    })
 }
 
 /// One golden file: its name, what it shows, and its frames.
@@ -96,21 +152,7 @@ fn cases() -> Vec<Case> {
                     resume: None,
                     peer_id: PeerId(0xfffe_0000_0000_0001),
                     protocol_version: 1,
-                    limits: Limits {
-                        max_message_bytes: 131_072,
-                        max_frames_per_message: 64,
-                        max_sdp_bytes: 65_536,
-                        rate_per_second: 50,
-                        rate_burst: 100,
-                        max_id_bytes: 64,
-                        max_room_capacity: 16,
-                        default_room_capacity: 8,
-                        max_payload_bytes: 131_060,
-                        max_candidates_per_batch: 64,
-                        rate_bytes_per_second: 262_144,
-                        rate_bytes_burst: 1_048_576,
-                        max_rooms_per_peer: 16,
-                    },
+                    limits: limits(),
                     heartbeat_interval: Duration::from_millis(15_000),
                     heartbeat_timeout: Duration::from_millis(45_000),
                     ice_servers: vec![
@@ -327,6 +369,79 @@ fn cases() -> Vec<Case> {
             )],
         ),
         case(
+            "ack",
+            "Ack (header seq 0) of the peer's frames up to 3000000000, above 2^31",
+            vec![(0, Message::Ack { seq: 3_000_000_000 })],
+        ),
+        case(
+            "hello_resume",
+            "Hello resuming a session: all three capabilities, a 32-byte token, last server seq 41",
+            vec![(
+                1,
+                Message::Hello(Hello {
+                    protocol_version: 1,
+                    capabilities: all_three(),
+                    access_token: None,
+                    user_agent: "switchboard-web/0.1".into(),
+                    resume: Some(ResumeRequest {
+                        token: token(0x07, 8),
+                        last_seq: 41,
+                    }),
+                }),
+            )],
+        ),
+        case(
+            "welcome_resume_granted",
+            "Welcome of a fresh session granting resume: a token and the resume limits",
+            vec![(
+                1,
+                welcome_with(
+                    7,
+                    Resume {
+                        token: token(0x07, 8),
+                        resumed: false,
+                        refusal: None,
+                        last_seq: 0,
+                        limits: resume_limits(),
+                    },
+                ),
+            )],
+        ),
+        case(
+            "welcome_resumed",
+            "Welcome (header seq 0) continuing the session: a new token, last client seq 17",
+            vec![(
+                0,
+                welcome_with(
+                    7,
+                    Resume {
+                        token: token(0xa0, 3),
+                        resumed: true,
+                        refusal: None,
+                        last_seq: 17,
+                        limits: resume_limits(),
+                    },
+                ),
+            )],
+        ),
+        case(
+            "welcome_resume_refused",
+            "Welcome refusing a resume (grace period over): a fresh session with a new peer id and token",
+            vec![(
+                1,
+                welcome_with(
+                    8,
+                    Resume {
+                        token: token(0xf0, 5),
+                        resumed: false,
+                        refusal: Some(ResumeRefusal::Expired),
+                        last_seq: 0,
+                        limits: resume_limits(),
+                    },
+                ),
+            )],
+        ),
+        case(
             "two_frames",
             "Two frames in one WebSocket message: a Pong and an end-of-candidates marker",
             vec![
@@ -395,7 +510,8 @@ fn insert_app_data(v: &mut Value, app_data: &str) {
 
 /// The language-neutral JSON of a decoded message: proto field names,
 /// 64-bit integers as decimal strings, enums by their proto names, absent
-/// optional fields left out, SDP as text (inflated when sent deflated).
+/// optional fields left out, SDP as text (inflated when sent deflated),
+/// other bytes (resume tokens) as lowercase hex.
 fn to_json(msg: &Message) -> Value {
     let (kind, mut body) = match msg {
         Message::Hello(h) => {
@@ -407,11 +523,14 @@ fn to_json(msg: &Message) -> Value {
             if let Some(t) = &h.access_token {
                 v["access_token"] = json!(t);
             }
+            if let Some(r) = &h.resume {
+                v["resume_token"] = json!(hex::encode(&r.token));
+                v["resume_last_seq"] = json!(r.last_seq);
+            }
             ("hello", v)
         }
-        Message::Welcome(w) => (
-            "welcome",
-            json!({
+        Message::Welcome(w) => {
+            let mut v = json!({
                 "peer_id": w.peer_id.0.to_string(),
                 "protocol_version": w.protocol_version,
                 "limits": {
@@ -436,8 +555,23 @@ fn to_json(msg: &Message) -> Value {
                 })).collect::<Vec<_>>(),
                 "capabilities": capabilities(w.capabilities),
                 "sdp_dictionary": w.sdp_dictionary,
-            }),
-        ),
+            });
+            if let Some(r) = &w.resume {
+                v["resume_token"] = json!(hex::encode(&r.token));
+                v["resumed"] = json!(r.resumed);
+                if let Some(refusal) = r.refusal {
+                    v["resume_refusal"] = json!(refusal.as_str_name());
+                }
+                v["resume_last_seq"] = json!(r.last_seq);
+                v["resume_limits"] = json!({
+                    "grace_ms": r.limits.grace.as_millis() as u64,
+                    "replay_frames": r.limits.replay_frames,
+                    "replay_bytes": r.limits.replay_bytes,
+                    "ack_delay_ms": r.limits.ack_delay.as_millis() as u64,
+                });
+            }
+            ("welcome", v)
+        }
         Message::Ping { nonce } => ("ping", json!({ "nonce": nonce.to_string() })),
         Message::Pong { nonce } => ("pong", json!({ "nonce": nonce.to_string() })),
         Message::Ack { seq } => ("ack", json!({ "seq": seq })),

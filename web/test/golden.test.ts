@@ -17,9 +17,16 @@ const manifest = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as
 test("manifest covers every message type the SDK sends or receives", () => {
   const types = new Set(manifest.files.flatMap((f) => f.frames.map((fr) => fr.message.type)));
   for (const t of ["hello", "welcome", "join", "joined", "peer_joined", "peer_left", "room_full", "leave", "left",
-    "login", "login_result", "logout", "hang_up", "offer", "answer", "ice", "ping", "pong", "error"]) {
+    "login", "login_result", "logout", "hang_up", "offer", "answer", "ice", "ping", "pong", "ack", "error"]) {
     assert.ok(types.has(t), `no golden file for ${t}`);
   }
+  // Session resume: a resuming Hello, and a Welcome granting, continuing and refusing a session.
+  const messages = manifest.files.flatMap((f) => f.frames.map((fr) => fr.message));
+  assert.ok(messages.some((m) => m.type === "hello" && m.resume_token !== undefined), "no resuming Hello");
+  assert.ok(messages.some((m) => m.type === "welcome" && m.resume_token !== undefined && !m.resumed && !m.resume_refusal),
+    "no Welcome granting resume");
+  assert.ok(messages.some((m) => m.type === "welcome" && m.resumed === true), "no resumed Welcome");
+  assert.ok(messages.some((m) => m.type === "welcome" && m.resume_refusal !== undefined), "no refused resume");
   assert.ok(manifest.files.some((f) => f.frames.length > 1), "no multi-frame golden file");
 });
 

@@ -5,14 +5,17 @@ import {
   Capabilities,
   ErrorCode,
   LeaveReason,
+  ResumeRefusal,
   RoomMode,
   deflate,
   inflate,
   type Address,
   type Clock,
+  type Hello,
   type IceCandidate,
   type Member,
   type Message,
+  type Resume,
   type WebSocketLike,
 } from "../src/index.js";
 
@@ -40,6 +43,10 @@ function enumValue(prefix: string, e: Record<string, string | number>, name: str
   if (typeof v !== "number") throw new Error(`unknown ${prefix} ${name}`);
   return v;
 }
+
+// Bytes fields other than SDP (resume tokens) are lowercase hex in the manifest.
+const hexOf = (b: Uint8Array): string => Buffer.from(b).toString("hex");
+const bytesOfHex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));
 
 const addressToJson = (a: Address): Json => ("peerId" in a ? { peer_id: a.peerId.toString() } : { user: a.user });
 const addressFromJson = (j: Json): Address => ("peer_id" in j ? { peerId: BigInt(j.peer_id) } : { user: j.user });
@@ -85,12 +92,16 @@ export function toJson(m: Message): Json {
           user_agent: m.hello.userAgent,
         };
         if (m.hello.accessToken !== undefined) v.access_token = m.hello.accessToken;
+        if (m.hello.resume !== undefined) {
+          v.resume_token = hexOf(m.hello.resume.token);
+          v.resume_last_seq = m.hello.resume.lastSeq;
+        }
         return v;
       }
       case "welcome": {
         const w = m.welcome;
         const l = w.limits;
-        return {
+        const v: Json = {
           peer_id: w.peerId.toString(),
           protocol_version: w.protocolVersion,
           limits: {
@@ -114,6 +125,20 @@ export function toJson(m: Message): Json {
           capabilities: capsToJson(w.capabilities),
           sdp_dictionary: w.sdpDictionary,
         };
+        const r = w.resume;
+        if (r !== undefined) {
+          v.resume_token = hexOf(r.token);
+          v.resumed = r.resumed;
+          if (r.refusal !== undefined) v.resume_refusal = enumName("RESUME_REFUSAL", ResumeRefusal, r.refusal);
+          v.resume_last_seq = r.lastSeq;
+          v.resume_limits = {
+            grace_ms: r.limits.graceMs,
+            replay_frames: r.limits.replayFrames,
+            replay_bytes: r.limits.replayBytes,
+            ack_delay_ms: r.limits.ackDelayMs,
+          };
+        }
+        return v;
       }
       case "ping":
       case "pong":
@@ -204,11 +229,33 @@ export function fromJson(j: Json): Message {
   };
   switch (j.type as Message["type"]) {
     case "hello": {
-      const hello = { protocolVersion: j.protocol_version, capabilities: capsFromJson(j.capabilities), userAgent: j.user_agent };
-      return { type: "hello", hello: j.access_token === undefined ? hello : { ...hello, accessToken: j.access_token } };
+      const hello: Hello = {
+        protocolVersion: j.protocol_version,
+        capabilities: capsFromJson(j.capabilities),
+        userAgent: j.user_agent,
+      };
+      if (j.access_token !== undefined) hello.accessToken = j.access_token;
+      if (j.resume_token !== undefined) hello.resume = { token: bytesOfHex(j.resume_token), lastSeq: j.resume_last_seq };
+      return { type: "hello", hello };
     }
     case "welcome": {
       const l = j.limits;
+      let resume: Resume | undefined;
+      if (j.resume_token !== undefined) {
+        const rl = j.resume_limits;
+        resume = {
+          token: bytesOfHex(j.resume_token),
+          resumed: j.resumed,
+          lastSeq: j.resume_last_seq,
+          limits: {
+            graceMs: rl.grace_ms,
+            replayFrames: rl.replay_frames,
+            replayBytes: rl.replay_bytes,
+            ackDelayMs: rl.ack_delay_ms,
+          },
+        };
+        if (j.resume_refusal !== undefined) resume.refusal = enumValue("RESUME_REFUSAL", ResumeRefusal, j.resume_refusal);
+      }
       return {
         type: "welcome",
         welcome: {
@@ -234,6 +281,7 @@ export function fromJson(j: Json): Message {
           iceServers: j.ice_servers,
           capabilities: capsFromJson(j.capabilities),
           sdpDictionary: j.sdp_dictionary,
+          ...(resume === undefined ? {} : { resume }),
         },
       };
     }
