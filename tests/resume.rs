@@ -379,3 +379,81 @@ async fn without_the_capability_or_with_resume_off_nothing_changes() {
     assert_eq!(r.refusal, Some(ResumeRefusal::UnknownToken));
     assert_eq!(r.limits.grace, Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn frames_dropped_unacknowledged_make_a_resume_fail_as_replay_lost() {
+    let server = start_server(Config {
+        replay_frames: 4,
+        ..config(5_000)
+    })
+    .await;
+    let (mut a, mut b) = pair(&server, "resume-5").await;
+    let (token, a_id) = (a.token(), a.id());
+    let before = a.server_seq;
+    // A reads B's offers but never acknowledges them: the server's replay
+    // buffer (4 frames) drops the oldest.
+    for n in 0..8 {
+        b.send(&offer(Address::Peer(a_id), &format!("v=0 {n}")))
+            .await
+            .unwrap();
+        assert!(matches!(a.next().await.1, Message::Offer(_)));
+    }
+    let seen = a.server_seq;
+    drop(a);
+    // A claims to have missed them all: they are not all held any more.
+    let late = Raw::connect(
+        &server,
+        resumable_hello(Some(ResumeRequest {
+            token,
+            last_seq: before,
+        })),
+        1,
+    )
+    .await;
+    let r = late.welcome.resume.clone().unwrap();
+    assert!(!r.resumed);
+    assert_eq!(r.refusal, Some(ResumeRefusal::ReplayLost));
+    match tokio::time::timeout(Duration::from_secs(3), b.recv()).await {
+        Ok(Ok(Message::PeerLeft(p))) => {
+            assert_eq!(p.peer_id, a_id);
+            assert_eq!(p.reason, LeaveReason::TimedOut);
+        }
+        other => panic!("B expected PeerLeft TIMED_OUT, got {other:?}"),
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), b.recv()).await;
+    assert!(quiet.is_err(), "the departure is announced once: {quiet:?}");
+    assert!(seen > before + 4);
+}
+
+#[tokio::test]
+async fn a_client_that_saw_the_dropped_frames_still_resumes() {
+    let server = start_server(Config {
+        replay_frames: 4,
+        ..config(5_000)
+    })
+    .await;
+    let (mut a, mut b) = pair(&server, "resume-6").await;
+    let (token, a_id) = (a.token(), a.id());
+    for n in 0..8 {
+        b.send(&offer(Address::Peer(a_id), &format!("v=0 {n}")))
+            .await
+            .unwrap();
+        assert!(matches!(a.next().await.1, Message::Offer(_)));
+    }
+    let (seen, next_seq) = (a.server_seq, a.seq + 1);
+    drop(a);
+    let mut a = Raw::connect(
+        &server,
+        resumable_hello(Some(ResumeRequest {
+            token,
+            last_seq: seen,
+        })),
+        next_seq,
+    )
+    .await;
+    assert!(a.welcome.resume.as_ref().unwrap().resumed);
+    b.send(&offer(Address::Peer(a_id), "v=0 after")).await.unwrap();
+    let (seq, m) = a.next().await;
+    assert!(matches!(m, Message::Offer(_)), "{m:?}");
+    assert_eq!(seq, seen + 1, "nothing seen is sent again");
+}

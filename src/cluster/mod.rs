@@ -319,7 +319,7 @@ impl ClusterDirectory {
                 }
             };
             for (node, batch) in &batches {
-                let heard = answers.next().map(|v| redis::from_redis_value::<i64>(v));
+                let heard = answers.next().map(redis::from_redis_value::<i64>);
                 if !matches!(heard, Some(Ok(n)) if n > 0) {
                     debug!(node, "no node listens: its peers are gone");
                     self.undelivered(&batch.origins, RouteError::UnknownPeer);

@@ -413,7 +413,10 @@ where
             (None, true) => false,
         };
         let token = session.resumption().map(|r| r.token());
-        if dropped && !shared.draining() && session.resumption().is_some_and(|r| r.resumable()) {
+        // A session whose replay buffer overflowed is kept too: a client
+        // that saw the dropped frames can still resume it, and one that did
+        // not is told REPLAY_LOST (and the session ends as timed out).
+        if dropped && !shared.draining() && session.resumption().is_some() {
             tracing::info!(
                 conn = self.admission.id,
                 addr = %self.admission.addr,
