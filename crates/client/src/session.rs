@@ -11,7 +11,23 @@
 //!   batch when it is full or its window ends;
 //! - inflates received compressed SDP, so the application sees text;
 //! - reconnects after a lost connection with exponential backoff and
-//!   jitter, then logs in again and rejoins its rooms.
+//!   jitter, and resumes the session there (PROTOCOL.md §11a): nothing is
+//!   lost either way, and no one saw it leave ([`Event::Resumed`]); where
+//!   the server cannot resume it ([`Event::StartedFresh`], then
+//!   [`Event::Reconnected`]) it logs in again and rejoins its rooms under a
+//!   new peer id.
+//!
+//! Session resume is on by default ([`ClientConfig::resume`]). While
+//! disconnected, commands take effect as if connected: their frames are
+//! numbered and held, and go out when the session resumes (they are
+//! dropped, but for login and joins, if it starts fresh). Past the
+//! server's `resume_limits` (frames and bytes not acknowledged) the oldest
+//! are dropped, and the next reconnect ends the old session (a resume and
+//! a polite close, so its rooms hear of it at once) and starts fresh with
+//! [`ResumeRefusal::ReplayLost`]. A connection lost
+//! without the client's close keeps the session on the server for
+//! `resume_limits.grace_ms`; [`Client::close`], and dropping the
+//! [`Client`], close it politely, which ends it at once.
 //!
 //! Slow-consumer policy: when the application stops reading events the
 //! event channel fills, the task stops reading the socket, and the server
@@ -27,18 +43,23 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{default_hello, ClientError, Connection};
+use super::{default_hello, sleep_until_opt, ClientError, Connection, SessionResume};
 use crate::protocol::ice::{BatchConfig, IceBatcher};
 use crate::protocol::{
     sdp, Address, Capabilities, ErrorMessage, Hello, IceCandidate, Join, Joined, LoginResult,
-    Message, PeerId, PeerJoined, PeerLeft, RoomId, RoomMode, Sdp, SessionDescription, UserName,
+    Message, PeerId, PeerJoined, PeerLeft, ResumeRefusal, RoomId, RoomMode, Sdp,
+    SessionDescription, UserName,
 };
 
 /// How a [`Client`] connects and reconnects.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The Hello to send on every (re)connect.
+    /// The Hello to send on every (re)connect (with `CAPABILITY_RESUME`
+    /// added when `resume` is on).
     pub hello: Hello,
+    /// Ask for session resume (`CAPABILITY_RESUME`) and resume the session
+    /// after a lost connection where the server allows. On by default.
+    pub resume: bool,
     /// First reconnect delay.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
@@ -57,6 +78,7 @@ impl Default for ClientConfig {
     fn default() -> ClientConfig {
         ClientConfig {
             hello: default_hello(),
+            resume: true,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_reconnect_attempts: None,
@@ -135,8 +157,32 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// The connection is back, with a new peer id; login and joins are
-    /// being replayed.
+    /// The connection is back and the session resumed (PROTOCOL.md §11a):
+    /// the same peer id, rooms, name and calls; the server sends again
+    /// what this client missed (each frame once, in order) and this client
+    /// what the server missed; the other members saw nothing. Follows a
+    /// [`Event::Disconnected`].
+    Resumed {
+        /// The peer id, unchanged.
+        peer_id: PeerId,
+    },
+    /// The connection is back but the session could not be resumed: this
+    /// is a new session, and [`Event::Reconnected`] follows at once. What
+    /// was sent to or by the old session while it was away is lost.
+    StartedFresh {
+        /// Why the server refused the resume (`Expired`: the grace period
+        /// ran out, and the other members were told `PeerLeft{TIMED_OUT}`;
+        /// `UnknownToken`: say, the server restarted; `Forbidden`: another
+        /// identity; `ReplayLost`: frames one side had to hold were
+        /// dropped past `resume_limits`, and the old session ended at once,
+        /// its rooms told so: on the server's side, or on this client's,
+        /// which then resumed only to close the old session politely).
+        /// `None` when no resume was asked: resume is off in
+        /// [`ClientConfig`], or the server did not grant it.
+        refusal: Option<ResumeRefusal>,
+    },
+    /// The connection is back with a new session and peer id (after
+    /// [`Event::StartedFresh`]); login and joins are being replayed.
     Reconnected {
         /// The new peer id.
         peer_id: PeerId,
@@ -173,12 +219,20 @@ impl Client {
     /// built with a TLS feature of tokio-tungstenite) and completes the
     /// Hello/Welcome exchange. Later losses are repaired in the background.
     pub async fn connect(url: &str, config: ClientConfig) -> Result<Client, ClientError> {
-        let connection = Connection::connect(url, config.hello.clone()).await?;
+        let mut hello = config.hello.clone();
+        if config.resume {
+            hello.capabilities = hello.capabilities.union(Capabilities::RESUME);
+        }
+        hello.resume = None;
+        let connection = Connection::connect(url, hello.clone()).await?;
         let (commands, command_rx) = mpsc::channel(config.command_capacity.max(1));
         let (event_tx, events) = mpsc::channel(config.event_capacity.max(1));
         let (peer_tx, peer_id) = watch::channel(connection.welcome().peer_id);
         let session = Session {
             url: url.to_owned(),
+            hello,
+            held: None,
+            refusal: None,
             config,
             commands: command_rx,
             events: event_tx,
@@ -199,7 +253,8 @@ impl Client {
         })
     }
 
-    /// The peer id of the current connection (it changes on reconnect).
+    /// The peer id of the session (it changes when a reconnect starts a
+    /// fresh session, not when it resumes one).
     pub fn peer_id(&self) -> PeerId {
         *self.peer_id.borrow()
     }
@@ -248,8 +303,8 @@ impl Client {
     }
 
     /// Sends an offer, deflated when that helps and `to` can inflate it.
-    /// Signaling sent while disconnected is dropped: peer ids do not
-    /// survive a reconnect.
+    /// Signaling sent while disconnected is held for a resume, and dropped
+    /// if the session starts fresh: peer ids do not survive that.
     pub async fn send_offer(&self, to: Address, sdp: impl Into<String>) -> Result<(), ClientError> {
         self.command(Command::Sdp {
             to,
@@ -315,16 +370,24 @@ impl Stream for Client {
 }
 
 impl Drop for Client {
+    /// The task sees its channels closed and closes the connection politely
+    /// in the background (an abrupt end would leave a resumable session
+    /// waiting on the server for its grace period).
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.task.take();
     }
 }
 
 /// The background task's state.
 struct Session {
     url: String,
+    /// The Hello of every connection (with `CAPABILITY_RESUME` if asked).
+    hello: Hello,
+    /// While disconnected: the lost connection's resume state.
+    held: Option<SessionResume>,
+    /// Why the session could not be resumed, until `StartedFresh` says so
+    /// (kept across failed attempts).
+    refusal: Option<ResumeRefusal>,
     config: ClientConfig,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
@@ -357,6 +420,7 @@ impl Session {
                     return;
                 }
                 End::Lost(reason) => {
+                    self.held = connection.take_resume();
                     if self
                         .events
                         .send(Event::Disconnected { reason })
@@ -367,8 +431,6 @@ impl Session {
                     }
                 }
             }
-            self.capabilities.clear();
-            self.batchers.clear();
             match self.reconnect().await {
                 Some(c) => connection = c,
                 None => return,
@@ -376,8 +438,9 @@ impl Session {
         }
     }
 
-    /// Connects again with backoff, then replays login and joins. `None`
-    /// when the application closed the session or attempts ran out.
+    /// Connects again with backoff and resumes the session, or else
+    /// replays login and joins on a fresh one. `None` when the application
+    /// closed the session or attempts ran out.
     async fn reconnect(&mut self) -> Option<Connection> {
         let mut attempt: u32 = 0;
         loop {
@@ -395,12 +458,35 @@ impl Session {
                     },
                 }
             }
-            match Connection::connect(&self.url, self.config.hello.clone()).await {
+            let attempted = match &self.held {
+                Some(held) => Connection::resume(&self.url, self.hello.clone(), held).await,
+                None => Connection::connect(&self.url, self.hello.clone()).await,
+            };
+            match attempted {
                 Ok(mut c) => {
                     let welcome = c.welcome().clone();
                     self.server_capabilities = welcome.capabilities;
                     self.max_sdp = welcome.limits.max_sdp_bytes as usize;
                     let _ = self.peer_id.send(welcome.peer_id);
+                    if c.resumed() {
+                        self.held = None;
+                        let event = Event::Resumed {
+                            peer_id: welcome.peer_id,
+                        };
+                        if self.events.send(event).await.is_err() {
+                            let _ = c.close().await;
+                            return None;
+                        }
+                        return Some(c);
+                    }
+                    // A new session: peer ids, their capabilities and
+                    // pending candidates belong to the old one.
+                    self.held = None;
+                    self.capabilities.clear();
+                    self.batchers.clear();
+                    if let Some(why) = welcome.resume.as_ref().and_then(|r| r.refusal) {
+                        self.refusal = Some(why);
+                    }
                     let mut replay = Vec::new();
                     if let Some(name) = &self.user {
                         replay.push(Message::Login { name: name.clone() });
@@ -410,13 +496,25 @@ impl Session {
                         attempt = attempt.saturating_add(1);
                         continue;
                     }
-                    let event = Event::Reconnected {
-                        peer_id: welcome.peer_id,
-                    };
-                    if self.events.send(event).await.is_err() {
-                        return None;
+                    for event in [
+                        Event::StartedFresh {
+                            refusal: self.refusal.take(),
+                        },
+                        Event::Reconnected {
+                            peer_id: welcome.peer_id,
+                        },
+                    ] {
+                        if self.events.send(event).await.is_err() {
+                            let _ = c.close().await;
+                            return None;
+                        }
                     }
                     return Some(c);
+                }
+                Err(ClientError::ResumeLost) => {
+                    // The old session is over; the next attempt starts fresh.
+                    self.held = None;
+                    self.refusal = Some(ResumeRefusal::ReplayLost);
                 }
                 Err(e) => {
                     tracing::debug!("reconnect attempt {attempt} failed: {e}");
@@ -433,9 +531,20 @@ impl Session {
         }
     }
 
-    /// A command while disconnected: state changes are kept for the
-    /// replay, signaling is dropped.
+    /// A command while disconnected. If the session may resume, it takes
+    /// effect as if connected and its frames are held for the resume;
+    /// otherwise state changes are kept for the replay on a fresh session
+    /// and signaling is dropped.
     fn offline(&mut self, c: Command) {
+        if self.held.as_ref().is_some_and(SessionResume::resumable) {
+            let out = self.on_command(c).unwrap_or_default();
+            if let Some(held) = &mut self.held {
+                for m in &out {
+                    held.queue(m);
+                }
+            }
+            return;
+        }
         match c {
             Command::Login(name) => self.user = Some(name),
             Command::Logout => self.user = None,
@@ -681,14 +790,6 @@ impl Session {
                 None
             }
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 

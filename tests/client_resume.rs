@@ -1,0 +1,510 @@
+//! The Rust `Client`'s session resume (docs/PROTOCOL.md, section 11a)
+//! against the real binary, through a TCP proxy the test can cut: what a
+//! user sees when the network drops under a call.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::child::Server;
+use common::room;
+use switchboard::client::{Client, ClientConfig, Event};
+use switchboard::protocol::{Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const OFFER: &str = include_str!("data/sdp/chrome-offer.sdp");
+const ANSWER: &str = include_str!("data/sdp/chrome-answer.sdp");
+
+/// A TCP proxy between a client and the server, to take the network away
+/// from under the client the way users lose it.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    accept: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// New connections are closed at once (the network is down).
+    refuse: AtomicBool,
+    /// Bytes are read and dropped, both ways (in flight when it went down).
+    blackhole: AtomicBool,
+    /// The tasks piping the open connections.
+    pipes: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if shared.refuse.load(Ordering::SeqCst) {
+                    let _ = client.set_zero_linger();
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                // Cut = RST both ways, as a dead network path ends up.
+                let _ = client.set_zero_linger();
+                let _ = server.set_zero_linger();
+                let pipes = shared.clone();
+                let task = tokio::spawn(async move {
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        () = pipe(cr, sw, &pipes.blackhole) => {}
+                        () = pipe(sr, cw, &pipes.blackhole) => {}
+                    }
+                });
+                shared.pipes.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// From now on bytes vanish in both directions.
+    fn blackhole(&self) {
+        self.state.blackhole.store(true, Ordering::SeqCst);
+    }
+
+    /// Resets every open connection and refuses new ones until `restore`.
+    fn cut(&self) {
+        self.state.refuse.store(true, Ordering::SeqCst);
+        for task in self.state.pipes.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// The network is back.
+    fn restore(&self) {
+        self.state.blackhole.store(false, Ordering::SeqCst);
+        self.state.refuse.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: &AtomicBool,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if blackhole.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn candidate(n: u32) -> IceCandidate {
+    IceCandidate {
+        candidate: format!(
+            "candidate:{n} 1 udp 2122260223 192.0.2.7 {} typ host",
+            50000 + n
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: Some("EsAw".into()),
+    }
+}
+
+fn quick() -> ClientConfig {
+    ClientConfig {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        ..ClientConfig::default()
+    }
+}
+
+/// The next event within 5 s.
+#[track_caller]
+fn event(c: &mut Client) -> impl std::future::Future<Output = Event> + '_ {
+    let caller = std::panic::Location::caller();
+    async move {
+        tokio::time::timeout(Duration::from_secs(5), c.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for an event at {caller}"))
+            .expect("session ended")
+    }
+}
+
+/// Skips events until `want` matches one.
+async fn until<T>(c: &mut Client, mut want: impl FnMut(Event) -> Option<T>) -> T {
+    loop {
+        if let Some(t) = want(event(c).await) {
+            return t;
+        }
+    }
+}
+
+/// Every event within `window`.
+async fn drain(c: &mut Client, window: Duration) -> Vec<Event> {
+    let mut events = Vec::new();
+    let end = tokio::time::Instant::now() + window;
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, c.next_event()).await {
+        events.push(e);
+    }
+    events
+}
+
+/// Alice (through `proxy`) and Bob (direct) in pair room `r`, all events
+/// of the joins read.
+async fn pair(server: &Server, proxy: &Proxy, r: &str, config: ClientConfig) -> (Client, Client) {
+    let mut alice = Client::connect(&proxy.url(), config.clone()).await.unwrap();
+    let mut bob = Client::connect(&server.url(), config).await.unwrap();
+    alice.join(room(r), RoomMode::Pair).await.unwrap();
+    until(&mut alice, |e| matches!(e, Event::Joined(_)).then_some(())).await;
+    bob.join(room(r), RoomMode::Pair).await.unwrap();
+    until(&mut bob, |e| matches!(e, Event::Joined(_)).then_some(())).await;
+    let joined = until(&mut alice, |e| match e {
+        Event::PeerJoined(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.member.peer_id, bob.peer_id());
+    (alice, bob)
+}
+
+/// The candidates of Ice events from `from`, in order, and whether the
+/// last one ended gathering.
+fn candidates_from(events: &[Event], from: &Address) -> (Vec<IceCandidate>, bool) {
+    let mut all = Vec::new();
+    let mut end = false;
+    for e in events {
+        if let Event::Ice {
+            from: f,
+            candidates,
+            end_of_candidates,
+        } = e
+        {
+            assert_eq!(f, from);
+            assert!(!end, "candidates after the end: {events:?}");
+            all.extend(candidates.iter().cloned());
+            end = *end_of_candidates;
+        }
+    }
+    (all, end)
+}
+
+fn departures(events: &[Event]) -> Vec<&Event> {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerLeft(_) | Event::PeerJoined(_)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
+    let server = Server::start(&["--resume-grace-ms", "10000", "--ack-delay-ms", "20"]);
+    let proxy = Proxy::start(server.addr).await;
+    let (mut alice, mut bob) = pair(&server, &proxy, "resume-call", quick()).await;
+    let alice_id = alice.peer_id();
+    let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
+
+    // The path goes dead: what either side sends now is lost in flight
+    // (the server's frames to Alice, Alice's answer to the server); then
+    // the connection resets.
+    proxy.blackhole();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    bob.send_offer(to_alice.clone(), OFFER).await.unwrap();
+    alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
+    for n in 0..2 {
+        bob.send_ice(to_alice.clone(), candidate(n)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+
+    // While Alice is away: more from Bob (queued for her parked session)
+    // and from Alice (held by her client for the resume).
+    for n in 2..5 {
+        bob.send_ice(to_alice.clone(), candidate(n)).await.unwrap();
+    }
+    bob.end_of_candidates(to_alice.clone()).await.unwrap();
+    alice.send_ice(to_bob.clone(), candidate(7)).await.unwrap();
+    alice.end_of_candidates(to_bob.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.restore();
+    let first = event(&mut alice).await;
+    assert_eq!(first, Event::Resumed { peer_id: alice_id });
+    assert_eq!(alice.peer_id(), alice_id, "same peer id");
+
+    // Alice: the offer, then every candidate, each once and in order.
+    let mut got = vec![event(&mut alice).await];
+    while !matches!(
+        got.last(),
+        Some(Event::Ice {
+            end_of_candidates: true,
+            ..
+        })
+    ) {
+        got.push(event(&mut alice).await);
+    }
+    got.extend(drain(&mut alice, Duration::from_millis(500)).await);
+    match &got[0] {
+        Event::Offer { from, sdp, .. } => {
+            assert_eq!((from, sdp.as_str()), (&to_bob, OFFER));
+        }
+        other => panic!("expected the offer first, got {other:?}; all: {got:?}"),
+    }
+    assert!(
+        got[1..].iter().all(|e| matches!(e, Event::Ice { .. })),
+        "only candidates after the offer, nothing twice: {got:?}"
+    );
+    assert_eq!(
+        candidates_from(&got, &to_bob),
+        ((0..5).map(candidate).collect(), true)
+    );
+
+    // Bob: the answer and Alice's candidates, once; no departure.
+    let mut seen = Vec::new();
+    while !matches!(
+        seen.last(),
+        Some(Event::Ice {
+            end_of_candidates: true,
+            ..
+        })
+    ) {
+        seen.push(event(&mut bob).await);
+    }
+    seen.extend(drain(&mut bob, Duration::from_millis(500)).await);
+    let answers: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Answer { from, sdp, .. } => Some((from.clone(), sdp.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(to_alice.clone(), ANSWER.to_owned())], "{seen:?}");
+    assert_eq!(
+        candidates_from(&seen, &to_alice),
+        (vec![candidate(7)], true)
+    );
+    assert!(departures(&seen).is_empty(), "Bob saw Alice go: {seen:?}");
+
+    // The call goes on over the new connection, both ways.
+    bob.hang_up(to_alice.clone()).await.unwrap();
+    let from = until(&mut alice, |e| match e {
+        Event::HangUp { from } => Some(from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, to_bob);
+    alice.close().await;
+    let after = drain(&mut bob, Duration::from_millis(300)).await;
+    assert!(
+        after
+            .iter()
+            .any(|e| matches!(e, Event::PeerLeft(p) if p.peer_id == alice_id)),
+        "a close ends the session at once: {after:?}"
+    );
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn a_resume_after_the_grace_starts_fresh_and_the_room_heard_timed_out_once() {
+    let server = Server::start(&["--resume-grace-ms", "300", "--ack-delay-ms", "20"]);
+    let proxy = Proxy::start(server.addr).await;
+    let (mut alice, mut bob) = pair(&server, &proxy, "expire-call", quick()).await;
+    let alice_id = alice.peer_id();
+
+    proxy.cut();
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let left = until(&mut bob, |e| match e {
+        Event::PeerLeft(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (left.peer_id, left.reason),
+        (alice_id, LeaveReason::TimedOut)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    proxy.restore();
+    assert_eq!(
+        event(&mut alice).await,
+        Event::StartedFresh {
+            refusal: Some(ResumeRefusal::Expired)
+        }
+    );
+    let new_id = match event(&mut alice).await {
+        Event::Reconnected { peer_id } => peer_id,
+        other => panic!("expected Reconnected, got {other:?}"),
+    };
+    assert_ne!(new_id, alice_id);
+    assert_eq!(alice.peer_id(), new_id);
+    let joined = until(&mut alice, |e| match e {
+        Event::Joined(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.room, room("expire-call"), "rejoined");
+    assert_eq!(joined.members.len(), 1);
+
+    let seen = drain(&mut bob, Duration::from_millis(500)).await;
+    let ids: Vec<(PeerId, bool)> = departures(&seen)
+        .iter()
+        .map(|e| match e {
+            Event::PeerLeft(p) => (p.peer_id, false),
+            Event::PeerJoined(p) => (p.member.peer_id, true),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(ids, [(new_id, true)], "one PeerLeft in all: {seen:?}");
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn acknowledgements_keep_a_small_server_buffer_resumable() {
+    // 8 frames of room on the server: Alice's client must acknowledge
+    // as it goes, or the resume below is refused as REPLAY_LOST.
+    let server = Server::start(&[
+        "--resume-grace-ms",
+        "10000",
+        "--replay-frames",
+        "8",
+        "--ack-delay-ms",
+        "20",
+    ]);
+    let proxy = Proxy::start(server.addr).await;
+    let (mut alice, bob) = pair(&server, &proxy, "ack-call", quick()).await;
+    let alice_id = alice.peer_id();
+    let to_alice = Address::Peer(alice_id);
+    for round in 0..10 {
+        for n in 0..4 {
+            bob.send_ice(to_alice.clone(), candidate(round * 4 + n))
+                .await
+                .unwrap();
+            bob.end_of_candidates(to_alice.clone()).await.unwrap();
+        }
+        let mut batches = 0;
+        while batches < 4 {
+            if let Event::Ice { .. } = event(&mut alice).await {
+                batches += 1;
+            }
+        }
+        // Past the ack delay: the server has forgotten them.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    proxy.cut();
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    proxy.restore();
+    assert_eq!(
+        event(&mut alice).await,
+        Event::Resumed { peer_id: alice_id }
+    );
+    let seen = drain(&mut alice, Duration::from_millis(300)).await;
+    assert!(seen.is_empty(), "nothing replayed twice: {seen:?}");
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn a_client_that_had_to_drop_frames_ends_the_old_session_and_starts_fresh() {
+    // Alice sends more while away than the server lets her hold: going on
+    // would lose some, so she resumes only to close the old session (the
+    // room hears of it now, not after the grace) and starts afresh.
+    let server = Server::start(&[
+        "--resume-grace-ms",
+        "10000",
+        "--replay-frames",
+        "4",
+        "--ack-delay-ms",
+        "20",
+    ]);
+    let proxy = Proxy::start(server.addr).await;
+    let (mut alice, mut bob) = pair(&server, &proxy, "overflow-call", quick()).await;
+    let alice_id = alice.peer_id();
+    let to_bob = Address::Peer(bob.peer_id());
+    proxy.cut();
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    for n in 0..6 {
+        alice.send_ice(to_bob.clone(), candidate(n)).await.unwrap();
+        alice.end_of_candidates(to_bob.clone()).await.unwrap();
+    }
+    proxy.restore();
+    assert_eq!(
+        event(&mut alice).await,
+        Event::StartedFresh {
+            refusal: Some(ResumeRefusal::ReplayLost)
+        }
+    );
+    let new_id = match event(&mut alice).await {
+        Event::Reconnected { peer_id } => peer_id,
+        other => panic!("expected Reconnected, got {other:?}"),
+    };
+    let joined = until(&mut alice, |e| match e {
+        Event::Joined(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.members.len(), 1, "the old session left the room");
+    let seen = drain(&mut bob, Duration::from_millis(500)).await;
+    let departures: Vec<_> = departures(&seen)
+        .into_iter()
+        .map(|e| match e {
+            Event::PeerLeft(p) => (p.peer_id, Some(p.reason)),
+            Event::PeerJoined(p) => (p.member.peer_id, None),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        departures,
+        [(alice_id, Some(LeaveReason::Disconnected)), (new_id, None)],
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Ice { .. })),
+        "signaling for the old session is dropped: {seen:?}"
+    );
+    alice.close().await;
+    bob.close().await;
+}
