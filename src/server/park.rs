@@ -182,7 +182,10 @@ pub(super) fn end_all<D: Directory>(
             .collect()
     };
     if !parked.is_empty() {
-        info!(sessions = parked.len(), "ending sessions that waited for a resume");
+        info!(
+            sessions = parked.len(),
+            "ending sessions that waited for a resume"
+        );
     }
     async move {
         for session in parked {
