@@ -452,7 +452,9 @@ async fn a_client_that_saw_the_dropped_frames_still_resumes() {
     )
     .await;
     assert!(a.welcome.resume.as_ref().unwrap().resumed);
-    b.send(&offer(Address::Peer(a_id), "v=0 after")).await.unwrap();
+    b.send(&offer(Address::Peer(a_id), "v=0 after"))
+        .await
+        .unwrap();
     let (seq, m) = a.next().await;
     assert!(matches!(m, Message::Offer(_)), "{m:?}");
     assert_eq!(seq, seen + 1, "nothing seen is sent again");
