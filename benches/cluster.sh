@@ -118,6 +118,29 @@ for run in $(seq "$RUNS"); do
     rm -f "$tmp/redis.sock"
 done
 
+# Directory requests (login, join, leave, logout) one at a time: a single
+# node against a cluster whose rooms have a member on the other node.
+echo "== directory requests, one worker (${DURATION}s)"
+for run in $(seq "$RUNS"); do
+    start_node 18831
+    solo=$NODE
+    echo "-- single node"
+    taskset -c 1 target/release/switchboard-load --quiet --url ws://127.0.0.1:18831/ws \
+        directory --workers 1 --duration "$DURATION" | grep -E 'loops_per|p50_us|p99_us' | grep -v p999
+    kill "$solo"; wait "$solo" 2>/dev/null || true
+    start_redis
+    start_node 18832 --redis-url "unix://$tmp/redis.sock" --cluster dir
+    n1=$NODE
+    start_node 18833 --redis-url "unix://$tmp/redis.sock" --cluster dir
+    n2=$NODE
+    echo "-- cluster, the room's other member on the other node"
+    taskset -c 1 target/release/switchboard-load --quiet --url ws://127.0.0.1:18832/ws \
+        directory --workers 1 --duration "$DURATION" --peer-url ws://127.0.0.1:18833/ws |
+        grep -E 'loops_per|p50_us|p99_us' | grep -v p999
+    kill "$n1" "$n2" "$REDIS"; wait "$n1" "$n2" "$REDIS" 2>/dev/null || true
+    rm -f "$tmp/redis.sock"
+done
+
 # Scaling: 1, 2 and 3 nodes, unpinned, each driven by its own load generator
 # (same-node pairs, 100 per node) at once; the sum of what they relayed.
 # On two cores the nodes and load generators share the CPUs, so this shows
