@@ -31,6 +31,18 @@ pub struct ReplayLost;
 #[derive(Debug)]
 pub struct Resumption {
     token: Token,
+    /// An older token still accepted: the last one the client is known to
+    /// hold, while it has not shown (by sending anything) that it got the
+    /// `Welcome` carrying `token`. A resume whose `Welcome` is lost on the
+    /// way can so be tried again with the token the client has.
+    previous: Option<Token>,
+    /// Whether what the client sends now shows it got the current token:
+    /// not the frames that came in the same message as its resume `Hello`
+    /// (sent before the `Welcome` could arrive).
+    armed: bool,
+    /// The older token the server's table lists for this session (it may
+    /// outlive `previous`), so it can be removed.
+    listed: Option<Token>,
     limits: ResumeLimits,
     /// Frames written and not acknowledged, oldest first, with their
     /// sequence numbers.
@@ -49,6 +61,9 @@ impl Resumption {
     pub fn new(limits: ResumeLimits) -> Resumption {
         Resumption {
             token: new_token(),
+            previous: None,
+            armed: true,
+            listed: None,
             limits,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -69,10 +84,41 @@ impl Resumption {
         Bytes::copy_from_slice(&self.token)
     }
 
-    /// Replaces the token (every resume does: a copied old token is void).
-    pub fn rotate(&mut self) -> Token {
+    /// Replaces the token (every resume does). `presented`, the token the
+    /// client resumed with (so the one it holds), stays valid until the
+    /// client shows it got the new one ([`Resumption::confirm`]); every
+    /// other is void.
+    pub fn rotate(&mut self, presented: Token) -> Token {
+        self.previous = Some(presented);
         self.token = new_token();
+        self.armed = false;
         self.token
+    }
+
+    /// From now on what the client sends was sent after the `Welcome`
+    /// carrying the current token.
+    pub fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// The older token still accepted, if the client has not yet shown it
+    /// got the current one.
+    pub fn previous(&self) -> Option<Token> {
+        self.previous
+    }
+
+    /// The older token the server's table lists for this session, replaced
+    /// by `listed` (what it lists from now on).
+    pub fn relist(&mut self, listed: Option<Token>) -> Option<Token> {
+        std::mem::replace(&mut self.listed, listed)
+    }
+
+    /// The client sent something on its new connection: it got the
+    /// `Welcome` with the current token, and the older one is void.
+    pub fn confirm(&mut self) {
+        if self.armed {
+            self.previous = None;
+        }
     }
 
     /// The limits announced to the client.
@@ -109,6 +155,7 @@ impl Resumption {
 
     /// The client acknowledged every frame up to `seq`.
     pub fn acknowledged(&mut self, seq: u32) {
+        self.confirm();
         while self.held.front().is_some_and(|(s, _)| *s <= seq) {
             if let Some((_, frame)) = self.held.pop_front() {
                 self.held_bytes -= frame.payload.len();
@@ -244,10 +291,37 @@ mod tests {
     }
 
     #[test]
-    fn tokens_rotate() {
+    fn the_token_the_client_holds_stays_valid_until_it_has_the_new_one() {
         let mut r = Resumption::new(limits(1, 1));
         let first = r.token();
-        assert_ne!(r.rotate(), first);
         assert_ne!(first, [0; 32]);
+        let second = r.rotate(first);
+        assert_ne!(second, first);
+        assert_eq!(r.previous(), Some(first));
+        // The Welcome with `second` was lost: the client comes back with
+        // `first` again, and the one it then gets replaces `second`.
+        let third = r.rotate(first);
+        assert_eq!(
+            r.previous(),
+            Some(first),
+            "the client still holds the first"
+        );
+        r.confirm();
+        assert_eq!(
+            r.previous(),
+            Some(first),
+            "what came with the resume Hello proves nothing"
+        );
+        r.arm();
+        r.acknowledged(0);
+        assert_eq!(r.previous(), None, "an Ack shows it got the third");
+        assert_eq!(r.token(), third);
+        // It got the third this time and comes back with it: the first is
+        // void from now on.
+        r.rotate(third);
+        assert_eq!(r.previous(), Some(third));
+        r.arm();
+        r.confirm();
+        assert_eq!(r.previous(), None);
     }
 }

@@ -297,6 +297,8 @@ impl<D: Directory> Session<D> {
                 }
             };
             if let Some(resume) = self.resume.as_deref_mut() {
+                // Anything from the client shows it got its Welcome.
+                resume.confirm();
                 // Sent again after a resume, and handled before the drop.
                 if resume.is_duplicate(seq) {
                     continue;

@@ -4,130 +4,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::child::Server;
+use common::proxy::Proxy;
 use common::room;
 use switchboard::client::{Client, ClientConfig, Event};
 use switchboard::protocol::{Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 const OFFER: &str = include_str!("data/sdp/chrome-offer.sdp");
 const ANSWER: &str = include_str!("data/sdp/chrome-answer.sdp");
-
-/// A TCP proxy between a client and the server, to take the network away
-/// from under the client the way users lose it.
-struct Proxy {
-    addr: SocketAddr,
-    state: Arc<ProxyState>,
-    accept: JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    /// New connections are closed at once (the network is down).
-    refuse: AtomicBool,
-    /// Bytes are read and dropped, both ways (in flight when it went down).
-    blackhole: AtomicBool,
-    /// The tasks piping the open connections.
-    pipes: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(ProxyState::default());
-        let shared = state.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                if shared.refuse.load(Ordering::SeqCst) {
-                    let _ = client.set_zero_linger();
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                // Cut = RST both ways, as a dead network path ends up.
-                let _ = client.set_zero_linger();
-                let _ = server.set_zero_linger();
-                let pipes = shared.clone();
-                let task = tokio::spawn(async move {
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::select! {
-                        () = pipe(cr, sw, &pipes.blackhole) => {}
-                        () = pipe(sr, cw, &pipes.blackhole) => {}
-                    }
-                });
-                shared.pipes.lock().unwrap().push(task);
-            }
-        });
-        Proxy {
-            addr,
-            state,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// From now on bytes vanish in both directions.
-    fn blackhole(&self) {
-        self.state.blackhole.store(true, Ordering::SeqCst);
-    }
-
-    /// Resets every open connection and refuses new ones until `restore`.
-    fn cut(&self) {
-        self.state.refuse.store(true, Ordering::SeqCst);
-        for task in self.state.pipes.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    /// The network is back.
-    fn restore(&self) {
-        self.state.blackhole.store(false, Ordering::SeqCst);
-        self.state.refuse.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    blackhole: &AtomicBool,
-) {
-    let mut buf = vec![0; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if blackhole.load(Ordering::SeqCst) {
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 fn candidate(n: u32) -> IceCandidate {
     IceCandidate {

@@ -237,6 +237,8 @@ where
                         Some(Ok(frames)) => resumed = Some((session, outbox, frames)),
                         _ => {
                             refusal = Some(ResumeRefusal::ReplayLost);
+                            let mut session = session;
+                            park::forget(shared, &mut session);
                             tokio::spawn(park::end(session, LeaveReason::TimedOut));
                         }
                     }
@@ -249,8 +251,13 @@ where
                 let now = Instant::now().into_std();
                 session.reattached(now);
                 let peer_id = session.peer_id();
+                let presented = hello
+                    .resume
+                    .as_ref()
+                    .and_then(|r| crate::resume::Token::try_from(&r.token[..]).ok())
+                    .expect("a session is taken by a well-formed token");
+                park::rotate(shared, &mut session, presented);
                 let resume = session.resumption_mut().expect("a resumable session");
-                resume.rotate();
                 resume.resumed(hello.resume.as_ref().map_or(0, |r| r.last_seq));
                 let welcome = Welcome {
                     peer_id,
@@ -376,6 +383,11 @@ where
                 .await
                 .map(Ending::Close)
         };
+        // What the client sends from now on was sent after it got this
+        // Welcome (the frames behind its Hello were not).
+        if let Some(resume) = session.resumption_mut() {
+            resume.arm();
+        }
         let ending = match early {
             Some(ending) => ending,
             None => {
@@ -412,7 +424,6 @@ where
             (Some(c), _) => taken_over || c.code == 4000 + ErrorCode::HeartbeatTimeout as u16,
             (None, true) => false,
         };
-        let token = session.resumption().map(|r| r.token());
         // A session whose replay buffer overflowed is kept too: a client
         // that saw the dropped frames can still resume it, and one that did
         // not is told REPLAY_LOST (and the session ends as timed out).
@@ -430,9 +441,7 @@ where
             }
             return;
         }
-        if let Some(token) = &token {
-            park::forget(shared, token);
-        }
+        park::forget(shared, &mut session);
         let user = session.user().cloned();
         session.leave_reason = close
             .as_ref()

@@ -97,6 +97,12 @@ pub(crate) enum Resumable<D> {
         outbox: Arc<crate::outbox::Outbox>,
         id: u64,
     },
+    /// Being resumed by a connection that has not finished its handshake;
+    /// a resume arriving meanwhile waits for it.
+    Resuming,
+    /// An older token of the session now listed under this one: still
+    /// valid while the client has not shown it got the newer one.
+    Older(crate::resume::Token),
 }
 
 impl<D: Directory> Shared<D> {

@@ -41,12 +41,47 @@ pub(super) fn live<D: Directory>(
     Some(notify)
 }
 
-/// Forgets a session that ends for good.
-pub(super) fn forget<D: Directory>(shared: &Shared<D>, token: &Token) {
+/// Forgets a session that ends for good (its current and older token).
+pub(super) fn forget<D: Directory>(shared: &Shared<D>, session: &mut Session<D>) {
+    let Some(resume) = session.resumption_mut() else {
+        return;
+    };
+    let (token, older) = (resume.token(), resume.relist(None));
     let mut resumable = shared.resumable.lock();
-    if matches!(resumable.get(token), Some(Resumable::Live(..))) {
-        resumable.remove(token);
+    if matches!(
+        resumable.get(&token),
+        Some(Resumable::Live(..) | Resumable::Resuming)
+    ) {
+        resumable.remove(&token);
     }
+    unlist(&mut resumable, older);
+}
+
+fn unlist<D>(resumable: &mut std::collections::HashMap<Token, Resumable<D>>, older: Option<Token>) {
+    if let Some(older) = older {
+        if matches!(resumable.get(&older), Some(Resumable::Older(_))) {
+            resumable.remove(&older);
+        }
+    }
+}
+
+/// Gives a resumed session a new token, keeping the one its client holds
+/// valid (listed as `Older`) until the client shows it got the new one.
+pub(super) fn rotate<D: Directory>(shared: &Shared<D>, session: &mut Session<D>, presented: Token) {
+    let Some(resume) = session.resumption_mut() else {
+        return;
+    };
+    let token = resume.rotate(presented);
+    let older = resume.previous();
+    let unlisted = resume.relist(older);
+    let mut resumable = shared.resumable.lock();
+    if unlisted != older {
+        unlist(&mut resumable, unlisted);
+    }
+    if let Some(older) = older {
+        resumable.insert(older, Resumable::Older(token));
+    }
+    resumable.insert(token, Resumable::Resuming);
 }
 
 /// Parks a session whose connection dropped, for the grace period.
@@ -86,13 +121,17 @@ pub(super) fn park<D: Directory>(
                 _ => None,
             }
         };
-        if let Some(Resumable::Parked { session, .. }) = expired {
+        if let Some(Resumable::Parked { mut session, .. }) = expired {
+            let older = session.resumption().and_then(|r| r.previous());
+            forget(&shared, &mut session);
             {
                 let mut recent = shared.expired.lock();
-                if recent.len() >= EXPIRED_KEPT {
-                    recent.pop_front();
+                for token in std::iter::once(token).chain(older) {
+                    if recent.len() >= EXPIRED_KEPT {
+                        recent.pop_front();
+                    }
+                    recent.push_back(token);
                 }
-                recent.push_back(token);
             }
             info!(peer = peer.0, "session not resumed in time");
             end(session, LeaveReason::TimedOut).await;
@@ -126,14 +165,26 @@ pub(super) async fn take<D: Directory>(
     loop {
         {
             let mut resumable = shared.resumable.lock();
-            match resumable.get(&token) {
+            // An older token the client may still hold names the session
+            // under its current one.
+            let (key, older) = match resumable.get(&token) {
+                Some(Resumable::Older(current)) => (*current, true),
+                _ => (token, false),
+            };
+            match resumable.get(&key) {
                 Some(Resumable::Parked { session, .. }) => {
+                    let resume = session.resumption();
+                    if older && resume.and_then(|r| r.previous()) != Some(token) {
+                        // The client has the newer token: this one is void.
+                        resumable.remove(&token);
+                        return Err(ResumeRefusal::UnknownToken);
+                    }
                     if session.identity() != identity {
                         return Err(ResumeRefusal::Forbidden);
                     }
                     if let Some(Resumable::Parked {
                         session, outbox, ..
-                    }) = resumable.remove(&token)
+                    }) = resumable.remove(&key)
                     {
                         return Ok((session, outbox));
                     }
@@ -144,12 +195,18 @@ pub(super) async fn take<D: Directory>(
                     }
                     notify.notify_one();
                 }
-                None => {
+                // Another connection is finishing a resume of it: wait
+                // for that to end one way or the other.
+                Some(Resumable::Resuming) => {}
+                Some(Resumable::Older(_)) | None => {
+                    if older {
+                        resumable.remove(&token);
+                    }
                     return Err(if shared.expired.lock().contains(&token) {
                         ResumeRefusal::Expired
                     } else {
                         ResumeRefusal::UnknownToken
-                    })
+                    });
                 }
             }
         }
@@ -173,13 +230,16 @@ pub(super) fn end_all<D: Directory>(
             .filter(|(_, r)| matches!(r, Resumable::Parked { .. }))
             .map(|(t, _)| *t)
             .collect();
-        tokens
+        let parked = tokens
             .into_iter()
             .filter_map(|t| match resumable.remove(&t) {
                 Some(Resumable::Parked { session, .. }) => Some(session),
                 _ => None,
             })
-            .collect()
+            .collect();
+        // Every older token named one of these, or a session now gone.
+        resumable.retain(|_, r| !matches!(r, Resumable::Older(_)));
+        parked
     };
     if !parked.is_empty() {
         info!(

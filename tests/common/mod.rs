@@ -3,6 +3,7 @@
 
 pub mod child;
 pub mod json;
+pub mod proxy;
 pub mod redis;
 
 use std::net::SocketAddr;
