@@ -970,6 +970,9 @@ impl ClusterDirectory {
     }
 }
 
+/// `pair_rooms`, `mesh_rooms`, `members` of `P:stats`.
+type StatCounts = (Option<i64>, Option<i64>, Option<i64>);
+
 #[derive(serde::Deserialize)]
 struct JoinAnswer {
     #[serde(default)]
@@ -1375,7 +1378,7 @@ impl Directory for ClusterDirectory {
             .cmd("HLEN")
             .arg(format!("{}:names", self.prefix));
         let mut conn = self.conn.clone();
-        let counts: redis::RedisResult<((Option<i64>, Option<i64>, Option<i64>), i64)> =
+        let counts: redis::RedisResult<(StatCounts, i64)> =
             tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
                 .await
                 .unwrap_or_else(|e| Err(redis_error(e)));
