@@ -322,11 +322,12 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                // A test binary as the worker prints lines of its own.
-                if !line.starts_with('{') {
+                // A test binary as the worker prints text of its own, even
+                // in front of the first event on its line.
+                let Some(at) = line.find("{\"event\"") else {
                     continue;
-                }
-                match serde_json::from_str::<Event>(&line) {
+                };
+                match serde_json::from_str::<Event>(&line[at..]) {
                     Ok(e) => {
                         if tx.send((w, Some(e))).is_err() {
                             return;
