@@ -42,7 +42,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 HEADROOM_MIB=${HEADROOM_MIB:-3072}
 FLOOR_MIB=${FLOOR_MIB:-1536}
 BASE_PORT=${BASE_PORT:-19100}
-# Per connection, bytes (the figures of the 200,000 run in BENCHMARKS.md,
+# Per connection, bytes (the 1,000,000 run of 2026-12-05 in BENCHMARKS.md,
 # rounded up): node RSS, kernel slab (both socket ends), load generator
 # RSS, Redis used_memory.
 NODE_B=${NODE_B:-5000}
