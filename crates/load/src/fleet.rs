@@ -259,7 +259,7 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
     for url in &options.nodes {
         parse_node(url)?;
     }
-    if options.connections == 0 || options.connections % 2 != 0 {
+    if options.connections == 0 || !options.connections.is_multiple_of(2) {
         return Err(LoadError::Unexpected(
             "--connections must be even and positive (clients come in pairs)".into(),
         ));
@@ -708,7 +708,9 @@ fn nofile_hard_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return u64::MAX;
     }
-    lim.rlim_max as u64
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let max = lim.rlim_max as u64;
+    max
 }
 
 /// This process's resident set, KiB.
