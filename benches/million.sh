@@ -230,7 +230,7 @@ status=0
 wait "$FLEET" || status=$?
 FLEET=
 if [ -f "$tmp/watchdog" ]; then
-    echo "!! the watchdog stopped the run (memory ran short); partial report:" >&2
+    echo "!! the watchdog stopped the run (memory ran short): the progress lines above say how far it got" >&2
 fi
 cat "$tmp/report.json"
 echo
