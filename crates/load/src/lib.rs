@@ -22,12 +22,14 @@
 
 pub mod churn;
 pub mod directory;
+pub mod fleet;
 pub mod handshake;
 #[doc(no_inline)]
 pub use switchboard_client as client;
 #[doc(no_inline)]
 pub use switchboard_protocol as protocol;
 pub mod idle;
+pub mod lite;
 pub mod relay;
 pub mod seed_relay;
 

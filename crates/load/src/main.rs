@@ -6,6 +6,7 @@
 //! switchboard-load idle --connections 15000 --source-ips 4 --server-pid PID
 //! switchboard-load churn --workers 32 --duration 10
 //! switchboard-load --url ws://127.0.0.1:8081/ws directory --peer-url ws://127.0.0.1:8082/ws
+//! switchboard-load --source-ips 16 fleet --nodes ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws --connections 50000
 //! ```
 
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_load::{
-    self as load, churn, directory, handshake, idle, relay, seed_relay, Common, LoadError,
+    self as load, churn, directory, fleet, handshake, idle, relay, seed_relay, Common, LoadError,
 };
 
 #[derive(Parser, Debug)]
@@ -153,6 +154,42 @@ enum Scenario {
         #[arg(long)]
         peer_url: Option<String>,
     },
+    /// One run of many clients over several nodes and worker processes:
+    /// pairs split over two nodes connect, log in, join, hold (answering
+    /// heartbeats), then randomly chosen pairs negotiate across nodes.
+    Fleet(FleetArgs),
+    /// A fleet's worker process (started by `fleet`; reads its slice on
+    /// stdin).
+    #[command(hide = true)]
+    FleetWorker,
+}
+
+#[derive(Args, Debug)]
+struct FleetArgs {
+    /// The nodes' WebSocket URLs, comma-separated (at least two).
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// Clients in all (even).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Worker processes (0: one per 18,000 clients).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Pairs each worker connects at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Seconds every client stays connected after the last one joined.
+    #[arg(long, default_value_t = 10.0)]
+    hold: f64,
+    /// Randomly chosen pairs that negotiate after the hold.
+    #[arg(long, default_value_t = 100)]
+    negotiate: usize,
+    /// Seed of that choice (0: from the clock).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the run's phase here (connecting, holding, negotiating, done).
+    #[arg(long)]
+    phase_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -163,6 +200,54 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.scenario, Scenario::FleetWorker) {
+        return match fleet::worker_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard-load fleet-worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Scenario::Fleet(args) = &cli.scenario {
+        let options = fleet::Options {
+            nodes: args.nodes.clone(),
+            connections: args.connections,
+            workers: args.workers,
+            connect_concurrency: args.connect_concurrency,
+            hold: Duration::from_secs_f64(args.hold),
+            negotiate: args.negotiate,
+            source_ips: cli.common.source_ips,
+            seed: args.seed,
+            progress: !cli.common.quiet,
+            phase_file: args.phase_file.clone(),
+        };
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                eprintln!("switchboard-load: cannot find its own binary: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match fleet::run(&options, &|| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("fleet-worker");
+            cmd
+        }) {
+            Ok(report) => {
+                print(cli.common.json, &report);
+                if report.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
+            }
+            Err(e) => {
+                eprintln!("switchboard-load fleet: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = load::raise_fd_limit() {
         eprintln!("warning: cannot raise the open-file limit: {e}");
     }
@@ -280,6 +365,7 @@ fn main() -> ExitCode {
                 };
                 print(json, &directory::run(&common, &o).await?);
             }
+            Scenario::Fleet(_) | Scenario::FleetWorker => unreachable!("handled above"),
         }
         Ok(())
     });

@@ -1,0 +1,1287 @@
+//! The fleet: one run of very many clients over the nodes of a cluster,
+//! spread over several worker processes, with one aggregated report.
+//!
+//! A process can hold about 19,000 sockets (the open-files limit), so a
+//! million clients take more than fifty load-generator processes. The
+//! parent ([`run`]) splits the clients into pairs and the pairs into
+//! slices, starts one worker per slice (the same binary again, through a
+//! [`Command`] the caller makes: `switchboard-load fleet-worker`, or a test
+//! binary), hands each its slice as a JSON line on its stdin, and reads
+//! JSON events from its stdout: ready, progress, connected, status,
+//! negotiated. Commands go the same way (`start`, `negotiate`, `exit`); a
+//! worker whose stdin closes, or whose parent dies, exits.
+//!
+//! Pair `p` is two clients in the pair room `f<tag>-<p>`: member A on node
+//! `p mod N`, member B on node `p + 1 mod N`, both in the same worker, so
+//! every room spans two nodes and one worker can check both ends. Each
+//! client connects (from 127.0.0.x, round robin over `source_ips`), says
+//! Hello, logs in with a unique name and joins; then it holds, answering
+//! the server's heartbeats. The worker connects `connect_concurrency`
+//! pairs at a time and holds every connection in one task
+//! ([`FuturesUnordered`]) on a [`Lite`] connection (no read buffer of its
+//! own), so a held client costs the load generator a few hundred bytes.
+//!
+//! After the hold, `negotiate` randomly chosen pairs (chosen by the
+//! parent, handed to their workers up front and held apart) run a full
+//! negotiation across their two nodes: A sends an Offer (a real Chrome
+//! SDP, deflated) and its ICE batch with end-of-candidates, B answers with
+//! an Answer and its own batch. Each end checks that every message arrives
+//! from the right peer, intact, exactly once (it keeps listening half a
+//! second past completion for duplicates).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::lite::{Lite, PONGS};
+use crate::protocol::{
+    sdp, Address, Capabilities, Hello, IceCandidate, IceCandidates, Join, Message, PeerId, RoomId,
+    RoomMode, Sdp, SessionDescription, UserName, PROTOCOL_VERSION,
+};
+use crate::{latency_histogram, run_tag, Latency, LoadError};
+
+/// Clients per worker when [`Options::workers`] is 0: under the 20,000
+/// open files a process may have here, with room to spare.
+pub const CLIENTS_PER_WORKER: usize = 18_000;
+
+/// Options of a fleet run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The nodes' WebSocket URLs (`ws://127.0.0.1:PORT/ws`), at least two.
+    pub nodes: Vec<String>,
+    /// Clients in all (even: they come in pairs).
+    pub connections: usize,
+    /// Worker processes; 0 picks one per [`CLIENTS_PER_WORKER`] clients.
+    pub workers: usize,
+    /// Pairs each worker connects at once.
+    pub connect_concurrency: usize,
+    /// How long every client stays connected once the last one joined.
+    pub hold: Duration,
+    /// Pairs that negotiate after the hold.
+    pub negotiate: usize,
+    /// Spread client sockets over 127.0.0.1..=127.0.0.N.
+    pub source_ips: u8,
+    /// Seed of the choice of negotiating pairs (0: from the clock).
+    pub seed: u64,
+    /// Progress lines on stderr.
+    pub progress: bool,
+    /// Where to write the phase the run is in (`connecting`, `holding`,
+    /// `negotiating`, `done`), for scripts that sample during the hold.
+    pub phase_file: Option<PathBuf>,
+}
+
+/// What a worker is given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Spec {
+    index: usize,
+    tag: String,
+    nodes: Vec<String>,
+    first_pair: u64,
+    pairs: u64,
+    negotiate: Vec<u64>,
+    source_ips: u8,
+    concurrency: usize,
+}
+
+/// What a worker tells its parent, one JSON object a line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event {
+    Ready {
+        rss_kib: u64,
+    },
+    Progress {
+        connected: u64,
+        errors: u64,
+    },
+    Connected {
+        connected: u64,
+        errors: u64,
+        same_node_pairs: u64,
+        elapsed_s: f64,
+        pongs: u64,
+        rss_kib: u64,
+        error_samples: Vec<String>,
+    },
+    Status {
+        open: u64,
+        dropped: u64,
+        pongs: u64,
+        rss_kib: u64,
+    },
+    Negotiated {
+        outcomes: Vec<Outcome>,
+    },
+}
+
+/// One pair's negotiation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Outcome {
+    /// Every message arrived once, intact, from the right peer.
+    ok: bool,
+    /// From the Offer sent to the last of the four messages received.
+    time_us: Option<u64>,
+    /// Expected messages that never arrived (of Offer, ICE to B; Answer,
+    /// ICE to A).
+    lost: u32,
+    /// Messages that arrived more than once.
+    duplicates: u32,
+    /// Signals from a peer other than the pair's other member.
+    misrouted: u32,
+    /// Why it failed, if it did.
+    failure: Option<String>,
+}
+
+/// Negotiations after the hold.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Negotiations {
+    /// Pairs asked to negotiate.
+    pub asked: usize,
+    /// Pairs whose four messages all arrived once, intact.
+    pub completed: u64,
+    /// Pairs that did not.
+    pub failed: u64,
+    /// Messages that never arrived.
+    pub lost_messages: u64,
+    /// Messages that arrived twice or more.
+    pub duplicates: u64,
+    /// Signals that reached a client they were not sent to.
+    pub misrouted: u64,
+    /// Offer sent until the last message arrived.
+    pub time_to_complete: Latency,
+    /// The first few failures.
+    pub failure_samples: Vec<String>,
+}
+
+/// The load generator's own memory.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadMemory {
+    /// Worker processes.
+    pub processes: usize,
+    /// Sum of the workers' RSS before they connected, KiB.
+    pub rss_before_kib: u64,
+    /// Sum of the workers' RSS at the end of the hold, KiB.
+    pub rss_held_kib: u64,
+    /// (held − before) / clients held, bytes.
+    pub rss_per_connection_bytes: Option<u64>,
+}
+
+/// What a fleet run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Always "fleet".
+    pub scenario: &'static str,
+    /// Nodes.
+    pub nodes: usize,
+    /// Clients asked for.
+    pub connections: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// Clients connected, logged in and joined.
+    pub established: u64,
+    /// Clients that failed to (both members of a failed pair count).
+    pub errors: u64,
+    /// The first few errors.
+    pub error_samples: Vec<String>,
+    /// Pairs whose members ended up on one node (should be 0).
+    pub pairs_on_one_node: u64,
+    /// Seconds from the start until the last client joined.
+    pub time_to_all_s: f64,
+    /// Clients per second over that time.
+    pub connect_rate_per_s: u64,
+    /// Most clients joined in one second.
+    pub peak_connect_rate_per_s: u64,
+    /// Seconds held.
+    pub hold_s: f64,
+    /// Clients still connected at the end of the hold.
+    pub open_after_hold: u64,
+    /// Clients whose connection ended during the hold.
+    pub dropped_during_hold: u64,
+    /// Server heartbeats answered during the hold.
+    pub pongs_during_hold: u64,
+    /// The negotiations after the hold.
+    pub negotiations: Negotiations,
+    /// The load generator's memory.
+    pub loadgen: LoadMemory,
+    /// Every client joined, stayed and every negotiation completed.
+    pub ok: bool,
+}
+
+/// Where a node is: its address and the WebSocket path.
+fn parse_node(url: &str) -> Result<(SocketAddr, String), LoadError> {
+    let bad = |why| LoadError::BadUrl {
+        url: url.to_string(),
+        why,
+    };
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| bad("only ws:// is supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|_| bad("host:port does not resolve"))?
+        .next()
+        .ok_or_else(|| bad("host does not resolve"))?;
+    // A fleet is a benchmark of this machine: it only ever targets loopback.
+    if !addr.ip().is_loopback() {
+        return Err(bad("a fleet targets loopback addresses only"));
+    }
+    Ok((addr, path))
+}
+
+// ---------------------------------------------------------------------------
+// The parent.
+
+/// Runs a fleet: starts the workers that `worker` makes, drives them through
+/// the run and aggregates their reports. Blocks (it is not async: the
+/// workers do the I/O).
+pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, LoadError> {
+    let n = options.nodes.len();
+    if n < 2 {
+        return Err(LoadError::Unexpected(
+            "a fleet needs at least two nodes (pairs span two)".into(),
+        ));
+    }
+    for url in &options.nodes {
+        parse_node(url)?;
+    }
+    if options.connections == 0 || !options.connections.is_multiple_of(2) {
+        return Err(LoadError::Unexpected(
+            "--connections must be even and positive (clients come in pairs)".into(),
+        ));
+    }
+    let pairs = (options.connections / 2) as u64;
+    let workers = match options.workers {
+        0 => options.connections.div_ceil(CLIENTS_PER_WORKER),
+        k => k,
+    }
+    .clamp(1, pairs as usize);
+    let per_worker = options.connections.div_ceil(workers);
+    let limit = nofile_hard_limit();
+    if per_worker as u64 + 64 > limit {
+        return Err(LoadError::Unexpected(format!(
+            "{per_worker} clients per worker do not fit under the open-files limit {limit}: \
+             use more workers"
+        )));
+    }
+    let tag = run_tag();
+    let chosen = choose(pairs, options.negotiate as u64, options.seed);
+    let phase = |p: &str| {
+        if let Some(path) = &options.phase_file {
+            let _ = std::fs::write(path, format!("{p}\n"));
+        }
+        if options.progress {
+            eprintln!("fleet: {p}");
+        }
+    };
+    phase("starting");
+
+    let mut fleet = Fleet::default();
+    let (tx, rx) = mpsc::channel::<(usize, Option<Event>)>();
+    for w in 0..workers {
+        let first = w as u64 * pairs / workers as u64;
+        let end = (w as u64 + 1) * pairs / workers as u64;
+        let spec = Spec {
+            index: w,
+            tag: tag.clone(),
+            nodes: options.nodes.clone(),
+            first_pair: first,
+            pairs: end - first,
+            negotiate: chosen
+                .iter()
+                .copied()
+                .filter(|p| (first..end).contains(p))
+                .collect(),
+            source_ips: options.source_ips.max(1),
+            concurrency: options.connect_concurrency.max(1),
+        };
+        let mut cmd = worker();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let line = serde_json::to_string(&spec).expect("specs serialize");
+        writeln!(stdin, "{line}")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // A test binary as the worker prints text of its own, even
+                // in front of the first event on its line.
+                let Some(at) = line.find("{\"event\"") else {
+                    continue;
+                };
+                match serde_json::from_str::<Event>(&line[at..]) {
+                    Ok(e) => {
+                        if tx.send((w, Some(e))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("fleet worker {w}: bad line {line:?}: {e}"),
+                }
+            }
+            let _ = tx.send((w, None));
+        });
+        fleet.children.push(child);
+        fleet.stdins.push(Some(stdin));
+    }
+    drop(tx);
+    let mut state = vec![WorkerState::default(); workers];
+
+    // Every worker ready (runtime up, spec read), then all start at once.
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while state.iter().any(|s| s.rss_before_kib.is_none()) {
+        let (w, e) = next_event(&rx, ready_by, "workers to start")?;
+        state[w].apply(e)?;
+    }
+    phase("connecting");
+    let started = Instant::now();
+    fleet.broadcast("start")?;
+    let mut last_report = Instant::now();
+    let mut last_total = 0u64;
+    let mut peak = 0u64;
+    let mut last_change = Instant::now();
+    let mut time_to_all = None;
+    while state.iter().any(|s| s.connected_at.is_none()) {
+        let tick = Instant::now() + Duration::from_millis(250);
+        match rx.recv_timeout(tick.saturating_duration_since(Instant::now())) {
+            Ok((w, e)) => {
+                let done = state[w].apply(e)?;
+                if done && state[w].connected_at.is_none() {
+                    state[w].connected_at = Some(started.elapsed());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(LoadError::Unexpected("every worker exited".into()))
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let total: u64 = state.iter().map(|s| s.connected).sum();
+            let errors: u64 = state.iter().map(|s| s.errors).sum();
+            let secs = last_report.elapsed().as_secs_f64();
+            let rate = ((total - last_total) as f64 / secs) as u64;
+            peak = peak.max(rate);
+            if total != last_total {
+                last_change = Instant::now();
+            }
+            if options.progress {
+                eprintln!(
+                    "fleet: {:>6.1} s  {total}/{} joined  {rate}/s  errors {errors}",
+                    started.elapsed().as_secs_f64(),
+                    options.connections
+                );
+            }
+            last_total = total;
+            last_report = Instant::now();
+            if last_change.elapsed() > Duration::from_secs(180) {
+                return Err(LoadError::Timeout("connecting: no progress for 180 s"));
+            }
+        }
+    }
+    let total: u64 = state.iter().map(|s| s.connected).sum();
+    if let Some(t) = state.iter().filter_map(|s| s.connected_at).max() {
+        time_to_all = Some(t);
+    }
+    let time_to_all = time_to_all.unwrap_or_default().as_secs_f64();
+    if options.progress {
+        eprintln!(
+            "fleet: {total} joined in {time_to_all:.1} s; holding for {:?}",
+            options.hold
+        );
+    }
+
+    phase("holding");
+    let pongs_before: u64 = state.iter().map(|s| s.pongs).sum();
+    let hold_start = Instant::now();
+    let hold_end = hold_start + options.hold;
+    let mut last_print = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= hold_end {
+            break;
+        }
+        match rx.recv_timeout(hold_end - now) {
+            Ok((w, e)) => {
+                state[w].apply(e)?;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(LoadError::Unexpected("every worker exited".into()))
+            }
+        }
+        if options.progress && last_print.elapsed() >= Duration::from_secs(10) {
+            let open: u64 = state.iter().map(|s| s.open).sum();
+            let dropped: u64 = state.iter().map(|s| s.dropped).sum();
+            let pongs: u64 = state.iter().map(|s| s.pongs).sum();
+            eprintln!(
+                "fleet: held {:>5.0} s  open {open}  dropped {dropped}  heartbeats answered {}",
+                hold_start.elapsed().as_secs_f64(),
+                pongs - pongs_before
+            );
+            last_print = Instant::now();
+        }
+    }
+    let hold_s = hold_start.elapsed().as_secs_f64();
+    // Fresh figures from every worker for the end of the hold.
+    for s in state.iter_mut() {
+        s.status_seen = false;
+    }
+    fleet.broadcast("status")?;
+    let status_by = Instant::now() + Duration::from_secs(30);
+    while state.iter().any(|s| !s.status_seen) {
+        let (w, e) = next_event(&rx, status_by, "status at the end of the hold")?;
+        state[w].apply(e)?;
+    }
+    let open_after_hold: u64 = state.iter().map(|s| s.open).sum();
+    let dropped: u64 = state.iter().map(|s| s.dropped).sum();
+    let pongs: u64 = state.iter().map(|s| s.pongs).sum::<u64>() - pongs_before;
+    let rss_before: u64 = state.iter().filter_map(|s| s.rss_before_kib).sum();
+    let rss_held: u64 = state.iter().map(|s| s.rss_kib).sum();
+
+    phase("negotiating");
+    fleet.broadcast("negotiate")?;
+    let negotiated_by = Instant::now() + Duration::from_secs(120);
+    while state.iter().any(|s| s.outcomes.is_none()) {
+        let (w, e) = next_event(&rx, negotiated_by, "negotiations")?;
+        state[w].apply(e)?;
+    }
+    let mut negotiations = Negotiations {
+        asked: chosen.len(),
+        ..Negotiations::default()
+    };
+    let mut hist = latency_histogram();
+    for o in state.iter().flat_map(|s| s.outcomes.iter().flatten()) {
+        if o.ok {
+            negotiations.completed += 1;
+        } else {
+            negotiations.failed += 1;
+            if negotiations.failure_samples.len() < 5 {
+                negotiations
+                    .failure_samples
+                    .push(o.failure.clone().unwrap_or_default());
+            }
+        }
+        negotiations.lost_messages += o.lost as u64;
+        negotiations.duplicates += o.duplicates as u64;
+        negotiations.misrouted += o.misrouted as u64;
+        if let Some(t) = o.time_us {
+            let _ = hist.record(t.max(1));
+        }
+    }
+    negotiations.time_to_complete = Latency::of(&hist);
+    phase("done");
+    fleet.broadcast("exit")?;
+    fleet.wait();
+
+    let established = total;
+    let errors: u64 = state.iter().map(|s| s.errors).sum();
+    let error_samples: Vec<String> = state
+        .iter()
+        .flat_map(|s| s.error_samples.iter().cloned())
+        .take(5)
+        .collect();
+    let pairs_on_one_node = state.iter().map(|s| s.same_node_pairs).sum();
+    let ok = established == options.connections as u64
+        && errors == 0
+        && pairs_on_one_node == 0
+        && dropped == 0
+        && open_after_hold == established
+        && negotiations.completed == chosen.len() as u64
+        && negotiations.lost_messages == 0
+        && negotiations.duplicates == 0
+        && negotiations.misrouted == 0;
+    Ok(Report {
+        scenario: "fleet",
+        nodes: n,
+        connections: options.connections,
+        workers,
+        established,
+        errors,
+        error_samples,
+        pairs_on_one_node,
+        time_to_all_s: round3(time_to_all),
+        connect_rate_per_s: (established as f64 / time_to_all.max(1e-9)) as u64,
+        peak_connect_rate_per_s: peak,
+        hold_s: round3(hold_s),
+        open_after_hold,
+        dropped_during_hold: dropped,
+        pongs_during_hold: pongs,
+        negotiations,
+        loadgen: LoadMemory {
+            processes: workers,
+            rss_before_kib: rss_before,
+            rss_held_kib: rss_held,
+            rss_per_connection_bytes: (open_after_hold > 0)
+                .then(|| rss_held.saturating_sub(rss_before) * 1024 / open_after_hold),
+        },
+        ok,
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn next_event(
+    rx: &mpsc::Receiver<(usize, Option<Event>)>,
+    by: Instant,
+    what: &'static str,
+) -> Result<(usize, Option<Event>), LoadError> {
+    rx.recv_timeout(by.saturating_duration_since(Instant::now()))
+        .map_err(|_| LoadError::Timeout(what))
+}
+
+/// The worker processes; killed if the run ends early.
+#[derive(Default)]
+struct Fleet {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+}
+
+impl Fleet {
+    fn broadcast(&mut self, command: &str) -> Result<(), LoadError> {
+        for stdin in self.stdins.iter_mut().flatten() {
+            writeln!(stdin, "{command}")?;
+            stdin.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the workers to exit after `exit` (10 s, then kills them).
+    fn wait(&mut self) {
+        self.stdins.clear();
+        let by = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= by => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the parent knows of one worker.
+#[derive(Clone, Debug, Default)]
+struct WorkerState {
+    rss_before_kib: Option<u64>,
+    rss_kib: u64,
+    connected: u64,
+    errors: u64,
+    same_node_pairs: u64,
+    error_samples: Vec<String>,
+    connected_at: Option<Duration>,
+    open: u64,
+    dropped: u64,
+    pongs: u64,
+    status_seen: bool,
+    outcomes: Option<Vec<Outcome>>,
+}
+
+impl WorkerState {
+    /// Applies an event; true when it is the end of the connect phase.
+    fn apply(&mut self, event: Option<Event>) -> Result<bool, LoadError> {
+        match event {
+            None => Err(LoadError::Unexpected(
+                "a worker exited before the end of the run".into(),
+            )),
+            Some(Event::Ready { rss_kib }) => {
+                self.rss_before_kib = Some(rss_kib);
+                self.rss_kib = rss_kib;
+                Ok(false)
+            }
+            Some(Event::Progress { connected, errors }) => {
+                self.connected = connected;
+                self.errors = errors;
+                Ok(false)
+            }
+            Some(Event::Connected {
+                connected,
+                errors,
+                same_node_pairs,
+                pongs,
+                rss_kib,
+                error_samples,
+                ..
+            }) => {
+                self.pongs = pongs;
+                self.connected = connected;
+                self.open = connected;
+                self.errors = errors;
+                self.same_node_pairs = same_node_pairs;
+                self.rss_kib = rss_kib;
+                self.error_samples = error_samples;
+                Ok(true)
+            }
+            Some(Event::Status {
+                open,
+                dropped,
+                pongs,
+                rss_kib,
+            }) => {
+                self.open = open;
+                self.dropped = dropped;
+                self.pongs = pongs;
+                self.rss_kib = rss_kib;
+                self.status_seen = true;
+                Ok(false)
+            }
+            Some(Event::Negotiated { outcomes }) => {
+                self.outcomes = Some(outcomes);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// `count` distinct pair numbers below `pairs`, at random (SplitMix64).
+fn choose(pairs: u64, count: u64, seed: u64) -> Vec<u64> {
+    let mut x = if seed == 0 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    } else {
+        seed
+    };
+    let mut next = move || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let count = count.min(pairs);
+    let mut picked = HashSet::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(count as usize);
+    while (out.len() as u64) < count {
+        let p = next() % pairs;
+        if picked.insert(p) {
+            out.push(p);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn nofile_hard_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let max = lim.rlim_max as u64;
+    max
+}
+
+/// This process's resident set, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// A worker.
+
+/// The worker's side: reads its slice from stdin, runs it, writes events to
+/// stdout and exits when told to (or when stdin closes). For the hidden
+/// `fleet-worker` subcommand, or a test binary acting as one.
+pub fn worker_main() -> Result<(), LoadError> {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    unsafe {
+        // Die with the parent, whatever kills it.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    raise_nofile();
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let spec: Spec = serde_json::from_str(&line)
+        .map_err(|e| LoadError::Unexpected(format!("fleet worker spec: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdin.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.trim().to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(worker(spec, rx))?;
+    // Leave at once: the kernel closes a worker's sockets faster than it
+    // could one by one.
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill in and then read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn emit(event: &Event) {
+    let line = serde_json::to_string(event).expect("events serialize");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Counters shared by a worker's tasks.
+#[derive(Default)]
+struct Counters {
+    open: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What every client of a worker needs to connect.
+struct Ctx {
+    tag: String,
+    nodes: Vec<(SocketAddr, String)>,
+    hello: Hello,
+    source_ips: u8,
+    next_source: AtomicU64,
+}
+
+impl Ctx {
+    async fn open(&self, node: usize) -> Result<Lite, LoadError> {
+        let (addr, path) = &self.nodes[node];
+        let source = (self.source_ips > 1).then(|| {
+            let k = self.next_source.fetch_add(1, Ordering::Relaxed) % self.source_ips as u64;
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8))
+        });
+        Lite::connect(*addr, source, path, &self.hello).await
+    }
+}
+
+async fn worker(
+    spec: Spec,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Result<(), LoadError> {
+    let nodes = spec
+        .nodes
+        .iter()
+        .map(|u| parse_node(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = nodes.len() as u64;
+    let ctx = Arc::new(Ctx {
+        tag: spec.tag.clone(),
+        nodes,
+        hello: Hello {
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: Capabilities::DEFLATE_SDP.union(Capabilities::ICE_BATCH),
+            access_token: None,
+            user_agent: concat!("switchboard-load-fleet/", env!("CARGO_PKG_VERSION")).into(),
+            resume: None,
+        },
+        source_ips: spec.source_ips,
+        // Workers start their round robin at different addresses.
+        next_source: AtomicU64::new(spec.index as u64),
+    });
+    emit(&Event::Ready { rss_kib: rss_kib() });
+    loop {
+        match commands.recv().await.as_deref() {
+            Some("start") => break,
+            Some(_) => continue,
+            None => return Ok(()),
+        }
+    }
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+
+    // Every held connection is one future in one task.
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<Lite>();
+    {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut held = FuturesUnordered::new();
+            let mut taking = true;
+            loop {
+                tokio::select! {
+                    c = hold_rx.recv(), if taking => match c {
+                        Some(c) => held.push(hold(c, counters.clone())),
+                        None => taking = false,
+                    },
+                    Some(()) = held.next(), if !held.is_empty() => {}
+                    else => break,
+                }
+            }
+        });
+    }
+
+    let negotiate: HashSet<u64> = spec.negotiate.iter().copied().collect();
+    let (go_tx, go_rx) = watch::channel(false);
+    let sdps = Arc::new(Sdps::new());
+    let mut negotiators = Vec::new();
+    let (mut connected, mut errors, mut same_node) = (0u64, 0u64, 0u64);
+    let mut error_samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut pairs = futures_util::stream::iter(spec.first_pair..spec.first_pair + spec.pairs)
+        .map(|p| {
+            let ctx = ctx.clone();
+            async move {
+                let a = (p % n) as usize;
+                let b = ((p + 1) % n) as usize;
+                let r = tokio::time::timeout(Duration::from_secs(60), connect_pair(&ctx, p, a, b))
+                    .await
+                    .unwrap_or(Err(LoadError::Timeout("connect, log in and join")));
+                (p, r)
+            }
+        })
+        .buffer_unordered(spec.concurrency);
+    loop {
+        tokio::select! {
+            r = pairs.next() => match r {
+                None => break,
+                Some((p, Ok((a, b)))) => {
+                    connected += 2;
+                    counters.open.fetch_add(2, Ordering::Relaxed);
+                    if a.id().node() == b.id().node() {
+                        same_node += 1;
+                    }
+                    if negotiate.contains(&p) {
+                        negotiators.push(tokio::spawn(negotiator(
+                            a, b, go_rx.clone(), sdps.clone(), counters.clone(),
+                        )));
+                    } else {
+                        let _ = hold_tx.send(a);
+                        let _ = hold_tx.send(b);
+                    }
+                }
+                Some((p, Err(e))) => {
+                    errors += 2;
+                    if error_samples.len() < 5 {
+                        error_samples.push(format!("pair {p}: {e}"));
+                    }
+                }
+            },
+            _ = tick.tick() => emit(&Event::Progress { connected, errors }),
+        }
+    }
+    drop(pairs);
+    emit(&Event::Connected {
+        connected,
+        errors,
+        same_node_pairs: same_node,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        pongs: PONGS.load(Ordering::Relaxed),
+        rss_kib: rss_kib(),
+        error_samples,
+    });
+
+    let status = |counters: &Counters| Event::Status {
+        open: counters.open.load(Ordering::Relaxed),
+        dropped: counters.dropped.load(Ordering::Relaxed),
+        pongs: PONGS.load(Ordering::Relaxed),
+        rss_kib: rss_kib(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            c = commands.recv() => match c.as_deref() {
+                Some("status") => emit(&status(&counters)),
+                Some("negotiate") => {
+                    let _ = go_tx.send(true);
+                    let mut outcomes = Vec::with_capacity(negotiators.len());
+                    for h in negotiators.drain(..) {
+                        match h.await {
+                            Ok((outcome, a, b)) => {
+                                outcomes.push(outcome);
+                                if let (Some(a), Some(b)) = (a, b) {
+                                    let _ = hold_tx.send(a);
+                                    let _ = hold_tx.send(b);
+                                }
+                            }
+                            Err(e) => outcomes.push(Outcome {
+                                failure: Some(format!("negotiator panicked: {e}")),
+                                lost: 4,
+                                ..Outcome::default()
+                            }),
+                        }
+                    }
+                    emit(&Event::Negotiated { outcomes });
+                }
+                Some("exit") | None => return Ok(()),
+                Some(_) => {}
+            },
+            _ = tick.tick() => emit(&status(&counters)),
+        }
+    }
+}
+
+/// Holds one connection until it ends, answering heartbeats.
+async fn hold(mut c: Lite, counters: Arc<Counters>) {
+    while c.recv(|_| {}).await.is_ok() {}
+    counters.open.fetch_sub(1, Ordering::Relaxed);
+    counters.dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Connects pair `p`'s two clients (A on node `a`, B on node `b`), logs
+/// each in and joins both to the pair's room.
+async fn connect_pair(ctx: &Ctx, p: u64, a: usize, b: usize) -> Result<(Lite, Lite), LoadError> {
+    let (mut ca, mut cb) = tokio::try_join!(ctx.open(a), ctx.open(b))?;
+    let room = RoomId::new(&format!("f{}-{p}", ctx.tag))
+        .map_err(|e| LoadError::Unexpected(format!("room id: {e}")))?;
+    let name = |side: &str| {
+        UserName::new(&format!("f{}-{p}{side}", ctx.tag))
+            .map_err(|e| LoadError::Unexpected(format!("user name: {e}")))
+    };
+    let (na, nb) = (name("a")?, name("b")?);
+    let (ida, idb) = (ca.id(), cb.id());
+    let (ma, mb) = tokio::try_join!(
+        log_in_and_join(&mut ca, na, room.clone()),
+        log_in_and_join(&mut cb, nb, room)
+    )?;
+    // Whoever joined second found the other in the room.
+    if !ma.contains(&idb) && !mb.contains(&ida) {
+        return Err(LoadError::Unexpected(format!(
+            "pair {p}: neither member saw the other in the room"
+        )));
+    }
+    Ok((ca, cb))
+}
+
+/// Login and Join in one message; the members the Joined listed.
+async fn log_in_and_join(
+    c: &mut Lite,
+    name: UserName,
+    room: RoomId,
+) -> Result<Vec<PeerId>, LoadError> {
+    c.send(&[
+        Message::Login { name },
+        Message::Join(Join {
+            room,
+            mode: RoomMode::Pair,
+            capacity: None,
+            display_name: String::new(),
+        }),
+    ])
+    .await?;
+    let mut logged_in = false;
+    let mut members = None;
+    c.until(|m| {
+        match m {
+            Message::LoginResult(r) => match r.error {
+                None => logged_in = true,
+                Some(e) => return Err(LoadError::Unexpected(format!("login: {e:?}"))),
+            },
+            Message::Joined(j) => {
+                members = Some(j.members.iter().map(|m| m.peer_id).collect::<Vec<_>>())
+            }
+            Message::Error(e) => return Err(LoadError::Unexpected(format!("{e:?}"))),
+            _ => {}
+        }
+        Ok(if logged_in { members.take() } else { None })
+    })
+    .await
+}
+
+const OFFER: &str = include_str!("../../../tests/data/sdp/chrome-offer.sdp");
+const ANSWER: &str = include_str!("../../../tests/data/sdp/chrome-answer.sdp");
+
+/// The SDPs, deflated as the clients send them.
+struct Sdps {
+    offer: Bytes,
+    answer: Bytes,
+}
+
+impl Sdps {
+    fn new() -> Sdps {
+        Sdps {
+            offer: sdp::deflate(OFFER.as_bytes()).into(),
+            answer: sdp::deflate(ANSWER.as_bytes()).into(),
+        }
+    }
+}
+
+/// Whether an SDP that arrived is `want`.
+fn same_sdp(got: &Sdp, want: &str) -> bool {
+    match got {
+        Sdp::Plain(b) => b.as_ref() == want.as_bytes(),
+        Sdp::Deflated(b) => sdp::inflate(b, 1 << 20).is_ok_and(|s| s == want.as_bytes()),
+    }
+}
+
+fn candidates(peer: PeerId) -> Vec<IceCandidate> {
+    (0..4u32)
+        .map(|i| IceCandidate {
+            candidate: format!(
+                "candidate:{} 1 udp {} 192.0.2.{} {} typ host generation 0",
+                1_000_000 + i,
+                2_122_260_223 - i,
+                1 + (peer.0 % 200),
+                50_000 + i
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: Some("EsAw".into()),
+        })
+        .collect()
+}
+
+fn ice(to: PeerId, from: PeerId) -> Message {
+    Message::Ice(IceCandidates {
+        peer: Address::Peer(to),
+        candidates: candidates(from),
+        end_of_candidates: true,
+        room: None,
+        app_data: String::new(),
+    })
+}
+
+fn description(to: PeerId, sdp: &Bytes) -> SessionDescription {
+    SessionDescription {
+        peer: Address::Peer(to),
+        sdp: Sdp::Deflated(sdp.clone()),
+        room: None,
+        app_data: String::new(),
+    }
+}
+
+/// What arrived at each end of a negotiating pair.
+#[derive(Default)]
+struct Arrived {
+    offer_at_b: u32,
+    ice_at_b: u32,
+    answer_at_a: u32,
+    ice_at_a: u32,
+    misrouted: u32,
+    damaged: u32,
+    errors: Vec<String>,
+}
+
+impl Arrived {
+    fn complete(&self) -> bool {
+        self.offer_at_b > 0 && self.ice_at_b > 0 && self.answer_at_a > 0 && self.ice_at_a > 0
+    }
+
+    fn counts(&self) -> [u32; 4] {
+        [
+            self.offer_at_b,
+            self.ice_at_b,
+            self.answer_at_a,
+            self.ice_at_a,
+        ]
+    }
+}
+
+type Negotiated = (Outcome, Option<Lite>, Option<Lite>);
+
+/// Holds a chosen pair (answering heartbeats) until `go`, then negotiates.
+async fn negotiator(
+    mut a: Lite,
+    mut b: Lite,
+    mut go: watch::Receiver<bool>,
+    sdps: Arc<Sdps>,
+    counters: Arc<Counters>,
+) -> Negotiated {
+    let failed = |why: String, counters: &Counters| {
+        counters.open.fetch_sub(2, Ordering::Relaxed);
+        counters.dropped.fetch_add(2, Ordering::Relaxed);
+        (
+            Outcome {
+                lost: 4,
+                failure: Some(why),
+                ..Outcome::default()
+            },
+            None,
+            None,
+        )
+    };
+    loop {
+        tokio::select! {
+            r = go.changed() => {
+                if r.is_err() {
+                    return failed("the worker ended before the negotiation".into(), &counters);
+                }
+                if *go.borrow() {
+                    break;
+                }
+            }
+            r = a.recv(|_| {}) => if let Err(e) = r {
+                return failed(format!("A dropped during the hold: {e}"), &counters);
+            },
+            r = b.recv(|_| {}) => if let Err(e) = r {
+                return failed(format!("B dropped during the hold: {e}"), &counters);
+            },
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(30), negotiate(&mut a, &mut b, &sdps)).await {
+        Ok(Ok(outcome)) => (outcome, Some(a), Some(b)),
+        Ok(Err(e)) => failed(format!("negotiation: {e}"), &counters),
+        Err(_) => failed("negotiation: timed out".into(), &counters),
+    }
+}
+
+/// One negotiation between A and B, with the checks.
+async fn negotiate(a: &mut Lite, b: &mut Lite, sdps: &Sdps) -> Result<Outcome, LoadError> {
+    let (ia, ib) = (a.id(), b.id());
+    let arrived = std::sync::Mutex::new(Arrived::default());
+    let answer_due = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    a.send(&[Message::Offer(description(ib, &sdps.offer)), ice(ib, ia)])
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut complete_at: Option<Duration> = None;
+    let mut note_a = |m: Message| {
+        let mut s = arrived.lock().expect("not poisoned");
+        match m {
+            Message::Answer(d) if d.peer == Address::Peer(ib) => {
+                s.answer_at_a += 1;
+                if !same_sdp(&d.sdp, ANSWER) {
+                    s.damaged += 1;
+                }
+            }
+            Message::Ice(i) if i.peer == Address::Peer(ib) => {
+                s.ice_at_a += 1;
+                if !i.end_of_candidates || i.candidates != candidates(ib) {
+                    s.damaged += 1;
+                }
+            }
+            Message::Offer(_) | Message::Answer(_) | Message::Ice(_) => s.misrouted += 1,
+            Message::Error(e) => s.errors.push(format!("at A: {e:?}")),
+            _ => {}
+        }
+    };
+    let mut note_b = |m: Message| {
+        let mut s = arrived.lock().expect("not poisoned");
+        match m {
+            Message::Offer(d) if d.peer == Address::Peer(ia) => {
+                s.offer_at_b += 1;
+                if !same_sdp(&d.sdp, OFFER) {
+                    s.damaged += 1;
+                }
+                answer_due.store(true, Ordering::Relaxed);
+            }
+            Message::Ice(i) if i.peer == Address::Peer(ia) => {
+                s.ice_at_b += 1;
+                if !i.end_of_candidates || i.candidates != candidates(ia) {
+                    s.damaged += 1;
+                }
+            }
+            Message::Offer(_) | Message::Answer(_) | Message::Ice(_) => s.misrouted += 1,
+            Message::Error(e) => s.errors.push(format!("at B: {e:?}")),
+            _ => {}
+        }
+    };
+    loop {
+        // Half a second past completion, for duplicates.
+        let end = match complete_at {
+            Some(t) => tokio::time::Instant::from_std(t0 + t + Duration::from_millis(500)),
+            None => deadline,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            r = a.recv(&mut note_a) => r?,
+            r = b.recv(&mut note_b) => r?,
+        }
+        if answer_due.swap(false, Ordering::Relaxed) {
+            b.send(&[Message::Answer(description(ia, &sdps.answer)), ice(ia, ib)])
+                .await?;
+        }
+        if complete_at.is_none() && arrived.lock().expect("not poisoned").complete() {
+            complete_at = Some(t0.elapsed());
+        }
+    }
+    let s = arrived.into_inner().expect("not poisoned");
+    let counts = s.counts();
+    let lost = counts.iter().filter(|&&c| c == 0).count() as u32;
+    let duplicates = counts.iter().map(|&c| c.saturating_sub(1)).sum();
+    let ok =
+        lost == 0 && duplicates == 0 && s.misrouted == 0 && s.damaged == 0 && s.errors.is_empty();
+    let failure = (!ok).then(|| {
+        format!(
+            "offer/ice at B {}/{}, answer/ice at A {}/{}, misrouted {}, damaged {}, errors {:?}",
+            counts[0], counts[1], counts[2], counts[3], s.misrouted, s.damaged, s.errors
+        )
+    });
+    Ok(Outcome {
+        ok,
+        time_us: complete_at.map(|t| t.as_micros() as u64),
+        lost,
+        duplicates,
+        misrouted: s.misrouted,
+        failure,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choose_gives_distinct_pairs_in_range() {
+        let c = choose(1000, 100, 7);
+        assert_eq!(c.len(), 100);
+        assert!(c.windows(2).all(|w| w[0] < w[1]));
+        assert!(c.iter().all(|&p| p < 1000));
+        assert_eq!(choose(10, 50, 7).len(), 10);
+        assert_eq!(choose(1000, 100, 7), c, "a seed repeats its choice");
+    }
+
+    #[test]
+    fn nodes_must_be_loopback_websocket_urls() {
+        let (addr, path) = parse_node("ws://127.0.0.1:8081/ws").unwrap();
+        assert_eq!(addr.port(), 8081);
+        assert_eq!(path, "/ws");
+        assert!(parse_node("ws://192.0.2.1:80/ws").is_err());
+        assert!(parse_node("http://127.0.0.1:80/ws").is_err());
+    }
+}
