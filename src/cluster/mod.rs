@@ -66,6 +66,10 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// answered `UNAVAILABLE` at once.
 const WRITER_QUEUE: usize = 4096;
 
+/// Most peers of dead nodes one clean-up script removes (it holds Redis
+/// while it runs).
+const REAP_BATCH: usize = 256;
+
 /// Most scripts sent in one pipeline.
 const WRITER_PIPELINE: usize = 128;
 
@@ -857,23 +861,27 @@ impl ClusterDirectory {
         }
     }
 
-    /// Cleans up nodes whose lease expired (at most one node does each).
+    /// Cleans up nodes whose lease expired, [`REAP_BATCH`] peers per
+    /// script, until none is left or Redis does not answer.
     async fn reap(&self) {
-        let mut conn = self.conn.clone();
-        let mut call = scripts::REAP.prepare_invoke();
-        call.arg(&self.prefix).arg(self.node);
-        let call = call.invoke_async::<Vec<u16>>(&mut conn);
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(reaped)) => {
-                for node in reaped {
-                    warn!(
-                        node,
-                        "a node stopped renewing its lease; its peers are gone"
-                    );
+        loop {
+            let mut conn = self.conn.clone();
+            let mut call = scripts::REAP.prepare_invoke();
+            call.arg(&self.prefix).arg(self.node).arg(REAP_BATCH);
+            let call = call.invoke_async::<Vec<u16>>(&mut conn);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(answer)) => {
+                    let more = answer.first().is_some_and(|m| *m == 1);
+                    for node in answer.iter().skip(1) {
+                        warn!(node, "a node stopped renewing its lease; its peers are gone");
+                    }
+                    if !more {
+                        return;
+                    }
                 }
+                Ok(Err(e)) => return debug!(error = %e, "clean-up of dead nodes failed"),
+                Err(_) => return debug!("clean-up of dead nodes timed out"),
             }
-            Ok(Err(e)) => debug!(error = %e, "clean-up of dead nodes failed"),
-            Err(_) => debug!("clean-up of dead nodes timed out"),
         }
     }
 

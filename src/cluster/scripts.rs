@@ -204,19 +204,27 @@ return 1
     )
 });
 
-/// Cleans up every node whose lease has expired: its peers leave every
-/// room (the remaining members are told, reason DISCONNECTED), their names
-/// are freed (call partners are sent HangUp), and the node is forgotten.
-/// Atomic, so exactly one node does it for each dead node however many
-/// try. ARGV: prefix, own id. Returns the ids cleaned up.
+/// Cleans up nodes whose lease has expired: their peers leave every room
+/// (the remaining members are told, reason DISCONNECTED), their names are
+/// freed (call partners are sent HangUp), and, once a node has no peer
+/// left, it is forgotten. At most ARGV[3] peers per call, so a node that
+/// held thousands of peers does not hold Redis for seconds (the lease
+/// keeper calls again while more remain); each peer is removed in one
+/// atomic step, so however many nodes clean up at once, every departure
+/// is announced exactly once. ARGV: prefix, own id, most peers.
+/// Returns `{more, id...}`: 1 if peers remain, and the ids forgotten.
 pub static REAP: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
-local me = ARGV[2]
-local reaped = {}
+local me, budget = ARGV[2], tonumber(ARGV[3])
+local out = {0}
 for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
   if id ~= me and redis.call('EXISTS', P .. ':lease:' .. id) == 0 then
-    for _, peer in ipairs(redis.call('SMEMBERS', P .. ':npeers:' .. id)) do
+    local nk = P .. ':npeers:' .. id
+    while budget > 0 do
+      local peer = redis.call('SPOP', nk)
+      if not peer then break end
+      budget = budget - 1
       for _, room in ipairs(redis.call('SMEMBERS', P .. ':prooms:' .. peer)) do
         room_leave(room, peer, 2)
       end
@@ -224,12 +232,17 @@ for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
       local name = redis.call('GET', P .. ':pname:' .. peer)
       if name then name_logout(name, peer, true) end
     end
-    redis.call('DEL', P .. ':npeers:' .. id)
-    redis.call('SREM', P .. ':node-ids', id)
-    table.insert(reaped, tonumber(id))
+    if redis.call('SCARD', nk) == 0 then
+      redis.call('DEL', nk)
+      redis.call('SREM', P .. ':node-ids', id)
+      table.insert(out, tonumber(id))
+    else
+      out[1] = 1
+    end
+    if budget == 0 then break end
   end
 end
-return reaped
+return out
 "#,
     )
 });
