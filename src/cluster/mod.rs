@@ -873,7 +873,10 @@ impl ClusterDirectory {
                 Ok(Ok(answer)) => {
                     let more = answer.first().is_some_and(|m| *m == 1);
                     for node in answer.iter().skip(1) {
-                        warn!(node, "a node stopped renewing its lease; its peers are gone");
+                        warn!(
+                            node,
+                            "a node stopped renewing its lease; its peers are gone"
+                        );
                     }
                     if !more {
                         return;
