@@ -135,7 +135,7 @@ where
         let config = &shared.ctx.config;
         let deadline = Instant::now() + config.handshake_timeout;
         // Counts from the first byte: pings and junk before Hello too.
-        let mut rate = RateGuard::new(config.rate_policy(), Instant::now().into_std());
+        let mut rate = RateGuard::sharing(&shared.rate, Instant::now().into_std());
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
         let hello = match self.dialect {

@@ -38,6 +38,7 @@ use crate::directory::{Directory, LocalDirectory};
 use crate::metrics::{Metrics, Outcome};
 use crate::outbox::{CloseReason, OutboxLimits};
 use crate::protocol::PeerId;
+use crate::rate::RateLimits;
 use crate::registry::Registry;
 use crate::rooms::RoomPolicy;
 use crate::session::Context;
@@ -48,6 +49,8 @@ pub(crate) struct Shared<D> {
     /// What the sessions share: configuration, codec limits, directory.
     pub ctx: Arc<Context<D>>,
     pub outbox: OutboxLimits,
+    /// The rate limits every connection's `RateGuard` shares.
+    pub rate: Arc<RateLimits>,
     /// The token verifier, with `auth = token`.
     pub auth: Option<Authenticator>,
     /// The TURN credential issuer, with a TURN secret configured.
@@ -121,6 +124,7 @@ impl<D: Directory> Shared<D> {
                 frames: config.outbox_frames,
                 bytes: config.outbox_bytes,
             },
+            rate: Arc::new(RateLimits::new(config.rate_policy())),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             sockets: Arc::new(Semaphore::new(config.max_connections)),
             draining: std::sync::atomic::AtomicBool::new(false),
