@@ -129,7 +129,10 @@ impl<S, D: Directory> Conn<S, D>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn run(&mut self) {
+    /// Reads the Hello, checks the token, starts or resumes the session
+    /// (its Welcome queued or sent) and runs the frames that came behind
+    /// the Hello; `None` when the connection ended meanwhile.
+    async fn start(&mut self) -> Option<Started<D>> {
         let ws = &mut self.ws;
         let shared = &self.shared;
         let config = &shared.ctx.config;
@@ -174,18 +177,18 @@ where
                     m.attempt(Outcome::HelloFailed);
                 }
                 Box::pin(close_within(ws, close, metrics)).await;
-                return;
+                return None;
             }
             Ok(Err(Refusal::ClientClosed)) => {
                 if let Some(m) = metrics {
                     m.attempt(Outcome::HelloFailed);
                 }
                 Box::pin(finish_client_close(ws)).await;
-                return;
+                return None;
             }
             Ok(Err(Refusal::Error(code, message, mut encoding))) => {
                 Box::pin(refuse_within(ws, &mut encoding, code, message, metrics)).await;
-                return;
+                return None;
             }
             Err(_) => {
                 let message = "no hello before the handshake timeout".to_owned();
@@ -197,7 +200,7 @@ where
                     metrics,
                 ))
                 .await;
-                return;
+                return None;
             }
         };
         let grant = match authenticate(shared, self.header_token.take(), &hello) {
@@ -212,7 +215,7 @@ where
                     metrics,
                 ))
                 .await;
-                return;
+                return None;
             }
         };
         // Session resume: granted to a client that asks, on a server with
@@ -290,7 +293,7 @@ where
                 {
                     // Gone again at once: it may try again within the grace.
                     park::park(shared, session, outbox);
-                    return;
+                    return None;
                 }
                 tracing::info!(
                     conn = self.admission.id,
@@ -376,6 +379,20 @@ where
                 .await
                 .map(Ending::Close)
         };
+        Some((session, encoding, outbox, peer_id, takeover, early))
+    }
+
+    async fn run(&mut self) {
+        // Boxed: the handshake's state (the Hello, the Welcome's parts, a
+        // resume's replay) would otherwise stay in every idle connection's
+        // task.
+        let Some((mut session, mut encoding, outbox, peer_id, takeover, early)) =
+            Box::pin(self.start()).await
+        else {
+            return;
+        };
+        let ws = &mut self.ws;
+        let shared = &self.shared;
         let ending = match early {
             Some(ending) => ending,
             None => {
@@ -390,6 +407,23 @@ where
                 .await
             }
         };
+        // Boxed too: the end's state would otherwise widen every idle
+        // connection's task.
+        Box::pin(self.end(session, outbox, peer_id, ending)).await;
+    }
+
+    /// Ends the session as `ending` says: keeps it for a resume, or tears
+    /// it down; then closes the socket.
+    async fn end(
+        &mut self,
+        mut session: Box<Session<D>>,
+        outbox: Arc<Outbox>,
+        peer_id: protocol::PeerId,
+        ending: Ending,
+    ) {
+        let ws = &mut self.ws;
+        let shared = &self.shared;
+        let metrics = shared.ctx.metrics.as_deref();
         let ending_was_client_close = matches!(ending, Ending::ClientClosed);
         let taken_over = matches!(ending, Ending::TakenOver);
         let close = match ending {
@@ -529,6 +563,18 @@ fn authenticate<D>(
         .map(|grant| Some(Box::new(grant)))
         .map_err(|e| format!("access token refused: {e}"))
 }
+
+/// A started session, its encoding, its outbox, its peer id, what wakes it
+/// when a resume takes it over, and how it ended if the frames behind its
+/// Hello ended it.
+type Started<D> = (
+    Box<Session<D>>,
+    Encoding,
+    Arc<Outbox>,
+    protocol::PeerId,
+    Option<Arc<tokio::sync::Notify>>,
+    Option<Ending>,
+);
 
 /// Why no session starts.
 enum Refusal {
