@@ -233,10 +233,28 @@ impl RateGuard {
         }
     }
 
+    /// `t` in nanoseconds since this guard was made (0 for any time
+    /// before): the compact form of a time that [`RateGuard::at`] turns
+    /// back, exactly.
+    pub fn since(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.origin);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The time `since` nanoseconds after this guard was made.
+    pub fn at(&self, since: u64) -> Instant {
+        self.origin + Duration::from_nanos(since)
+    }
+
     /// Judges one inbound unit of `bytes` bytes: it needs a unit token and
     /// `bytes` byte tokens.
     pub fn check(&mut self, now: Instant, bytes: usize) -> Verdict {
-        let now = Nanos::from(now.saturating_duration_since(self.origin));
+        self.check_at(self.since(now), bytes)
+    }
+
+    /// [`RateGuard::check`] at `now` given as [`RateGuard::since`] gives it.
+    pub fn check_at(&mut self, now: u64, bytes: usize) -> Verdict {
+        let now = Nanos::from(now);
         NOW.with(|n| n.set(now.as_u64()));
         let limits = &*self.limits;
         if now.duration_since(self.window_start) >= limits.abuse_window {
@@ -321,6 +339,21 @@ mod tests {
     fn a_guard_is_small() {
         assert!(std::mem::size_of::<RateGuard>() <= 72);
         assert_eq!(std::mem::size_of::<Tat>(), 8);
+    }
+
+    #[test]
+    fn times_since_the_origin_come_back_exactly() {
+        let t = Instant::now();
+        let g = RateGuard::new(policy(), t);
+        for d in [0, 1, 999, 1_000_000_007, 86_400_000_000_123] {
+            let later = t + Duration::from_nanos(d);
+            assert_eq!(g.since(later), d);
+            assert_eq!(g.at(g.since(later)), later);
+        }
+        // Before the origin is the origin.
+        if let Some(earlier) = t.checked_sub(Duration::from_secs(1)) {
+            assert_eq!(g.since(earlier), 0);
+        }
     }
 
     #[test]
