@@ -98,21 +98,16 @@ where
         ws,
         shared,
         admission,
-        header_token,
-        dialect,
     });
-    async move { conn.run().await }
+    // Only the handshake needs these: they are its arguments, not part of
+    // the state every idle connection keeps.
+    async move { conn.run(header_token, dialect).await }
 }
 
 struct Conn<S, D> {
     ws: WebSocketStream<S>,
     shared: Arc<Shared<D>>,
     admission: Admission,
-    /// What `Sec-WebSocket-Protocol` carried; taken at Hello. Boxed so that
-    /// the common case (no header token) costs one word.
-    header_token: Option<Box<HeaderToken>>,
-    /// Set on a compat endpoint: no Hello comes, the server assumes one.
-    dialect: Option<Dialect>,
 }
 
 impl Encoding {
@@ -132,7 +127,14 @@ where
     /// Reads the Hello, checks the token, starts or resumes the session
     /// (its Welcome queued or sent) and runs the frames that came behind
     /// the Hello; `None` when the connection ended meanwhile.
-    async fn start(&mut self) -> Option<Started<D>> {
+    /// `header_token` is what `Sec-WebSocket-Protocol` carried (boxed so
+    /// that the common case, none, costs one word); `dialect` is set on a
+    /// compat endpoint, where no Hello comes and the server assumes one.
+    async fn start(
+        &mut self,
+        header_token: Option<Box<HeaderToken>>,
+        dialect: Option<Dialect>,
+    ) -> Option<Started<D>> {
         let ws = &mut self.ws;
         let shared = &self.shared;
         let config = &shared.ctx.config;
@@ -141,7 +143,7 @@ where
         let mut rate = RateGuard::sharing(&shared.rate, Instant::now().into_std());
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
-        let hello = match self.dialect {
+        let hello = match dialect {
             Some(dialect) => Ok(Ok((
                 protocol::Hello {
                     resume: None,
@@ -203,7 +205,7 @@ where
                 return None;
             }
         };
-        let grant = match authenticate(shared, self.header_token.take(), &hello) {
+        let grant = match authenticate(shared, header_token, &hello) {
             Ok(grant) => grant,
             Err(message) => {
                 debug!(%message, "unauthenticated");
@@ -382,12 +384,12 @@ where
         Some((session, encoding, outbox, peer_id, takeover, early))
     }
 
-    async fn run(&mut self) {
+    async fn run(&mut self, header_token: Option<Box<HeaderToken>>, dialect: Option<Dialect>) {
         // Boxed: the handshake's state (the Hello, the Welcome's parts, a
         // resume's replay) would otherwise stay in every idle connection's
         // task.
         let Some((mut session, mut encoding, outbox, peer_id, takeover, early)) =
-            Box::pin(self.start()).await
+            Box::pin(self.start(header_token, dialect)).await
         else {
             return;
         };
