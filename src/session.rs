@@ -133,14 +133,15 @@ pub struct Session<D> {
     user: Option<UserName>,
     display_name: String,
     rate: RateGuard,
-    /// The time of the input being handled.
-    now: Instant,
-    /// When this session began, on the monotonic and the wall clock (token
-    /// expiry is wall-clock time; everything else is monotonic).
-    started: (Instant, SystemTime),
-    /// When the client was last heard from, and whether it has been pinged
-    /// since.
-    last_heard: Instant,
+    /// The time of the input being handled, in nanoseconds since the rate
+    /// guard was made ([`RateGuard::since`]: 8 bytes, not an `Instant`'s 16).
+    now: u64,
+    /// The wall-clock time when the rate guard was made (token expiry is
+    /// wall-clock time; everything else is monotonic).
+    started: SystemTime,
+    /// When the client was last heard from (as `now`), and whether it has
+    /// been pinged since.
+    last_heard: u64,
     pinged: bool,
     /// What only a misbehaving or troubled connection needs (drop
     /// reports, `PEER_BUSY` counts, a decided close), allocated the first
@@ -171,6 +172,7 @@ impl<D: Directory> Session<D> {
         now: Instant,
         wall: SystemTime,
     ) -> Session<D> {
+        let since = rate.since(now);
         Session {
             ctx,
             peer_id,
@@ -181,9 +183,11 @@ impl<D: Directory> Session<D> {
             user: None,
             display_name: String::new(),
             rate,
-            now,
-            started: (now, wall),
-            last_heard: now,
+            now: since,
+            started: wall
+                .checked_sub(Duration::from_nanos(since))
+                .unwrap_or(wall),
+            last_heard: since,
             pinged: false,
             trouble: None,
             seq_out: 0,
@@ -213,7 +217,7 @@ impl<D: Directory> Session<D> {
 
     /// The client came back at `now` on a new connection.
     pub fn reattached(&mut self, now: Instant) {
-        self.now = now;
+        self.now = self.rate.since(now);
         self.heard(now);
     }
 
@@ -252,7 +256,7 @@ impl<D: Directory> Session<D> {
     /// Handles one WebSocket message; returns `Some` when the connection
     /// must close.
     pub async fn receive(&mut self, now: Instant, data: Bytes, max_frames: usize) -> Option<Close> {
-        self.now = now;
+        self.now = self.rate.since(now);
         self.heard(now);
         let codec = self.ctx.codec;
         if data.is_empty() {
@@ -347,7 +351,7 @@ impl<D: Directory> Session<D> {
     /// `Err`: the client is an abuser and the connection must close.
     fn admit(&mut self, seq: u32, bytes: usize) -> Result<bool, Close> {
         let rate = self.ctx.config.rate_per_second;
-        match self.rate.check(self.now, bytes) {
+        match self.rate.check_at(self.now, bytes) {
             Verdict::Accept { unreported } => {
                 if unreported > 0 {
                     self.report_drops(unreported);
@@ -376,7 +380,7 @@ impl<D: Directory> Session<D> {
                 if let Some(m) = &self.ctx.metrics {
                     m.dropped(metrics::DropReason::RateLimited);
                 }
-                let now = self.now;
+                let now = self.now();
                 let due = self
                     .rate_report()
                     .map_or_else(|| now + Duration::from_secs(1), |(due, _)| due);
@@ -421,7 +425,7 @@ impl<D: Directory> Session<D> {
         bytes: usize,
         error: Option<ErrorMessage>,
     ) -> Option<Close> {
-        self.now = now;
+        self.now = self.rate.since(now);
         self.heard(now);
         match self.admit(0, bytes) {
             Err(close) => Some(close),
@@ -435,7 +439,7 @@ impl<D: Directory> Session<D> {
     }
 
     fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+        self.last_heard = self.rate.since(now);
         self.pinged = false;
     }
 
@@ -445,9 +449,9 @@ impl<D: Directory> Session<D> {
     pub fn deadline(&self) -> Instant {
         let config = &self.ctx.config;
         let heartbeat = if self.pinged {
-            self.last_heard + config.heartbeat_timeout
+            self.last_heard() + config.heartbeat_timeout
         } else {
-            self.last_heard + config.heartbeat_interval
+            self.last_heard() + config.heartbeat_interval
         };
         let due = match self.rate_report() {
             Some((due, _)) => heartbeat.min(due),
@@ -463,7 +467,7 @@ impl<D: Directory> Session<D> {
     /// drops, pings a silent client, or says to close a client silent past
     /// the heartbeat timeout.
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
-        self.now = now;
+        self.now = self.rate.since(now);
         if self
             .resume
             .as_deref()
@@ -481,7 +485,7 @@ impl<D: Directory> Session<D> {
         }
         let config = &self.ctx.config;
         if self.pinged {
-            if now >= self.last_heard + config.heartbeat_timeout {
+            if now >= self.last_heard() + config.heartbeat_timeout {
                 // Said in-band too (request_seq 0), like every other close
                 // the server decides, for clients that read frames only.
                 let silent = config.heartbeat_timeout.as_millis();
@@ -496,7 +500,7 @@ impl<D: Directory> Session<D> {
                     LeaveReason::TimedOut,
                 ));
             }
-        } else if now >= self.last_heard + config.heartbeat_interval {
+        } else if now >= self.last_heard() + config.heartbeat_interval {
             self.pinged = true;
             self.ping_nonce += 1;
             self.reply(&Message::Ping {
@@ -573,7 +577,17 @@ impl<D: Directory> Session<D> {
 
     /// The wall-clock time of the input being handled.
     fn wall_now(&self) -> SystemTime {
-        self.started.1 + self.now.saturating_duration_since(self.started.0)
+        self.started + Duration::from_nanos(self.now)
+    }
+
+    /// The time of the input being handled.
+    fn now(&self) -> Instant {
+        self.rate.at(self.now)
+    }
+
+    /// When the client was last heard from.
+    fn last_heard(&self) -> Instant {
+        self.rate.at(self.last_heard)
     }
 
     async fn handle(&mut self, seq: u32, message: Message) {
@@ -853,7 +867,7 @@ impl<D: Directory> Session<D> {
         let origin = Origin {
             peer: self.peer_id,
             seq,
-            read_at: self.now,
+            read_at: self.now(),
         };
         let Err(e) = self.ctx.directory.deliver(target, frame, origin) else {
             return;
@@ -863,7 +877,7 @@ impl<D: Directory> Session<D> {
             if let Some(m) = &self.ctx.metrics {
                 m.dropped(metrics::DropReason::PeerBusy);
             }
-            let now = self.now;
+            let now = self.now();
             let window = self.ctx.config.rate_abuse_window;
             let trouble = self.trouble();
             match &mut trouble.busy {

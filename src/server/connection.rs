@@ -98,21 +98,16 @@ where
         ws,
         shared,
         admission,
-        header_token,
-        dialect,
     });
-    async move { conn.run().await }
+    // Only the handshake needs these: they are its arguments, not part of
+    // the state every idle connection keeps.
+    async move { conn.run(header_token, dialect).await }
 }
 
 struct Conn<S, D> {
     ws: WebSocketStream<S>,
     shared: Arc<Shared<D>>,
     admission: Admission,
-    /// What `Sec-WebSocket-Protocol` carried; taken at Hello. Boxed so that
-    /// the common case (no header token) costs one word.
-    header_token: Option<Box<HeaderToken>>,
-    /// Set on a compat endpoint: no Hello comes, the server assumes one.
-    dialect: Option<Dialect>,
 }
 
 impl Encoding {
@@ -129,16 +124,26 @@ impl<S, D: Directory> Conn<S, D>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn run(&mut self) {
+    /// Reads the Hello, checks the token, starts or resumes the session
+    /// (its Welcome queued or sent) and runs the frames that came behind
+    /// the Hello; `None` when the connection ended meanwhile.
+    /// `header_token` is what `Sec-WebSocket-Protocol` carried (boxed so
+    /// that the common case, none, costs one word); `dialect` is set on a
+    /// compat endpoint, where no Hello comes and the server assumes one.
+    async fn start(
+        &mut self,
+        header_token: Option<Box<HeaderToken>>,
+        dialect: Option<Dialect>,
+    ) -> Option<Started<D>> {
         let ws = &mut self.ws;
         let shared = &self.shared;
         let config = &shared.ctx.config;
         let deadline = Instant::now() + config.handshake_timeout;
         // Counts from the first byte: pings and junk before Hello too.
-        let mut rate = RateGuard::new(config.rate_policy(), Instant::now().into_std());
+        let mut rate = RateGuard::sharing(&shared.rate, Instant::now().into_std());
         // The handshake and closing phases are boxed: they run once, and their
         // state would otherwise stay in every idle connection's task.
-        let hello = match self.dialect {
+        let hello = match dialect {
             Some(dialect) => Ok(Ok((
                 protocol::Hello {
                     resume: None,
@@ -174,18 +179,18 @@ where
                     m.attempt(Outcome::HelloFailed);
                 }
                 Box::pin(close_within(ws, close, metrics)).await;
-                return;
+                return None;
             }
             Ok(Err(Refusal::ClientClosed)) => {
                 if let Some(m) = metrics {
                     m.attempt(Outcome::HelloFailed);
                 }
                 Box::pin(finish_client_close(ws)).await;
-                return;
+                return None;
             }
             Ok(Err(Refusal::Error(code, message, mut encoding))) => {
                 Box::pin(refuse_within(ws, &mut encoding, code, message, metrics)).await;
-                return;
+                return None;
             }
             Err(_) => {
                 let message = "no hello before the handshake timeout".to_owned();
@@ -197,10 +202,10 @@ where
                     metrics,
                 ))
                 .await;
-                return;
+                return None;
             }
         };
-        let grant = match authenticate(shared, self.header_token.take(), &hello) {
+        let grant = match authenticate(shared, header_token, &hello) {
             Ok(grant) => grant,
             Err(message) => {
                 debug!(%message, "unauthenticated");
@@ -212,7 +217,7 @@ where
                     metrics,
                 ))
                 .await;
-                return;
+                return None;
             }
         };
         // Session resume: granted to a client that asks, on a server with
@@ -297,7 +302,7 @@ where
                 {
                     // Gone again at once: it may try again within the grace.
                     park::park(shared, session, outbox);
-                    return;
+                    return None;
                 }
                 tracing::info!(
                     conn = self.admission.id,
@@ -388,6 +393,20 @@ where
         if let Some(resume) = session.resumption_mut() {
             resume.arm();
         }
+        Some((session, encoding, outbox, peer_id, takeover, early))
+    }
+
+    async fn run(&mut self, header_token: Option<Box<HeaderToken>>, dialect: Option<Dialect>) {
+        // Boxed: the handshake's state (the Hello, the Welcome's parts, a
+        // resume's replay) would otherwise stay in every idle connection's
+        // task.
+        let Some((mut session, mut encoding, outbox, peer_id, takeover, early)) =
+            Box::pin(self.start(header_token, dialect)).await
+        else {
+            return;
+        };
+        let ws = &mut self.ws;
+        let shared = &self.shared;
         let ending = match early {
             Some(ending) => ending,
             None => {
@@ -402,6 +421,23 @@ where
                 .await
             }
         };
+        // Boxed too: the end's state would otherwise widen every idle
+        // connection's task.
+        Box::pin(self.end(session, outbox, peer_id, ending)).await;
+    }
+
+    /// Ends the session as `ending` says: keeps it for a resume, or tears
+    /// it down; then closes the socket.
+    async fn end(
+        &mut self,
+        mut session: Box<Session<D>>,
+        outbox: Arc<Outbox>,
+        peer_id: protocol::PeerId,
+        ending: Ending,
+    ) {
+        let ws = &mut self.ws;
+        let shared = &self.shared;
+        let metrics = shared.ctx.metrics.as_deref();
         let ending_was_client_close = matches!(ending, Ending::ClientClosed);
         let taken_over = matches!(ending, Ending::TakenOver);
         let close = match ending {
@@ -538,6 +574,18 @@ fn authenticate<D>(
         .map(|grant| Some(Box::new(grant)))
         .map_err(|e| format!("access token refused: {e}"))
 }
+
+/// A started session, its encoding, its outbox, its peer id, what wakes it
+/// when a resume takes it over, and how it ended if the frames behind its
+/// Hello ended it.
+type Started<D> = (
+    Box<Session<D>>,
+    Encoding,
+    Arc<Outbox>,
+    protocol::PeerId,
+    Option<Arc<tokio::sync::Notify>>,
+    Option<Ending>,
+);
 
 /// Why no session starts.
 enum Refusal {

@@ -318,9 +318,17 @@ fn route<D: Directory>(
                 )
                 .await;
                 // A task of its own, so the long-lived task holds only
-                // the connection's state, not the upgrade's.
+                // the connection's state, not the upgrade's. In the current
+                // span, unless that is off (the usual case: "conn" is a debug
+                // span), when instrumenting would do nothing but keep the
+                // span in every idle connection's task.
                 let f = connection::run(ws, shared, admission, header_token, dialect);
-                tokio::spawn(f.in_current_span());
+                let span = tracing::Span::current();
+                if span.is_disabled() {
+                    tokio::spawn(f);
+                } else {
+                    tokio::spawn(f.instrument(span));
+                }
             };
             tokio::spawn(fut.instrument(span));
             let mut r = Response::new(Full::new(Bytes::new()));

@@ -38,6 +38,7 @@ use crate::directory::{Directory, LocalDirectory};
 use crate::metrics::{Metrics, Outcome};
 use crate::outbox::{CloseReason, OutboxLimits};
 use crate::protocol::PeerId;
+use crate::rate::RateLimits;
 use crate::registry::Registry;
 use crate::rooms::RoomPolicy;
 use crate::session::Context;
@@ -48,6 +49,8 @@ pub(crate) struct Shared<D> {
     /// What the sessions share: configuration, codec limits, directory.
     pub ctx: Arc<Context<D>>,
     pub outbox: OutboxLimits,
+    /// The rate limits every connection's `RateGuard` shares.
+    pub rate: Arc<RateLimits>,
     /// The token verifier, with `auth = token`.
     pub auth: Option<Authenticator>,
     /// The TURN credential issuer, with a TURN secret configured.
@@ -127,6 +130,7 @@ impl<D: Directory> Shared<D> {
                 frames: config.outbox_frames,
                 bytes: config.outbox_bytes,
             },
+            rate: Arc::new(RateLimits::new(config.rate_policy())),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             sockets: Arc::new(Semaphore::new(config.max_connections)),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -205,7 +209,6 @@ impl<D: Directory> Shared<D> {
         *count += 1;
         Some(IpGuard {
             per_ip: self.per_ip.clone(),
-            ip,
         })
     }
 }
@@ -234,19 +237,21 @@ fn start_epoch() -> u16 {
         .map_or(0, |d| d.as_secs() as u16)
 }
 
-/// Holds one of an IP's connection slots until dropped.
+/// One of an IP's connection slots, given back by the [`Admission`] that
+/// holds it (which knows the address: the IP is not kept twice).
 pub(crate) struct IpGuard {
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
 }
 
-impl Drop for IpGuard {
-    fn drop(&mut self) {
+impl IpGuard {
+    /// Gives the slot of `ip` back.
+    fn release(&self, ip: IpAddr) {
+        let ip = admission_key(ip);
         let mut per_ip = self.per_ip.lock();
-        if let Some(count) = per_ip.get_mut(&self.ip) {
+        if let Some(count) = per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
     }
@@ -256,7 +261,7 @@ impl Drop for IpGuard {
 /// (and its place in the open-connections gauge).
 pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
+    ip: IpGuard,
     _open: Option<OpenGuard>,
     /// When the TCP connection was accepted.
     pub accepted_at: std::time::Instant,
@@ -264,8 +269,14 @@ pub(crate) struct Admission {
     pub socket: Option<OwnedSemaphorePermit>,
     /// This connection's number, for logs.
     pub id: u64,
-    /// The client's address, for logs.
+    /// The client's address, for logs; its IP's slot is given back by it.
     pub addr: SocketAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.ip.release(self.addr.ip());
+    }
 }
 
 /// Counts one open connection until dropped.
@@ -456,7 +467,7 @@ fn accept<D: Directory>(shared: &Arc<Shared<D>>, stream: tokio::net::TcpStream, 
             )),
             Some(ip) => Ok(Admission {
                 _permit: permit,
-                _ip: ip,
+                ip,
                 _open: metrics.map(OpenGuard::new),
                 accepted_at: std::time::Instant::now(),
                 socket: None,

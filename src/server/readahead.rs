@@ -27,16 +27,14 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct ReadAhead<S> {
     inner: S,
-    /// Read from the socket, not yet taken by the reader.
-    rest: Bytes,
+    /// Read from the socket, not yet taken by the reader. Boxed: almost
+    /// always empty, and one word in every idle connection instead of four.
+    rest: Option<Box<Bytes>>,
 }
 
 impl<S> ReadAhead<S> {
     pub(crate) fn new(inner: S) -> ReadAhead<S> {
-        ReadAhead {
-            inner,
-            rest: Bytes::new(),
-        }
+        ReadAhead { inner, rest: None }
     }
 }
 
@@ -47,13 +45,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.rest.is_empty() {
-            let n = this.rest.len().min(buf.remaining());
-            buf.put_slice(&this.rest[..n]);
-            this.rest.advance(n);
-            if this.rest.is_empty() {
+        if let Some(rest) = &mut this.rest {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            rest.advance(n);
+            if rest.is_empty() {
                 // Drop the allocation, not just the contents.
-                this.rest = Bytes::new();
+                this.rest = None;
             }
             return Poll::Ready(Ok(()));
         }
@@ -68,7 +66,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             let n = filled.len().min(buf.remaining());
             buf.put_slice(&filled[..n]);
             if filled.len() > n {
-                this.rest = Bytes::copy_from_slice(&filled[n..]);
+                this.rest = Some(Box::new(Bytes::copy_from_slice(&filled[n..])));
             }
             Poll::Ready(Ok(()))
         })
@@ -128,6 +126,6 @@ mod tests {
             got.extend_from_slice(&chunk[..n]);
         }
         assert_eq!(got, data);
-        assert!(r.rest.is_empty());
+        assert!(r.rest.is_none());
     }
 }

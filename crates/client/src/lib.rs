@@ -12,6 +12,10 @@
 //!   Hello, waits for Welcome, then sends messages (coalescing a batch into
 //!   one WebSocket message) and receives decoded messages, answering the
 //!   server's Ping by itself. Tests use it to speak the protocol exactly.
+//!   Frame by frame too: frames queued ([`Connection::push`], or already
+//!   encoded, [`Connection::push_raw`]) leave as one WebSocket message on
+//!   [`Connection::flush`], and [`Connection::recv_frames`] hands over
+//!   received frames undecoded; the load generator runs on this.
 //! - [`resume`]: session resume's bookkeeping, sans I/O: the frames the
 //!   server has not acknowledged ([`resume::ReplayBuffer`]), what this
 //!   client processed and owes an `Ack` for ([`resume::Inbound`]), and
@@ -62,10 +66,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::protocol::frame::next_seq;
+use crate::protocol::frame::{next_seq, write_frame};
 use crate::protocol::{
-    decode, encode_into, CodecLimits, DecodeError, Frames, Hello, Message, Welcome,
-    PROTOCOL_VERSION,
+    decode, encode_into, CodecLimits, DecodeError, Flags, Frames, Hello, Message, MessageType,
+    RawFrame, Welcome, PROTOCOL_VERSION,
 };
 use crate::protocol::{Capabilities, ErrorMessage};
 
@@ -487,28 +491,38 @@ impl Connection {
                 }
                 return Ok((seq, m));
             }
+            let data = self.next_binary().await?;
+            for frame in Frames::new(data, self.limits.max_payload, self.limits.max_frames) {
+                self.inbox.push_back(match frame {
+                    Ok(f) => (f.header.seq, decode(&f, &self.limits)),
+                    Err(e) => (0, Err(e)),
+                });
+            }
+        }
+    }
+
+    /// The next binary WebSocket message (others are skipped); with
+    /// session resume, a pending `Ack` goes out when due while this waits.
+    async fn next_binary(&mut self) -> Result<Bytes, ClientError> {
+        loop {
             let due = if self.auto_ack {
                 self.resume.as_ref().and_then(|r| r.inbound().due())
             } else {
                 None
             };
-            let next = tokio::select! {
-                next = self.ws.next() => next,
-                () = sleep_until_opt(due) => {
-                    self.send_ack().await?;
-                    continue;
-                }
+            let next = match due {
+                // No timer to race (the usual case, and the relay's path).
+                None => self.ws.next().await,
+                Some(due) => tokio::select! {
+                    next = self.ws.next() => next,
+                    () = tokio::time::sleep_until(due.into()) => {
+                        self.send_ack().await?;
+                        continue;
+                    }
+                },
             };
             match next {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    for frame in Frames::new(data, self.limits.max_payload, self.limits.max_frames)
-                    {
-                        self.inbox.push_back(match frame {
-                            Ok(f) => (f.header.seq, decode(&f, &self.limits)),
-                            Err(e) => (0, Err(e)),
-                        });
-                    }
-                }
+                Some(Ok(WsMessage::Binary(data))) => return Ok(data),
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -558,6 +572,117 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+/// Frame by frame, for a program that sends a great many signals (the load
+/// generator): frames queued with [`Connection::push`] (or, already
+/// encoded, [`Connection::push_raw`]) leave together on
+/// [`Connection::flush`], one WebSocket message and one system call per
+/// batch; [`Connection::recv_frames`] hands over the frames of a message
+/// without decoding them. Numbering, holding for a resume and `Ack`s work
+/// as with [`Connection::send`] and [`Connection::recv`].
+impl Connection {
+    /// Queues `message` for the next [`Connection::flush`]; returns its
+    /// sequence number (0 for an `Ack`, which is outside the numbering).
+    pub fn push(&mut self, message: &Message) -> u32 {
+        let seq = if matches!(message, Message::Ack { .. }) {
+            0
+        } else {
+            self.seq = next_seq(self.seq);
+            self.seq
+        };
+        let start = self.out.len();
+        encode_into(message, seq, &mut self.out);
+        self.hold_queued(seq, start);
+        seq
+    }
+
+    /// Queues a frame of type `kind` whose payload is already encoded (a
+    /// received signal sent back, say); returns its sequence number.
+    pub fn push_raw(&mut self, kind: MessageType, payload: &[u8]) -> u32 {
+        self.seq = next_seq(self.seq);
+        let start = self.out.len();
+        write_frame(&mut self.out, kind, Flags::default(), self.seq, payload);
+        self.hold_queued(self.seq, start);
+        self.seq
+    }
+
+    /// With session resume, holds the frame queued from `start` until the
+    /// server acknowledges it.
+    fn hold_queued(&mut self, seq: u32, start: usize) {
+        if let (Some(r), true) = (&mut self.resume, seq != 0) {
+            r.set_out_seq(self.seq);
+            let frame = Bytes::copy_from_slice(&self.out[start..]);
+            r.replay_mut().hold(seq, frame);
+        }
+    }
+
+    /// Sends what was queued as one WebSocket message (the caller keeps it
+    /// within the Welcome's limits), with an `Ack` when one is owed;
+    /// nothing when nothing is queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let ack = if self.auto_ack {
+            self.resume.as_ref().and_then(|r| r.inbound().pending_ack())
+        } else {
+            None
+        };
+        if let Some(seq) = ack {
+            encode_into(&Message::Ack { seq }, 0, &mut self.out);
+        }
+        let data = self.out.split().freeze();
+        self.ws.send(WsMessage::Binary(data)).await?;
+        if let (Some(seq), Some(r)) = (ack, &mut self.resume) {
+            r.inbound_mut().acked(seq);
+        }
+        Ok(())
+    }
+
+    /// Reads the next WebSocket message and hands each of its frames to
+    /// `each` undecoded. Server Pings are answered (the `Pong` goes out,
+    /// with whatever else was queued, before this returns) and not handed
+    /// over; with session resume, a frame processed before is skipped and
+    /// an `Ack` trims the held frames (and is handed over). Messages that
+    /// [`Connection::recv`] read ahead and has not returned yet stay for
+    /// it. A frame that does not parse ends the read with its error.
+    pub async fn recv_frames(
+        &mut self,
+        mut each: impl FnMut(&RawFrame),
+    ) -> Result<(), ClientError> {
+        let data = self.next_binary().await?;
+        let mut pinged = false;
+        for frame in Frames::new(data, self.limits.max_payload, self.limits.max_frames) {
+            let frame = frame?;
+            if let Some(r) = &mut self.resume {
+                if !r.inbound_mut().receive(frame.header.seq, Instant::now()) {
+                    continue;
+                }
+            }
+            let kind = frame.header.kind;
+            if kind == MessageType::Ping as u8 || kind == MessageType::Ack as u8 {
+                match decode(&frame, &self.limits)? {
+                    Message::Ping { nonce } => {
+                        self.push(&Message::Pong { nonce });
+                        pinged = true;
+                        continue;
+                    }
+                    Message::Ack { seq } => {
+                        if let Some(r) = &mut self.resume {
+                            r.replay_mut().acknowledged(seq);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            each(&frame);
+        }
+        if pinged {
+            self.flush().await?;
+        }
+        Ok(())
     }
 }
 

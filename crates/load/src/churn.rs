@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, CpuShare, Latency};
-use super::{LoadError, Target};
+use super::{LoadError, PeerExt, Target};
 use crate::protocol::{Join, Message, RoomId, RoomMode};
 
 /// Options of the churn scenario.
@@ -128,5 +128,5 @@ async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
     p.flush().await?;
     p.expect("leave", |m| matches!(m, Message::Left { .. }).then_some(()))
         .await?;
-    p.close().await
+    Ok(p.close().await?)
 }

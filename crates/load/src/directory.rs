@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::relay::set_up;
 use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, CpuShare, Latency};
-use super::{LoadError, Peer, Target};
+use super::{Connection, LoadError, PeerExt, Target};
 use crate::protocol::{Join, Message, RoomId, RoomMode, UserName};
 
 /// Options of the directory scenario.
@@ -281,9 +281,9 @@ impl Histograms {
 /// One worker's connections.
 struct Worker {
     /// The measured connection.
-    local: Peer,
+    local: Connection,
     /// With `peer_url`: the member of `room` on the other node.
-    remote: Option<Peer>,
+    remote: Option<Connection>,
     /// The worker's room.
     room: RoomId,
 }

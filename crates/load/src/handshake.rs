@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, CpuShare, Latency};
-use super::{LoadError, Peer, Target};
+use super::{Connection, LoadError, PeerExt, Target};
 use crate::protocol::{
     sdp, Address, Capabilities, IceCandidate, IceCandidates, Join, Message, PeerId, RoomId,
     RoomMode, Sdp, SessionDescription,
@@ -130,7 +130,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
             let (target, shared, options) = (target.clone(), shared.clone(), options.clone());
             tokio::spawn(async move {
                 let mut hist = latency_histogram();
-                let mut kept: Vec<Peer> = Vec::new();
+                let mut kept: Vec<Connection> = Vec::new();
                 while !shared.stop.load(Ordering::Relaxed) {
                     let n = shared.next_room.fetch_add(1, Ordering::Relaxed);
                     if options.rooms > 0 && n >= options.rooms as u64 {
@@ -239,7 +239,7 @@ async fn negotiate_room(
     shared: &Shared,
     options: &Options,
     n: u64,
-    kept: &mut Vec<Peer>,
+    kept: &mut Vec<Connection>,
 ) -> Result<(), LoadError> {
     let room = RoomId::new(&format!("hs-{}-{n}", shared.tag)).expect("valid room id");
     let mode = if options.size == 2 {
@@ -247,7 +247,7 @@ async fn negotiate_room(
     } else {
         RoomMode::Mesh
     };
-    let mut peers: Vec<Peer> = if kept.is_empty() {
+    let mut peers: Vec<Connection> = if kept.is_empty() {
         futures_util::future::try_join_all((0..options.size).map(|_| target.peer())).await?
     } else {
         std::mem::take(kept)
@@ -306,7 +306,7 @@ async fn negotiate_room(
 /// One peer: offers to `offer_to`, answers everyone else, sends its ICE to
 /// each, until `remotes` negotiations are complete.
 async fn negotiate_peer(
-    p: &mut Peer,
+    p: &mut Connection,
     offer_to: Vec<(PeerId, Capabilities)>,
     remotes: usize,
     sdps: &Sdps,
@@ -329,49 +329,41 @@ async fn negotiate_peer(
         state.len() == remotes && state.values().all(|n| n.sdp && n.end_of_candidates)
     };
     while !done(&state) {
-        let mut failure = None;
-        let mut replies = Vec::new();
-        tokio::time::timeout_at(
-            deadline,
-            p.recv_batch(|m| match m {
-                Message::Offer(d) => {
-                    if let Address::Peer(from) = d.peer {
-                        state.entry(from).or_default().sdp = true;
-                        // All of this generator's peers inflate; a real
-                        // client would look up the sender's capabilities.
-                        replies.push(Message::Answer(SessionDescription {
-                            peer: Address::Peer(from),
-                            sdp: sdps.body(false, true),
-                            room: None,
-                            app_data: String::new(),
-                        }));
-                        replies.push(ice_batch(from, me));
+        let m = tokio::time::timeout_at(deadline, p.recv())
+            .await
+            .map_err(|_| LoadError::Timeout("negotiation"))??;
+        match m {
+            Message::Offer(d) => {
+                if let Address::Peer(from) = d.peer {
+                    state.entry(from).or_default().sdp = true;
+                    // All of this generator's peers inflate; a real
+                    // client would look up the sender's capabilities.
+                    p.push(&Message::Answer(SessionDescription {
+                        peer: Address::Peer(from),
+                        sdp: sdps.body(false, true),
+                        room: None,
+                        app_data: String::new(),
+                    }));
+                    p.push(&ice_batch(from, me));
+                }
+            }
+            Message::Answer(d) => {
+                if let Address::Peer(from) = d.peer {
+                    state.entry(from).or_default().sdp = true;
+                }
+            }
+            Message::Ice(ice) => {
+                if let Address::Peer(from) = ice.peer {
+                    if ice.end_of_candidates {
+                        state.entry(from).or_default().end_of_candidates = true;
                     }
                 }
-                Message::Answer(d) => {
-                    if let Address::Peer(from) = d.peer {
-                        state.entry(from).or_default().sdp = true;
-                    }
-                }
-                Message::Ice(ice) => {
-                    if let Address::Peer(from) = ice.peer {
-                        if ice.end_of_candidates {
-                            state.entry(from).or_default().end_of_candidates = true;
-                        }
-                    }
-                }
-                Message::Error(e) => failure = Some(format!("{e:?}")),
-                _ => {}
-            }),
-        )
-        .await
-        .map_err(|_| LoadError::Timeout("negotiation"))??;
-        if let Some(f) = failure {
-            return Err(LoadError::Unexpected(f));
+            }
+            Message::Error(e) => return Err(LoadError::Unexpected(format!("{e:?}"))),
+            _ => {}
         }
-        for r in &replies {
-            p.push(r);
-        }
+        // The answer and its candidates leave together (nothing when
+        // nothing was queued).
         p.flush().await?;
     }
     Ok(())

@@ -14,7 +14,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{progress_bar, run_tag, sample_process, Common, LoadError, Peer, Target};
+use super::{
+    progress_bar, run_tag, sample_process, Common, Connection, LoadError, PeerExt, Target,
+};
 use crate::protocol::{Join, Message, RoomId, RoomMode, UserName};
 
 /// Options of the idle scenario.
@@ -31,9 +33,11 @@ pub struct Options {
     pub seed001: bool,
 }
 
-/// One held connection, in either protocol.
+/// One held connection, in either protocol. A run holds one kind only, so
+/// the larger variant (the client's connection) is not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Held {
-    Binary(Peer),
+    Binary(Connection),
     Seed001(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
 }
 
@@ -143,7 +147,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     })
 }
 
-async fn log_in_and_join(target: &Target, tag: &str, i: usize) -> Result<Peer, LoadError> {
+async fn log_in_and_join(target: &Target, tag: &str, i: usize) -> Result<Connection, LoadError> {
     let mut p = target.peer().await?;
     p.push(&Message::Login {
         name: UserName::new(&format!("idle-{tag}-{i}")).expect("valid user name"),
@@ -218,7 +222,11 @@ async fn hold(held: Held, exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> 
     }
 }
 
-async fn hold_binary(mut p: Peer, mut exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> bool {
+async fn hold_binary(
+    mut p: Connection,
+    mut exit: watch::Receiver<bool>,
+    open: Arc<AtomicU64>,
+) -> bool {
     open.fetch_add(1, Ordering::Relaxed);
     loop {
         tokio::select! {
@@ -227,8 +235,9 @@ async fn hold_binary(mut p: Peer, mut exit: watch::Receiver<bool>, open: Arc<Ato
                 let _ = p.close().await;
                 return true;
             }
-            r = p.recv_batch(|_| {}) => {
-                if r.is_err() || p.flush().await.is_err() {
+            // Pings are answered inside `recv`.
+            r = p.recv() => {
+                if r.is_err() {
                     open.fetch_sub(1, Ordering::Relaxed);
                     return false;
                 }

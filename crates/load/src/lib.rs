@@ -13,12 +13,15 @@
 //! - [`directory`]: login/join/leave/logout loops on open connections; the
 //!   latency of each request a cluster node decides in its shared directory.
 //!
-//! The load generator talks the wire protocol directly over
-//! tokio-tungstenite ([`Peer`]) instead of [`crate::client::Client`]: it
-//! coalesces its replies and never inflates SDP, so that it stays cheaper
-//! than the server it measures. [`ServerProbe`] reads the server's CPU time
-//! and RSS from `/proc`, so a report shows whether the server was the
-//! bottleneck.
+//! The load generator speaks the protocol through the client crate's
+//! [`Connection`] (frame by frame: frames queued and flushed as one
+//! WebSocket message, received frames handed over undecoded on the relay
+//! path), not through [`crate::client::Client`]: it coalesces its replies
+//! and never inflates SDP, so that it stays cheaper than the server it
+//! measures. [`PeerExt`] adds what the scenarios need on top (the peer id,
+//! waiting for one answer). [`CpuProbe`] and [`sample_process`] read the
+//! server's CPU time and RSS from `/proc`, so a report shows whether the
+//! server was the bottleneck.
 
 pub mod churn;
 pub mod directory;
@@ -33,27 +36,22 @@ pub mod lite;
 pub mod relay;
 pub mod seed_relay;
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::default_hello;
-use crate::protocol::frame::{next_seq, write_frame};
-use crate::protocol::{
-    encode_into, CodecLimits, DecodeError, Flags, Frames, Message, MessageType, PeerId, RawFrame,
-};
+pub use crate::client::Connection;
+use crate::client::{default_hello, ClientError};
+use crate::protocol::{DecodeError, Message, PeerId};
 
 /// Why a load run failed before it could report.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +82,17 @@ pub enum LoadError {
     /// A setup step did not finish in time.
     #[error("timed out during {0}")]
     Timeout(&'static str),
+}
+
+impl From<ClientError> for LoadError {
+    fn from(e: ClientError) -> LoadError {
+        match e {
+            ClientError::WebSocket(e) => LoadError::WebSocket(e),
+            ClientError::Decode(e) => LoadError::Decode(e),
+            ClientError::Closed { .. } => LoadError::Closed,
+            other => LoadError::Unexpected(other.to_string()),
+        }
+    }
 }
 
 /// Options every scenario shares.
@@ -161,6 +170,30 @@ impl Target {
     /// Opens a TCP connection, bound round-robin to one of the source
     /// addresses, and runs the WebSocket client handshake over it.
     pub async fn open(&self) -> Result<WebSocketStream<TcpStream>, LoadError> {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            self.tcp().await?,
+            Some(ws_config()),
+        )
+        .await?;
+        Ok(ws)
+    }
+
+    /// Opens a connection and completes Hello/Welcome, through the client
+    /// crate's [`Connection`].
+    pub async fn peer(&self) -> Result<Connection, LoadError> {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            MaybeTlsStream::Plain(self.tcp().await?),
+            Some(ws_config()),
+        )
+        .await?;
+        Ok(Connection::handshake(ws, default_hello()).await?)
+    }
+
+    /// A TCP connection to the target, bound round-robin to one of the
+    /// source addresses, without Nagle.
+    async fn tcp(&self) -> Result<TcpStream, LoadError> {
         let socket = if self.addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -173,41 +206,15 @@ impl Target {
         }
         let stream = socket.connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        // Small buffers: an idle run holds tens of thousands of these.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(0);
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await?;
-        Ok(ws)
+        Ok(stream)
     }
+}
 
-    /// Opens a connection and completes Hello/Welcome.
-    pub async fn peer(&self) -> Result<Peer, LoadError> {
-        let ws = self.open().await?;
-        let mut peer = Peer {
-            ws,
-            seq: 0,
-            out: BytesMut::with_capacity(256),
-            limits: CodecLimits::default(),
-            id: PeerId(0),
-            backlog: VecDeque::new(),
-        };
-        peer.push(&Message::Hello(default_hello()));
-        peer.flush().await?;
-        let mut welcome = None;
-        peer.recv_batch(|m| welcome = Some(m)).await?;
-        match welcome {
-            Some(Message::Welcome(w)) => {
-                peer.id = w.peer_id;
-                peer.limits.max_payload = w.limits.max_message_bytes as usize;
-                peer.limits.max_sdp = w.limits.max_sdp_bytes as usize;
-                Ok(peer)
-            }
-            other => Err(LoadError::Unexpected(format!("{other:?}"))),
-        }
-    }
+/// Small buffers: an idle run holds tens of thousands of connections.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
 }
 
 /// Binds `socket` to `ip` with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
@@ -235,145 +242,44 @@ fn bind_no_port(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
     socket.bind(SocketAddr::new(ip, 0))
 }
 
-/// One load-generator connection: frames are queued with [`Peer::push`] and
-/// leave as one WebSocket message on [`Peer::flush`].
-pub struct Peer {
-    ws: WebSocketStream<TcpStream>,
-    seq: u32,
-    out: BytesMut,
-    limits: CodecLimits,
-    id: PeerId,
-    /// Frames [`Peer::expect`] read past the one it wanted.
-    backlog: VecDeque<Message>,
+/// What the scenarios ask of a [`Connection`] besides what the client
+/// crate offers.
+#[allow(async_fn_in_trait)]
+pub trait PeerExt {
+    /// The id the server gave this connection.
+    fn id(&self) -> PeerId;
+
+    /// Reads until a message matching `want` arrives (others are dropped;
+    /// an `Error` fails the step), within 10 seconds. For setup steps.
+    async fn expect<T>(
+        &mut self,
+        step: &'static str,
+        want: impl FnMut(Message) -> Option<T>,
+    ) -> Result<T, LoadError>;
 }
 
-impl Peer {
-    /// The id the server gave this connection.
-    pub fn id(&self) -> PeerId {
-        self.id
+impl PeerExt for Connection {
+    fn id(&self) -> PeerId {
+        self.welcome().peer_id
     }
 
-    /// Queues a frame.
-    pub fn push(&mut self, message: &Message) {
-        self.seq = next_seq(self.seq);
-        encode_into(message, self.seq, &mut self.out);
-    }
-
-    /// Queues a frame whose payload is already encoded.
-    pub fn push_raw(&mut self, kind: MessageType, payload: &[u8]) {
-        self.seq = next_seq(self.seq);
-        write_frame(&mut self.out, kind, Flags::default(), self.seq, payload);
-    }
-
-    /// Reads one WebSocket message and hands each frame to `each` without
-    /// decoding it (the relay scenario's hot path); server Pings are
-    /// answered (on the next flush) and not handed over.
-    pub async fn recv_raw(&mut self, mut each: impl FnMut(&RawFrame)) -> Result<(), LoadError> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    for frame in Frames::new(data, self.limits.max_payload, usize::MAX) {
-                        let frame = frame?;
-                        if frame.header.kind == MessageType::Ping as u8 {
-                            if let Message::Ping { nonce } = protocol::decode(&frame, &self.limits)?
-                            {
-                                self.push(&Message::Pong { nonce });
-                            }
-                            continue;
-                        }
-                        each(&frame);
-                    }
-                    return Ok(());
-                }
-                Some(Ok(WsMessage::Close(_))) | None => return Err(LoadError::Closed),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Sends the queued frames as one WebSocket message.
-    pub async fn flush(&mut self) -> Result<(), LoadError> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let data = self.out.split().freeze();
-        self.ws.send(WsMessage::Binary(data)).await?;
-        Ok(())
-    }
-
-    /// Reads one WebSocket message and hands each decoded frame to `each`;
-    /// server Pings are answered (on the next flush) and not handed over.
-    pub async fn recv_batch(&mut self, mut each: impl FnMut(Message)) -> Result<(), LoadError> {
-        if !self.backlog.is_empty() {
-            self.backlog.drain(..).for_each(each);
-            return Ok(());
-        }
-        loop {
-            match self.ws.next().await {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    for item in protocol::decode_message(data, &self.limits) {
-                        match item? {
-                            (_, Message::Ping { nonce }) => {
-                                self.seq = next_seq(self.seq);
-                                encode_into(&Message::Pong { nonce }, self.seq, &mut self.out);
-                            }
-                            (_, m) => each(m),
-                        }
-                    }
-                    return Ok(());
-                }
-                Some(Ok(WsMessage::Close(_))) | None => return Err(LoadError::Closed),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Reads until a message matching `want` arrives; other frames are
-    /// dropped. For setup steps, with a timeout.
-    pub async fn expect<T>(
+    async fn expect<T>(
         &mut self,
         step: &'static str,
         mut want: impl FnMut(Message) -> Option<T>,
     ) -> Result<T, LoadError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let mut found = None;
-            let mut unexpected = None;
-            let mut rest = VecDeque::new();
-            tokio::time::timeout_at(
-                deadline,
-                self.recv_batch(|m| {
-                    if found.is_some() {
-                        rest.push_back(m);
-                        return;
-                    }
-                    if let Message::Error(e) = &m {
-                        unexpected = Some(format!("{step}: {e:?}"));
-                        return;
-                    }
-                    found = want(m);
-                }),
-            )
-            .await
-            .map_err(|_| LoadError::Timeout(step))??;
-            rest.append(&mut self.backlog);
-            self.backlog = rest;
-            self.flush().await?;
-            if let Some(t) = found {
+            let m = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .map_err(|_| LoadError::Timeout(step))??;
+            if let Message::Error(e) = &m {
+                return Err(LoadError::Unexpected(format!("{step}: {e:?}")));
+            }
+            if let Some(t) = want(m) {
                 return Ok(t);
             }
-            if let Some(u) = unexpected {
-                return Err(LoadError::Unexpected(u));
-            }
         }
-    }
-
-    /// Closes the WebSocket politely.
-    pub async fn close(mut self) -> Result<(), LoadError> {
-        self.ws.close(None).await?;
-        Ok(())
     }
 }
 

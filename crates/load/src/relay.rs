@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{latency_histogram, run_tag, timed_run, Common, CpuProbe, CpuShare, Latency};
-use super::{LoadError, Peer, Target};
+use super::{Connection, LoadError, PeerExt, Target};
 use crate::protocol::{
     Address, IceCandidate, IceCandidates, Join, Message, MessageType, PeerId, RoomId, RoomMode,
 };
@@ -297,7 +297,7 @@ async fn set_up_pair(
     target: &Target,
     peer_target: &Target,
     room: RoomId,
-) -> Result<(Peer, Peer), LoadError> {
+) -> Result<(Connection, Connection), LoadError> {
     let mut a = target.peer().await?;
     let mut b = peer_target.peer().await?;
     let join = Message::Join(Join {
@@ -390,7 +390,7 @@ impl Ball {
 /// One side of a pair: answers every ball, records round trips.
 #[allow(clippy::too_many_arguments)]
 async fn bounce(
-    mut peer: Peer,
+    mut peer: Connection,
     side: usize,
     partner: PeerId,
     window: usize,
@@ -425,7 +425,7 @@ async fn bounce(
             tokio::select! {
                 biased;
                 _ = exit.changed() => return Ok(()),
-                r = peer.recv_raw(|frame| {
+                r = peer.recv_frames(|frame| {
                     if frame.header.kind != MessageType::Ice as u8 {
                         if frame.header.kind == MessageType::Error as u8 {
                             errors += 1;
