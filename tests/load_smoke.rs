@@ -170,6 +170,7 @@ async fn churn_loops_without_errors() {
     let report = churn::run(
         &common(server.url()),
         &churn::Options {
+            resume: false,
             workers: 4,
             duration: Duration::from_millis(600),
         },
@@ -189,6 +190,7 @@ async fn source_addresses_are_spread() {
             ..Common::new(server.url())
         },
         &churn::Options {
+            resume: false,
             workers: 3,
             duration: Duration::from_millis(300),
         },
@@ -204,6 +206,7 @@ async fn a_bad_url_is_refused() {
     let err = churn::run(
         &Common::new("http://127.0.0.1:1/ws"),
         &churn::Options {
+            resume: false,
             workers: 1,
             duration: Duration::from_millis(10),
         },

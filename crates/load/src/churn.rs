@@ -2,6 +2,11 @@
 //!
 //! Each worker loops: connect, Hello, Join a pair room of its own, wait for
 //! Joined, Leave, wait for Left, close. One loop is one operation.
+//!
+//! With `resume`, each worker keeps one session in a room instead and
+//! loops: drop the connection without a close frame, connect again and
+//! resume the session, Ping and wait for the Pong. One loop is one
+//! reconnect-and-resume.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,12 +25,14 @@ pub struct Options {
     pub workers: usize,
     /// Measured time.
     pub duration: Duration,
+    /// Drop and resume one session per worker instead of new connections.
+    pub resume: bool,
 }
 
 /// What a churn run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// Always "churn".
+    /// "churn", or "resume" with `resume`.
     pub scenario: &'static str,
     /// Concurrent loops.
     pub workers: usize,
@@ -61,11 +68,18 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
                 errors.clone(),
             );
             let room = RoomId::new(&format!("churn-{tag}-{w}")).expect("valid room id");
+            let resume = options.resume;
             tokio::spawn(async move {
                 let mut hist = latency_histogram();
+                let mut held = None;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    match once(&target, &room).await {
+                    let done = if resume {
+                        resume_once(&target, &room, &mut held).await
+                    } else {
+                        once(&target, &room).await
+                    };
+                    match done {
                         Ok(()) => {
                             operations.fetch_add(1, Ordering::Relaxed);
                             let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
@@ -102,7 +116,7 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
         }
     }
     Ok(Report {
-        scenario: "churn",
+        scenario: if options.resume { "resume" } else { "churn" },
         workers: options.workers,
         duration_s: (elapsed * 1000.0).round() / 1000.0,
         operations: done,
@@ -129,4 +143,44 @@ async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
     p.expect("leave", |m| matches!(m, Message::Left { .. }).then_some(()))
         .await?;
     Ok(p.close().await?)
+}
+
+/// One reconnect-and-resume of the worker's session (made on the first
+/// call, in `room`): the connection ends without a close frame, a new one
+/// resumes the session, and a Ping answered shows it live.
+async fn resume_once(
+    target: &Target,
+    room: &RoomId,
+    held: &mut Option<crate::client::SessionResume>,
+) -> Result<(), LoadError> {
+    let mut p = match held.take() {
+        None => {
+            let mut p = target.peer().await?;
+            p.push(&Message::Join(Join {
+                room: room.clone(),
+                mode: RoomMode::Pair,
+                capacity: None,
+                display_name: String::new(),
+            }));
+            p.flush().await?;
+            p.expect("join", |m| matches!(m, Message::Joined(_)).then_some(()))
+                .await?;
+            p
+        }
+        Some(session) => {
+            let p = target.resume(&session).await?;
+            if !p.resumed() {
+                return Err(LoadError::Timeout("a resume the server refused"));
+            }
+            p
+        }
+    };
+    p.push(&Message::Ping { nonce: 1 });
+    p.flush().await?;
+    p.expect("pong", |m| matches!(m, Message::Pong { .. }).then_some(()))
+        .await?;
+    *held = p.take_resume();
+    // Dropped without a close frame: the server keeps the session.
+    drop(p);
+    Ok(())
 }

@@ -51,7 +51,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use crate::client::Connection;
 use crate::client::{default_hello, ClientError};
-use crate::protocol::{DecodeError, Message, PeerId};
+use crate::protocol::{Capabilities, DecodeError, Message, PeerId};
 
 /// Why a load run failed before it could report.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,9 @@ pub struct Common {
     pub server_pid: Option<u32>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Ask for session resume (acknowledgements and replay buffers on
+    /// both sides), to measure what it costs.
+    pub resume: bool,
 }
 
 impl Common {
@@ -117,6 +120,7 @@ impl Common {
             source_ips: 1,
             server_pid: None,
             progress: false,
+            resume: false,
         }
     }
 }
@@ -128,6 +132,7 @@ pub struct Target {
     url: String,
     source_ips: u8,
     next_source: Arc<AtomicUsize>,
+    resume: bool,
 }
 
 impl Target {
@@ -164,6 +169,7 @@ impl Target {
             url,
             source_ips: common.source_ips,
             next_source: Arc::new(AtomicUsize::new(0)),
+            resume: common.resume,
         })
     }
 
@@ -188,7 +194,27 @@ impl Target {
             Some(ws_config()),
         )
         .await?;
-        Ok(Connection::handshake(ws, default_hello()).await?)
+        let mut hello = default_hello();
+        if self.resume {
+            hello.capabilities = hello.capabilities.union(Capabilities::RESUME);
+        }
+        Ok(Connection::handshake(ws, hello).await?)
+    }
+
+    /// Resumes the session `held` names on a new connection (the old one
+    /// dropped); whether the server resumed it is
+    /// [`Connection::resumed`].
+    pub async fn resume(
+        &self,
+        held: &crate::client::SessionResume,
+    ) -> Result<Connection, LoadError> {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            MaybeTlsStream::Plain(self.tcp().await?),
+            Some(ws_config()),
+        )
+        .await?;
+        Ok(Connection::resume_handshake(ws, default_hello(), held).await?)
     }
 
     /// A TCP connection to the target, bound round-robin to one of the

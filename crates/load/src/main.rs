@@ -45,6 +45,10 @@ struct CommonArgs {
     /// Print the report as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Ask for session resume (acknowledgements and replay buffers both
+    /// ways), to measure its cost.
+    #[arg(long, global = true)]
+    resume: bool,
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
@@ -139,6 +143,10 @@ enum Scenario {
         /// Measured seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Each loop drops a session's connection and resumes it on a new
+        /// one (the resume rate) instead of opening a new session.
+        #[arg(long)]
+        resume_sessions: bool,
     },
     /// Login/join/leave/logout loops on open connections: the latency of
     /// each request a cluster node decides in its shared directory.
@@ -267,6 +275,7 @@ fn main() -> ExitCode {
         source_ips: cli.common.source_ips,
         server_pid: cli.common.server_pid,
         progress: !cli.common.quiet,
+        resume: cli.common.resume,
     };
     let json = cli.common.json;
     if cli.common.busy_poll {
@@ -346,10 +355,19 @@ fn main() -> ExitCode {
                 };
                 print(json, &seed_relay::run(&common, &o).await?);
             }
-            Scenario::Churn { workers, duration } => {
+            Scenario::Churn {
+                workers,
+                duration,
+                resume_sessions,
+            } => {
                 let o = churn::Options {
                     workers,
                     duration: secs(duration),
+                    resume: resume_sessions,
+                };
+                let common = Common {
+                    resume: common.resume || resume_sessions,
+                    ..common.clone()
                 };
                 print(json, &churn::run(&common, &o).await?);
             }
