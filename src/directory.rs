@@ -226,23 +226,6 @@ impl LocalDirectory {
         true
     }
 
-    /// Tells a peer removed from `room` by an operator, and its session.
-    fn tell_kicked(&self, room: &RoomId, peer: PeerId, why: &str) {
-        self.registry.notify(
-            peer,
-            encode(&Message::Error(crate::protocol::ErrorMessage {
-                code: crate::protocol::ErrorCode::Kicked,
-                message: format!("{why}: {room}"),
-                request_seq: 0,
-            })),
-        );
-        self.registry
-            .notify(peer, encode(&Message::Left { room: room.clone() }));
-        if let Some(outbox) = self.registry.outbox(peer) {
-            outbox.kicked_from(room.clone());
-        }
-    }
-
     /// The synchronous join, for the async trait method and for benches.
     pub fn join_now(
         &self,
@@ -449,7 +432,8 @@ impl Directory for LocalDirectory {
         if !self.leave_and_announce(room, peer, LeaveReason::Kicked) {
             return false;
         }
-        self.tell_kicked(room, peer, "an operator removed you from the room");
+        self.registry
+            .tell_kicked(room, peer, "an operator removed you from the room");
         true
     }
 
@@ -468,7 +452,8 @@ impl Directory for LocalDirectory {
             members
         };
         for &peer in &members {
-            self.tell_kicked(room, peer, "an operator closed the room");
+            self.registry
+                .tell_kicked(room, peer, "an operator closed the room");
         }
         Some(members.len())
     }

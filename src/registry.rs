@@ -11,7 +11,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::outbox::{CloseReason, Origin, Outbox, PushError};
-use crate::protocol::{Capabilities, Encoded, ErrorCode, PeerId};
+use crate::protocol::{
+    encode, Capabilities, Encoded, ErrorCode, ErrorMessage, Message, PeerId, RoomId,
+};
 
 /// Why a message could not be routed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -174,6 +176,24 @@ impl Registry {
             // Full or Closed: that peer is being disconnected and will be
             // announced as gone; nothing more to do for it here.
             self.notify(peer, frame.clone());
+        }
+    }
+
+    /// Tells `peer`, if connected here, that an operator removed it from
+    /// `room` (`Error{KICKED}` saying `why`, then `Left`), and its session,
+    /// which forgets the room.
+    pub fn tell_kicked(&self, room: &RoomId, peer: PeerId, why: &str) {
+        self.notify(
+            peer,
+            encode(&Message::Error(ErrorMessage {
+                code: ErrorCode::Kicked,
+                message: format!("{why}: {room}"),
+                request_seq: 0,
+            })),
+        );
+        self.notify(peer, encode(&Message::Left { room: room.clone() }));
+        if let Some(outbox) = self.outbox(peer) {
+            outbox.kicked_from(room.clone());
         }
     }
 

@@ -48,8 +48,8 @@ use crate::directory::{Directory, RoomInfo};
 use crate::metrics::Census;
 use crate::outbox::{CloseReason, Origin};
 use crate::protocol::{
-    encode, Address, Encoded, ErrorCode, ErrorMessage, Joined, LeaveReason, Member, Message,
-    PeerId, PeerJoined, RoomId, RoomMode, UserName,
+    encode, Address, Encoded, ErrorMessage, Joined, LeaveReason, Member, Message, PeerId,
+    PeerJoined, RoomId, RoomMode, UserName,
 };
 use crate::registry::{Registry, Route, RouteError, Shards, Target};
 use crate::rooms::{JoinError, LoginError, RoomPolicy, Rooms, MAX_CALLS};
@@ -660,7 +660,7 @@ impl ClusterDirectory {
             }
             wire::Event::Kicked { r, p, why } => {
                 if let (Some(room), Some(peer)) = (wire::parse_room(&r), wire::parse_peer(&p)) {
-                    self.tell_kicked(&room, peer, &why);
+                    self.registry.tell_kicked(&room, peer, &why);
                 }
             }
             wire::Event::Closed { r } => {
@@ -670,7 +670,8 @@ impl ClusterDirectory {
                 let members = self.room_shard(&room).lock().close(&room);
                 for peer in members.unwrap_or_default() {
                     if self.is_here(peer) {
-                        self.tell_kicked(&room, peer, "an operator closed the room");
+                        self.registry
+                            .tell_kicked(&room, peer, "an operator closed the room");
                     }
                 }
             }
@@ -752,23 +753,6 @@ impl ClusterDirectory {
             .notify(joiner, encode(&Message::Joined(joined)));
         let _ = waiting.send(());
         true
-    }
-
-    /// Tells a peer of this node that an operator removed it from `room`.
-    fn tell_kicked(&self, room: &RoomId, peer: PeerId, why: &str) {
-        self.registry.notify(
-            peer,
-            encode(&Message::Error(ErrorMessage {
-                code: ErrorCode::Kicked,
-                message: format!("{why}: {room}"),
-                request_seq: 0,
-            })),
-        );
-        self.registry
-            .notify(peer, encode(&Message::Left { room: room.clone() }));
-        if let Some(outbox) = self.registry.outbox(peer) {
-            outbox.kicked_from(room.clone());
-        }
     }
 
     // ---- the lease keeper ----

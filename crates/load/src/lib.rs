@@ -246,7 +246,7 @@ fn ws_config() -> WebSocketConfig {
 /// Binds `socket` to `ip` with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
 /// the port at connect time per (source, destination) pair and 127.0.0.x
 /// addresses each get a full ephemeral-port range.
-fn bind_no_port(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
+pub(crate) fn bind_no_port(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

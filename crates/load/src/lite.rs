@@ -26,7 +26,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::protocol::frame::next_seq;
 use crate::protocol::{self, encode_into, CodecLimits, Hello, Message, PeerId};
-use crate::LoadError;
+use crate::{bind_no_port, LoadError};
 
 /// Pongs written by every [`Lite`] of this process (heartbeats answered).
 pub static PONGS: AtomicU64 = AtomicU64::new(0);
@@ -59,31 +59,6 @@ pub struct Lite {
     fragments: Vec<u8>,
     /// Framed bytes not yet written.
     pending: Vec<u8>,
-}
-
-/// Binds `socket` to `ip` with IP_BIND_ADDRESS_NO_PORT: the kernel picks the
-/// port at connect time per (source, destination), so each 127.0.0.x gets
-/// a full ephemeral range towards each node.
-fn bind_no_port(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid fd and a pointer to a c_int of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    socket.bind(SocketAddr::new(ip, 0))
 }
 
 impl Lite {
