@@ -29,6 +29,7 @@
 //! from the right peer, intact, exactly once (it keeps listening half a
 //! second past completion for duplicates).
 
+use crate::handshake::{candidates, ice_batch};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -1059,33 +1060,6 @@ fn same_sdp(got: &Sdp, want: &str) -> bool {
     }
 }
 
-fn candidates(peer: PeerId) -> Vec<IceCandidate> {
-    (0..4u32)
-        .map(|i| IceCandidate {
-            candidate: format!(
-                "candidate:{} 1 udp {} 192.0.2.{} {} typ host generation 0",
-                1_000_000 + i,
-                2_122_260_223 - i,
-                1 + (peer.0 % 200),
-                50_000 + i
-            ),
-            sdp_mid: Some("0".into()),
-            sdp_m_line_index: Some(0),
-            username_fragment: Some("EsAw".into()),
-        })
-        .collect()
-}
-
-fn ice(to: PeerId, from: PeerId) -> Message {
-    Message::Ice(IceCandidates {
-        peer: Address::Peer(to),
-        candidates: candidates(from),
-        end_of_candidates: true,
-        room: None,
-        app_data: String::new(),
-    })
-}
-
 fn description(to: PeerId, sdp: &Bytes) -> SessionDescription {
     SessionDescription {
         peer: Address::Peer(to),
@@ -1176,8 +1150,11 @@ async fn negotiate(a: &mut Lite, b: &mut Lite, sdps: &Sdps) -> Result<Outcome, L
     let arrived = std::sync::Mutex::new(Arrived::default());
     let answer_due = std::sync::atomic::AtomicBool::new(false);
     let t0 = Instant::now();
-    a.send(&[Message::Offer(description(ib, &sdps.offer)), ice(ib, ia)])
-        .await?;
+    a.send(&[
+        Message::Offer(description(ib, &sdps.offer)),
+        ice_batch(ib, ia),
+    ])
+    .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut complete_at: Option<Duration> = None;
     let mut note_a = |m: Message| {
@@ -1233,8 +1210,11 @@ async fn negotiate(a: &mut Lite, b: &mut Lite, sdps: &Sdps) -> Result<Outcome, L
             r = b.recv(&mut note_b) => r?,
         }
         if answer_due.swap(false, Ordering::Relaxed) {
-            b.send(&[Message::Answer(description(ia, &sdps.answer)), ice(ia, ib)])
-                .await?;
+            b.send(&[
+                Message::Answer(description(ia, &sdps.answer)),
+                ice_batch(ia, ib),
+            ])
+            .await?;
         }
         if complete_at.is_none() && arrived.lock().expect("not poisoned").complete() {
             complete_at = Some(t0.elapsed());

@@ -206,7 +206,8 @@ struct Negotiation {
     end_of_candidates: bool,
 }
 
-fn candidates(peer: PeerId) -> Vec<IceCandidate> {
+/// Four host candidates for `peer` (also the fleet's, which checks them).
+pub(crate) fn candidates(peer: PeerId) -> Vec<IceCandidate> {
     (0..4u32)
         .map(|i| IceCandidate {
             candidate: format!(
@@ -223,7 +224,8 @@ fn candidates(peer: PeerId) -> Vec<IceCandidate> {
         .collect()
 }
 
-fn ice_batch(to: PeerId, from: PeerId) -> Message {
+/// `from`'s candidates for `to`, with end-of-candidates.
+pub(crate) fn ice_batch(to: PeerId, from: PeerId) -> Message {
     Message::Ice(IceCandidates {
         peer: Address::Peer(to),
         candidates: candidates(from),
