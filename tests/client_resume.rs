@@ -8,24 +8,12 @@ use std::time::Duration;
 
 use common::child::Server;
 use common::proxy::Proxy;
-use common::room;
+use common::{host_candidate, room};
 use switchboard::client::{Client, ClientConfig, Event};
 use switchboard::protocol::{Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode};
 
 const OFFER: &str = include_str!("data/sdp/chrome-offer.sdp");
 const ANSWER: &str = include_str!("data/sdp/chrome-answer.sdp");
-
-fn candidate(n: u32) -> IceCandidate {
-    IceCandidate {
-        candidate: format!(
-            "candidate:{n} 1 udp 2122260223 192.0.2.7 {} typ host",
-            50000 + n
-        ),
-        sdp_mid: Some("0".into()),
-        sdp_m_line_index: Some(0),
-        username_fragment: Some("EsAw".into()),
-    }
-}
 
 fn quick() -> ClientConfig {
     ClientConfig {
@@ -128,7 +116,9 @@ async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
     bob.send_offer(to_alice.clone(), OFFER).await.unwrap();
     alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
     for n in 0..2 {
-        bob.send_ice(to_alice.clone(), candidate(n)).await.unwrap();
+        bob.send_ice(to_alice.clone(), host_candidate(n))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut();
@@ -140,10 +130,15 @@ async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
     // While Alice is away: more from Bob (queued for her parked session)
     // and from Alice (held by her client for the resume).
     for n in 2..5 {
-        bob.send_ice(to_alice.clone(), candidate(n)).await.unwrap();
+        bob.send_ice(to_alice.clone(), host_candidate(n))
+            .await
+            .unwrap();
     }
     bob.end_of_candidates(to_alice.clone()).await.unwrap();
-    alice.send_ice(to_bob.clone(), candidate(7)).await.unwrap();
+    alice
+        .send_ice(to_bob.clone(), host_candidate(7))
+        .await
+        .unwrap();
     alice.end_of_candidates(to_bob.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -176,7 +171,7 @@ async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
     );
     assert_eq!(
         candidates_from(&got, &to_bob),
-        ((0..5).map(candidate).collect(), true)
+        ((0..5).map(host_candidate).collect(), true)
     );
 
     // Bob: the answer and Alice's candidates, once; no departure.
@@ -201,7 +196,7 @@ async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
     assert_eq!(answers, [(to_alice.clone(), ANSWER.to_owned())], "{seen:?}");
     assert_eq!(
         candidates_from(&seen, &to_alice),
-        (vec![candidate(7)], true)
+        (vec![host_candidate(7)], true)
     );
     assert!(departures(&seen).is_empty(), "Bob saw Alice go: {seen:?}");
 
@@ -300,7 +295,7 @@ async fn acknowledgements_keep_a_small_server_buffer_resumable() {
     let to_alice = Address::Peer(alice_id);
     for round in 0..10 {
         for n in 0..4 {
-            bob.send_ice(to_alice.clone(), candidate(round * 4 + n))
+            bob.send_ice(to_alice.clone(), host_candidate(round * 4 + n))
                 .await
                 .unwrap();
             bob.end_of_candidates(to_alice.clone()).await.unwrap();
@@ -353,7 +348,10 @@ async fn a_client_that_had_to_drop_frames_ends_the_old_session_and_starts_fresh(
     })
     .await;
     for n in 0..6 {
-        alice.send_ice(to_bob.clone(), candidate(n)).await.unwrap();
+        alice
+            .send_ice(to_bob.clone(), host_candidate(n))
+            .await
+            .unwrap();
         alice.end_of_candidates(to_bob.clone()).await.unwrap();
     }
     proxy.restore();

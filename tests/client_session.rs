@@ -5,24 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, join_ok, next, room, start_server, test_config, user};
+use common::{connect, host_candidate, join_ok, next, room, start_server, test_config, user};
 use switchboard::client::{backoff, Client, ClientConfig, Event};
 use switchboard::protocol::{Address, IceCandidate, Message, RoomMode, Sdp};
 
 const OFFER: &str = include_str!("data/sdp/chrome-offer.sdp");
 const ANSWER: &str = include_str!("data/sdp/chrome-answer.sdp");
-
-fn candidate(n: u32) -> IceCandidate {
-    IceCandidate {
-        candidate: format!(
-            "candidate:{n} 1 udp 2122260223 192.0.2.7 {} typ host",
-            50000 + n
-        ),
-        sdp_mid: Some("0".into()),
-        sdp_m_line_index: Some(0),
-        username_fragment: Some("EsAw".into()),
-    }
-}
 
 /// The next event within 5 s.
 async fn event(c: &mut Client) -> Event {
@@ -87,7 +75,10 @@ async fn two_clients_negotiate_a_call() {
 
     alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
     for n in 0..3 {
-        alice.send_ice(to_bob.clone(), candidate(n)).await.unwrap();
+        alice
+            .send_ice(to_bob.clone(), host_candidate(n))
+            .await
+            .unwrap();
     }
     alice.end_of_candidates(to_bob.clone()).await.unwrap();
     let sdp = until(&mut bob, |e| match e {
@@ -105,7 +96,10 @@ async fn two_clients_negotiate_a_call() {
         _ => None,
     })
     .await;
-    assert_eq!(candidates, vec![candidate(0), candidate(1), candidate(2)]);
+    assert_eq!(
+        candidates,
+        vec![host_candidate(0), host_candidate(1), host_candidate(2)]
+    );
     assert!(end, "end of candidates rides along with the last batch");
 
     bob.hang_up(to_alice).await.unwrap();
@@ -148,7 +142,10 @@ async fn sdp_is_deflated_and_candidates_are_batched_on_the_wire() {
     }
 
     for n in 0..5 {
-        client.send_ice(to.clone(), candidate(n)).await.unwrap();
+        client
+            .send_ice(to.clone(), host_candidate(n))
+            .await
+            .unwrap();
     }
     match next(&mut raw).await {
         Message::Ice(ice) => {

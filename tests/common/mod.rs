@@ -128,6 +128,19 @@ pub fn answer(to: Address, sdp: &str) -> Message {
     })
 }
 
+/// Host candidate number `n`, as the client tests send it.
+pub fn host_candidate(n: u32) -> IceCandidate {
+    IceCandidate {
+        candidate: format!(
+            "candidate:{n} 1 udp 2122260223 192.0.2.7 {} typ host",
+            50000 + n
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: Some("EsAw".into()),
+    }
+}
+
 pub fn ice(to: Address, n: u32) -> Message {
     Message::Ice(IceCandidates {
         peer: to,

@@ -47,8 +47,8 @@ use tokio::sync::watch;
 
 use crate::lite::{Lite, PONGS};
 use crate::protocol::{
-    sdp, Address, Capabilities, Hello, IceCandidate, IceCandidates, Join, Message, PeerId, RoomId,
-    RoomMode, Sdp, SessionDescription, UserName, PROTOCOL_VERSION,
+    sdp, Address, Capabilities, Hello, Join, Message, PeerId, RoomId, RoomMode, Sdp,
+    SessionDescription, UserName, PROTOCOL_VERSION,
 };
 use crate::{latency_histogram, run_tag, Latency, LoadError};
 
