@@ -126,12 +126,6 @@ impl Resumption {
         self.limits
     }
 
-    /// Whether the session can still be resumed (nothing was dropped
-    /// unacknowledged).
-    pub fn resumable(&self) -> bool {
-        self.lost_up_to == 0
-    }
-
     /// The sequence number a written frame gets: `0` for an `Ack` (outside
     /// the numbering), else `next()`; the frame is held until acknowledged.
     pub fn number(&mut self, frame: &Encoded, next: impl FnOnce() -> u32) -> u32 {
@@ -265,7 +259,6 @@ mod tests {
         for seq in 1..=5 {
             r.number(&ping(seq.into()), || seq);
         }
-        assert!(!r.resumable());
         assert_eq!(r.held.len(), 3);
         assert_eq!(r.replay_after(1), Err(ReplayLost));
         // Had the client seen frames 1 and 2, nothing it needs is lost.
