@@ -19,14 +19,43 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::metrics::Census;
-use crate::outbox::Origin;
+use crate::outbox::{Origin, Outbox};
 use crate::protocol::{
-    encode, Address, Encoded, Joined, LeaveReason, Member, Message, PeerId, RoomId, RoomMode,
-    UserName,
+    encode, Address, Encoded, Joined, LeaveReason, Member, Message, PeerId, ResumeRefusal, RoomId,
+    RoomMode, UserName,
 };
 use crate::registry::{Registry, Route, RouteError, Shards, Target};
+use crate::resume::{Handoff, Token};
 use crate::rooms::{JoinError, LoginError, Names, RoomPolicy, Rooms};
 use crate::webhooks::{Event, EventSink};
+
+/// A session brought from another node ([`Directory::fetch_session`]).
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its state.
+    pub handoff: Handoff,
+    /// Its outbox, registered here.
+    pub outbox: Arc<Outbox>,
+    /// Whether the directory moved it here; if not (its old node died
+    /// meanwhile, or the shared directory failed), it cannot be served and
+    /// is to be ended as timed out.
+    pub moved: bool,
+}
+
+/// What hands a resumable session of this node to another node (the server
+/// implements it over its table of resumable sessions).
+pub trait SessionSource: Send + Sync {
+    /// Takes the session `token` names for a client with access-token
+    /// `identity` that resumes it on another node: it is no longer served
+    /// here (a half-open connection is closed first). Returns its state and
+    /// its outbox, whose frames still queued are part of the state and
+    /// whose later frames the directory forwards; or why not.
+    fn give(
+        &self,
+        token: Token,
+        identity: Option<UserName>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(Handoff, Arc<Outbox>), ResumeRefusal>> + Send>>;
+}
 
 /// What a session needs to know and change beyond its own node.
 ///
@@ -125,6 +154,30 @@ pub trait Directory: Send + Sync + 'static {
 
     /// How many rooms, members and names there are now (for `/metrics`).
     fn census(&self) -> impl Future<Output = Census> + Send;
+
+    /// Brings the resumable session `token` names from the node that holds
+    /// it (the one the token names) for a client with access-token
+    /// `identity`: its state, and its outbox, registered here and holding
+    /// what is sent to it directly until the old node has forwarded
+    /// everything sent there. Only a cluster has other nodes to ask.
+    fn fetch_session(
+        &self,
+        token: Token,
+        identity: Option<UserName>,
+    ) -> impl Future<Output = Result<Fetched, ResumeRefusal>> + Send {
+        let _ = (token, identity);
+        std::future::ready(Err(ResumeRefusal::UnknownToken))
+    }
+
+    /// Installs what gives this node's resumable sessions to other nodes.
+    fn set_sessions(&self, sessions: Arc<dyn SessionSource>) {
+        let _ = sessions;
+    }
+
+    /// `peer`'s session ended for good on this node (after its teardown).
+    fn ended(&self, peer: PeerId) {
+        let _ = peer;
+    }
 
     /// From now on, emits room and user events (webhooks) into `sink`.
     fn set_events(&self, sink: EventSink);

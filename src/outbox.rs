@@ -62,11 +62,19 @@ struct OutboxState {
     closed: Option<CloseReason>,
     /// Relayed frames thrown away when the outbox was cut off.
     undelivered: Vec<Origin>,
+    /// What only a few outboxes need. Boxed: one word in every idle
+    /// connection's state.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Default)]
+struct Rare {
     /// Rooms an operator removed the owner from, for its session to forget.
-    /// Boxed: almost always empty, and one word in every idle connection's
-    /// state instead of three.
-    #[allow(clippy::box_collection)]
-    kicked: Option<Box<Vec<RoomId>>>,
+    kicked: Vec<RoomId>,
+    /// While the owner's session is moving here from another node: the
+    /// frames that must wait behind those the old node still forwards
+    /// (see [`Outbox::holding`]).
+    held: Option<VecDeque<Queued>>,
 }
 
 /// The bounded queue of frames waiting to be written to one connection.
@@ -88,7 +96,7 @@ pub struct Outbox {
     state: Mutex<OutboxState>,
     ready: Notify,
     limits: OutboxLimits,
-    /// Set while `state.kicked` holds rooms: checked without the lock.
+    /// Set while `state.rare.kicked` holds rooms: checked without the lock.
     kicks: std::sync::atomic::AtomicBool,
 }
 
@@ -101,6 +109,51 @@ impl Outbox {
             limits,
             kicks: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// An empty outbox that holds back what is pushed until
+    /// [`Outbox::release`]; only [`Outbox::push_forwarded`] goes through.
+    /// A session moving here from another node gets one: the frames the
+    /// old node forwards come first, then what was sent here directly.
+    pub fn holding(limits: OutboxLimits) -> Outbox {
+        let outbox = Outbox::new(limits);
+        outbox.state.lock().rare = Some(Box::new(Rare {
+            kicked: Vec::new(),
+            held: Some(VecDeque::new()),
+        }));
+        outbox
+    }
+
+    /// Queues a frame the node that had this peer before forwarded: it goes
+    /// ahead of anything held.
+    pub fn push_forwarded(&self, frame: Encoded, origin: Option<Origin>) -> Result<(), PushError> {
+        self.enqueue_at(Queued { frame, origin }, true)
+    }
+
+    /// Ends the hold of [`Outbox::holding`]: what was held follows what was
+    /// forwarded.
+    pub fn release(&self) {
+        {
+            let mut s = self.state.lock();
+            let Some(held) = s.rare.as_mut().and_then(|r| r.held.take()) else {
+                return;
+            };
+            s.frames.extend(held);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Takes every frame queued (and held), with the sender and sequence
+    /// number of the relayed ones: the outbox of a session moving to another
+    /// node.
+    pub fn take_queued(&self) -> Vec<(Encoded, Option<Origin>)> {
+        let mut s = self.state.lock();
+        let mut frames = std::mem::take(&mut s.frames);
+        if let Some(held) = s.rare.as_mut().and_then(|r| r.held.as_mut()) {
+            frames.extend(held.drain(..));
+        }
+        s.bytes = 0;
+        frames.into_iter().map(|q| (q.frame, q.origin)).collect()
     }
 
     /// Queues one of the server's own frames (a reply, a notice).
@@ -121,12 +174,21 @@ impl Outbox {
     }
 
     fn enqueue(&self, queued: Queued) -> Result<(), PushError> {
+        self.enqueue_at(queued, false)
+    }
+
+    fn enqueue_at(&self, queued: Queued, forwarded: bool) -> Result<(), PushError> {
         {
             let mut s = self.state.lock();
             if s.closed.is_some() {
                 return Err(PushError::Closed);
             }
-            let frames = s.frames.len() + 1;
+            let held = s
+                .rare
+                .as_ref()
+                .and_then(|r| r.held.as_ref())
+                .map_or(0, |h| h.len());
+            let frames = s.frames.len() + held + 1;
             let bytes = s.bytes + queued.frame.frame_len();
             let (max_frames, max_bytes) = match queued.origin {
                 Some(_) => (self.limits.frames, self.limits.bytes),
@@ -137,7 +199,10 @@ impl Outbox {
                     return Err(PushError::Full);
                 }
                 s.closed = Some(CloseReason::SlowConsumer);
-                let dropped = std::mem::take(&mut s.frames);
+                let mut dropped = std::mem::take(&mut s.frames);
+                if let Some(held) = s.rare.as_mut().and_then(|r| r.held.as_mut()) {
+                    dropped.extend(held.drain(..));
+                }
                 s.undelivered
                     .extend(dropped.into_iter().filter_map(|q| q.origin));
                 s.bytes = 0;
@@ -146,7 +211,14 @@ impl Outbox {
                 return Err(PushError::Closed);
             }
             s.bytes = bytes;
-            s.frames.push_back(queued);
+            match s.rare.as_mut().and_then(|r| r.held.as_mut()) {
+                Some(held) if !forwarded => {
+                    // Counted, not yet drainable.
+                    held.push_back(queued);
+                    return Ok(());
+                }
+                _ => s.frames.push_back(queued),
+            }
         }
         self.ready.notify_one();
         Ok(())
@@ -157,8 +229,9 @@ impl Outbox {
     pub fn kicked_from(&self, room: RoomId) {
         self.state
             .lock()
-            .kicked
+            .rare
             .get_or_insert_with(Default::default)
+            .kicked
             .push(room);
         self.kicks.store(true, std::sync::atomic::Ordering::Release);
         self.ready.notify_one();
@@ -175,9 +248,9 @@ impl Outbox {
         }
         self.state
             .lock()
-            .kicked
-            .take()
-            .map_or_else(Vec::new, |k| *k)
+            .rare
+            .as_mut()
+            .map_or_else(Vec::new, |r| std::mem::take(&mut r.kicked))
     }
 
     /// Closes the outbox; later pushes fail and the owner is woken.
@@ -238,7 +311,10 @@ impl Outbox {
         let mut origins = std::mem::take(&mut s.undelivered);
         if closing {
             s.closed.get_or_insert(CloseReason::SlowConsumer);
-            let queued = std::mem::take(&mut s.frames);
+            let mut queued = std::mem::take(&mut s.frames);
+            if let Some(held) = s.rare.as_mut().and_then(|r| r.held.as_mut()) {
+                queued.extend(held.drain(..));
+            }
             s.bytes = 0;
             origins.extend(queued.into_iter().filter_map(|q| q.origin));
         }
@@ -335,5 +411,38 @@ mod tests {
         assert_eq!(outbox.drain(&mut out, usize::MAX, usize::MAX), None);
         assert_eq!(out, vec![frame(1), frame(2)]);
         assert!(out.iter().all(|f| f.kind == MessageType::Ping));
+    }
+
+    #[test]
+    fn a_holding_outbox_puts_forwarded_frames_first() {
+        let outbox = Outbox::holding(OutboxLimits {
+            frames: 8,
+            bytes: 1 << 20,
+        });
+        outbox.push(frame(3)).unwrap();
+        outbox.push_forwarded(frame(1), None).unwrap();
+        let mut out = Vec::new();
+        outbox.drain(&mut out, usize::MAX, usize::MAX);
+        assert_eq!(out, vec![frame(1)], "held frames wait");
+        outbox.push_forwarded(frame(2), None).unwrap();
+        outbox.release();
+        outbox.push(frame(4)).unwrap();
+        out.clear();
+        outbox.drain(&mut out, usize::MAX, usize::MAX);
+        assert_eq!(out, vec![frame(2), frame(3), frame(4)]);
+        // Held frames count towards the bound like any other.
+        let outbox = Outbox::holding(OutboxLimits {
+            frames: 2,
+            bytes: 1 << 20,
+        });
+        let origin = Origin {
+            peer: PeerId(9),
+            seq: 1,
+            read_at: Instant::now(),
+        };
+        outbox.push_relayed(frame(1), origin).unwrap();
+        outbox.push_relayed(frame(2), origin).unwrap();
+        assert_eq!(outbox.push_relayed(frame(3), origin), Err(PushError::Full));
+        assert_eq!(outbox.take_queued().len(), 2);
     }
 }

@@ -32,6 +32,15 @@ pub enum RouteError {
     Unavailable,
 }
 
+impl From<PushError> for RouteError {
+    fn from(e: PushError) -> RouteError {
+        match e {
+            PushError::Full => RouteError::PeerBusy,
+            PushError::Closed => RouteError::UnknownPeer,
+        }
+    }
+}
+
 impl RouteError {
     /// The wire error code.
     pub fn code(&self) -> ErrorCode {
@@ -132,6 +141,18 @@ impl Registry {
         self.peers.at(peer.0).lock().remove(&peer);
     }
 
+    /// Forgets `peer` if `outbox` is still its outbox (it may have been
+    /// registered again since, by a session that came back).
+    pub fn unregister_outbox(&self, peer: PeerId, outbox: &Arc<Outbox>) {
+        let mut shard = self.peers.at(peer.0).lock();
+        if shard
+            .get(&peer)
+            .is_some_and(|e| Arc::ptr_eq(&e.outbox, outbox))
+        {
+            shard.remove(&peer);
+        }
+    }
+
     /// `peer`'s outbox, if it is connected here.
     pub fn outbox(&self, peer: PeerId) -> Option<Arc<Outbox>> {
         self.peers
@@ -157,10 +178,7 @@ impl Registry {
         frame: Encoded,
         origin: Origin,
     ) -> Result<(), RouteError> {
-        outbox.push_relayed(frame, origin).map_err(|e| match e {
-            PushError::Full => RouteError::PeerBusy,
-            PushError::Closed => RouteError::UnknownPeer,
-        })
+        outbox.push_relayed(frame, origin).map_err(RouteError::from)
     }
 
     /// Queues one of the server's own frames for `peer`, if connected here.

@@ -11,21 +11,78 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::protocol::{Encoded, MessageType, ResumeLimits};
+use crate::protocol::{Capabilities, Encoded, MessageType, PeerId, ResumeLimits, RoomId, UserName};
 
-/// A resume token: 32 bytes from a cryptographically secure generator
-/// seeded by the operating system.
+/// A resume token: the id of the node that holds the session (2 bytes,
+/// big-endian), then 30 bytes (240 bits) from a cryptographically secure
+/// generator seeded by the operating system. The node id lets another
+/// node of a cluster know whom to ask for the session; it is no secret.
 pub type Token = [u8; 32];
 
-/// A new random token.
-pub fn new_token() -> Token {
-    rand::random()
+/// A new random token for a session held by node `node`.
+pub fn new_token(node: u16) -> Token {
+    let mut token: Token = rand::random();
+    token[..2].copy_from_slice(&node.to_be_bytes());
+    token
+}
+
+/// The node that held the session when `token` was made.
+pub fn token_node(token: &Token) -> u16 {
+    u16::from_be_bytes([token[0], token[1]])
 }
 
 /// The frames a client missed are no longer all held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("frames the client did not acknowledge were dropped")]
 pub struct ReplayLost;
+
+/// A resumable session as one node of a cluster hands it to another when
+/// its client comes back there: everything but its socket, its rate
+/// guard (the new connection starts a fresh one) and its grant (the
+/// resuming `Hello` carries the access token again).
+#[derive(Debug)]
+pub struct Handoff {
+    /// The peer, which keeps its id on the new node.
+    pub peer: PeerId,
+    /// The capabilities agreed with the client.
+    pub capabilities: Capabilities,
+    /// Its rooms, and which of them is its pair room.
+    pub rooms: Vec<RoomId>,
+    /// Its pair room, if any.
+    pub pair_room: Option<RoomId>,
+    /// Its logged-in name.
+    pub user: Option<UserName>,
+    /// Its display name.
+    pub display_name: String,
+    /// The last sequence number written to the client.
+    pub seq_out: u32,
+    /// The identity of the access token it was opened with.
+    pub identity: Option<UserName>,
+    /// Resume's bookkeeping (token, frames held for a replay, acks).
+    pub resume: Resumption,
+    /// Frames queued for the client and not yet written, with the sender
+    /// and sequence number of the relayed ones.
+    pub queued: Vec<(Encoded, Option<(PeerId, u32)>)>,
+}
+
+/// [`Resumption`]'s state as plain data, for a [`Handoff`]'s encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumptionParts {
+    /// The current token.
+    pub token: Token,
+    /// The older token still accepted.
+    pub previous: Option<Token>,
+    /// The limits announced to the client.
+    pub limits: ResumeLimits,
+    /// Frames written and not acknowledged, with their numbers.
+    pub held: Vec<(u32, Encoded)>,
+    /// The highest number dropped from `held` without an Ack.
+    pub lost_up_to: u32,
+    /// The highest client frame processed.
+    pub client_seq: u32,
+    /// The highest client frame acknowledged.
+    pub acked: u32,
+}
 
 /// What a resumable session keeps.
 #[derive(Debug)]
@@ -57,10 +114,10 @@ pub struct Resumption {
 }
 
 impl Resumption {
-    /// A fresh resumable session with a new token.
-    pub fn new(limits: ResumeLimits) -> Resumption {
+    /// A fresh resumable session held by node `node`, with a new token.
+    pub fn new(limits: ResumeLimits, node: u16) -> Resumption {
         Resumption {
-            token: new_token(),
+            token: new_token(node),
             previous: None,
             armed: true,
             listed: None,
@@ -70,6 +127,39 @@ impl Resumption {
             lost_up_to: 0,
             client_seq: 0,
             acked: 0,
+            ack_due: None,
+        }
+    }
+
+    /// The state as plain data (the token tables' bookkeeping, `listed`,
+    /// stays with the node that had the session).
+    pub fn to_parts(&self) -> ResumptionParts {
+        ResumptionParts {
+            token: self.token,
+            previous: self.previous,
+            limits: self.limits,
+            held: self.held.iter().cloned().collect(),
+            lost_up_to: self.lost_up_to,
+            client_seq: self.client_seq,
+            acked: self.acked,
+        }
+    }
+
+    /// A session's resume state from [`Resumption::to_parts`]; an `Ack`
+    /// for what was processed is due at `now`.
+    pub fn from_parts(parts: ResumptionParts) -> Resumption {
+        let held_bytes = parts.held.iter().map(|(_, f)| f.payload.len()).sum();
+        Resumption {
+            token: parts.token,
+            previous: parts.previous,
+            armed: true,
+            listed: None,
+            limits: parts.limits,
+            held: parts.held.into(),
+            held_bytes,
+            lost_up_to: parts.lost_up_to,
+            client_seq: parts.client_seq,
+            acked: parts.acked,
             ack_due: None,
         }
     }
@@ -84,13 +174,13 @@ impl Resumption {
         Bytes::copy_from_slice(&self.token)
     }
 
-    /// Replaces the token (every resume does). `presented`, the token the
-    /// client resumed with (so the one it holds), stays valid until the
-    /// client shows it got the new one ([`Resumption::confirm`]); every
-    /// other is void.
-    pub fn rotate(&mut self, presented: Token) -> Token {
+    /// Replaces the token (every resume does; `node` now holds the
+    /// session). `presented`, the token the client resumed with (so the
+    /// one it holds), stays valid until the client shows it got the new one
+    /// ([`Resumption::confirm`]); every other is void.
+    pub fn rotate(&mut self, presented: Token, node: u16) -> Token {
         self.previous = Some(presented);
-        self.token = new_token();
+        self.token = new_token(node);
         self.armed = false;
         self.token
     }
@@ -236,7 +326,7 @@ mod tests {
 
     #[test]
     fn frames_are_held_until_acknowledged_and_replayed_in_order() {
-        let mut r = Resumption::new(limits(16, 1 << 20));
+        let mut r = Resumption::new(limits(16, 1 << 20), 7);
         let mut seq = 0;
         for nonce in 1..=5 {
             r.number(&ping(nonce), || {
@@ -255,7 +345,7 @@ mod tests {
 
     #[test]
     fn an_overflow_makes_the_session_unresumable_not_unbounded() {
-        let mut r = Resumption::new(limits(3, 1 << 20));
+        let mut r = Resumption::new(limits(3, 1 << 20), 7);
         for seq in 1..=5 {
             r.number(&ping(seq.into()), || seq);
         }
@@ -268,7 +358,7 @@ mod tests {
     #[test]
     fn client_frames_are_acknowledged_once_and_duplicates_recognised() {
         let t0 = Instant::now();
-        let mut r = Resumption::new(limits(16, 1 << 20));
+        let mut r = Resumption::new(limits(16, 1 << 20), 7);
         assert!(!r.is_duplicate(1));
         r.processing(1, t0);
         r.processing(2, t0 + Duration::from_millis(50));
@@ -285,15 +375,15 @@ mod tests {
 
     #[test]
     fn the_token_the_client_holds_stays_valid_until_it_has_the_new_one() {
-        let mut r = Resumption::new(limits(1, 1));
+        let mut r = Resumption::new(limits(1, 1), 7);
         let first = r.token();
         assert_ne!(first, [0; 32]);
-        let second = r.rotate(first);
+        let second = r.rotate(first, 7);
         assert_ne!(second, first);
         assert_eq!(r.previous(), Some(first));
         // The Welcome with `second` was lost: the client comes back with
         // `first` again, and the one it then gets replaces `second`.
-        let third = r.rotate(first);
+        let third = r.rotate(first, 7);
         assert_eq!(
             r.previous(),
             Some(first),
@@ -311,7 +401,7 @@ mod tests {
         assert_eq!(r.token(), third);
         // It got the third this time and comes back with it: the first is
         // void from now on.
-        r.rotate(third);
+        r.rotate(third, 7);
         assert_eq!(r.previous(), Some(third));
         r.arm();
         r.confirm();

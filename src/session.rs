@@ -35,7 +35,7 @@ use crate::protocol::{
 };
 use crate::rate::{RateGuard, Verdict};
 use crate::registry::{RouteError, Target};
-use crate::resume::Resumption;
+use crate::resume::{Handoff, Resumption};
 use crate::rooms::{JoinError, LoginError};
 
 /// What every session of a server shares: its configuration, its codec
@@ -202,7 +202,68 @@ impl<D: Directory> Session<D> {
     /// the server resume on): from now on frames are held until
     /// acknowledged, and the client's are acknowledged.
     pub fn enable_resume(&mut self, limits: crate::protocol::ResumeLimits) {
-        self.resume = Some(Box::new(Resumption::new(limits)));
+        self.resume = Some(Box::new(Resumption::new(limits, self.node())));
+    }
+
+    /// The node this session is held on (its tokens name it).
+    pub fn node(&self) -> u16 {
+        self.ctx.directory.identity().map_or(0, |(node, _)| node)
+    }
+
+    /// The session as it goes to another node, with `queued`, what its
+    /// outbox still held. It is not torn down: it lives on there. A
+    /// session that is not resumable is given back.
+    pub fn hand_off(
+        self: Box<Self>,
+        queued: Vec<(Encoded, Option<(PeerId, u32)>)>,
+    ) -> Result<Handoff, Box<Self>> {
+        let Some(resume) = self.resume.as_deref() else {
+            return Err(self);
+        };
+        let resume = Resumption::from_parts(resume.to_parts());
+        let session = *self;
+        Ok(Handoff {
+            peer: session.peer_id,
+            capabilities: session.capabilities,
+            rooms: session.rooms,
+            pair_room: session.pair_room,
+            user: session.user,
+            display_name: session.display_name,
+            seq_out: session.seq_out,
+            identity: session.grant.as_deref().map(|g| g.identity().clone()),
+            resume,
+            queued,
+        })
+    }
+
+    /// A session another node handed over (its frames already in
+    /// `outbox`), resumed by a client with `grant` at `now`.
+    pub fn adopt(
+        ctx: Arc<Context<D>>,
+        handoff: Handoff,
+        outbox: Arc<Outbox>,
+        grant: Option<Box<Grant>>,
+        rate: RateGuard,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Session<D> {
+        let mut session = Session::new(
+            ctx,
+            handoff.peer,
+            handoff.capabilities,
+            outbox,
+            grant,
+            rate,
+            now,
+            wall,
+        );
+        session.rooms = handoff.rooms;
+        session.pair_room = handoff.pair_room;
+        session.user = handoff.user;
+        session.display_name = handoff.display_name;
+        session.seq_out = handoff.seq_out;
+        session.resume = Some(Box::new(handoff.resume));
+        session
     }
 
     /// Session resume's state, if resumable.
@@ -1024,6 +1085,7 @@ impl<D: Directory> Session<D> {
             self.hang_up_partners(&name, partners).await;
         }
         self.ctx.directory.registry().unregister(self.peer_id);
+        self.ctx.directory.ended(self.peer_id);
         let cut_off = self.outbox.closed() == Some(CloseReason::SlowConsumer);
         for origin in self.outbox.take_undelivered(true) {
             let (code, why) = if cut_off {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::child::Server;
 use common::proxy::Proxy;
+use common::redis::Redis;
 use common::{host_candidate, room};
 use switchboard::client::{Client, ClientConfig, Event};
 use switchboard::protocol::{Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode};
@@ -56,9 +57,9 @@ async fn drain(c: &mut Client, window: Duration) -> Vec<Event> {
 
 /// Alice (through `proxy`) and Bob (direct) in pair room `r`, all events
 /// of the joins read.
-async fn pair(server: &Server, proxy: &Proxy, r: &str, config: ClientConfig) -> (Client, Client) {
+async fn pair(bob_url: &str, proxy: &Proxy, r: &str, config: ClientConfig) -> (Client, Client) {
     let mut alice = Client::connect(&proxy.url(), config.clone()).await.unwrap();
-    let mut bob = Client::connect(&server.url(), config).await.unwrap();
+    let mut bob = Client::connect(bob_url, config).await.unwrap();
     alice.join(room(r), RoomMode::Pair).await.unwrap();
     until(&mut alice, |e| matches!(e, Event::Joined(_)).then_some(())).await;
     bob.join(room(r), RoomMode::Pair).await.unwrap();
@@ -102,9 +103,36 @@ fn departures(events: &[Event]) -> Vec<&Event> {
 
 #[tokio::test]
 async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
-    let server = Server::start(&["--resume-grace-ms", "10000", "--ack-delay-ms", "20"]);
+    let server = Server::start(&RESUME_ARGS);
     let proxy = Proxy::start(server.addr).await;
-    let (mut alice, mut bob) = pair(&server, &proxy, "resume-call", quick()).await;
+    cut_off_mid_call(&proxy, &server.url()).await;
+}
+
+const RESUME_ARGS: [&str; 4] = ["--resume-grace-ms", "10000", "--ack-delay-ms", "20"];
+
+/// The same in a cluster of three nodes: Alice starts on node 0 and the
+/// load balancer sends her reconnection to node 1; Bob is on node 2. The
+/// session moves with her (docs/PROTOCOL.md, section 11a, "Across nodes").
+#[tokio::test]
+async fn a_client_that_comes_back_on_another_node_resumes_there() {
+    let redis = Redis::start();
+    let mut nodes = redis.nodes(&format!("resume-{}", std::process::id()), 3, &RESUME_ARGS);
+    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
+    cut_off_mid_call(&proxy, &nodes[2].url()).await;
+    for node in &mut nodes {
+        node.assert_alive();
+    }
+    assert!(
+        nodes[1].log_text().contains("session moved here"),
+        "node 1 took the session over from node 0:\n{}",
+        nodes[1].log_text()
+    );
+}
+
+/// Alice (through `proxy`) and Bob in a call; the network drops under
+/// Alice while both send; she resumes and neither misses anything.
+async fn cut_off_mid_call(proxy: &Proxy, bob_url: &str) {
+    let (mut alice, mut bob) = pair(bob_url, proxy, "resume-call", quick()).await;
     let alice_id = alice.peer_id();
     let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
 
@@ -223,7 +251,7 @@ async fn a_client_cut_off_mid_call_resumes_and_misses_nothing() {
 async fn a_resume_after_the_grace_starts_fresh_and_the_room_heard_timed_out_once() {
     let server = Server::start(&["--resume-grace-ms", "300", "--ack-delay-ms", "20"]);
     let proxy = Proxy::start(server.addr).await;
-    let (mut alice, mut bob) = pair(&server, &proxy, "expire-call", quick()).await;
+    let (mut alice, mut bob) = pair(&server.url(), &proxy, "expire-call", quick()).await;
     let alice_id = alice.peer_id();
 
     proxy.cut();
@@ -290,7 +318,7 @@ async fn acknowledgements_keep_a_small_server_buffer_resumable() {
         "20",
     ]);
     let proxy = Proxy::start(server.addr).await;
-    let (mut alice, bob) = pair(&server, &proxy, "ack-call", quick()).await;
+    let (mut alice, bob) = pair(&server.url(), &proxy, "ack-call", quick()).await;
     let alice_id = alice.peer_id();
     let to_alice = Address::Peer(alice_id);
     for round in 0..10 {
@@ -339,7 +367,7 @@ async fn a_client_that_had_to_drop_frames_ends_the_old_session_and_starts_fresh(
         "20",
     ]);
     let proxy = Proxy::start(server.addr).await;
-    let (mut alice, mut bob) = pair(&server, &proxy, "overflow-call", quick()).await;
+    let (mut alice, mut bob) = pair(&server.url(), &proxy, "overflow-call", quick()).await;
     let alice_id = alice.peer_id();
     let to_bob = Address::Peer(bob.peer_id());
     proxy.cut();

@@ -28,6 +28,7 @@
 //! behind it. Same-node relay goes on without Redis. A departure that
 //! cannot be written is retried by the lease keeper once Redis answers.
 
+mod handover;
 pub mod scripts;
 pub mod wire;
 
@@ -86,11 +87,29 @@ struct Batch {
     origins: Vec<(PeerId, u32)>,
 }
 
-/// The frames waiting for other nodes, one batch per node.
+/// The frames waiting for other nodes, one batch per node, and where the
+/// peers that moved between nodes are now.
 #[derive(Default)]
 pub struct Links {
     pending: Mutex<foldhash::HashMap<u16, Batch>>,
     wake: tokio::sync::Notify,
+    /// Peers on another node than the one their id names (their sessions
+    /// moved), by node. Written only with `pending` locked, so a frame is
+    /// appended either before a node's fence for a move or to the new
+    /// node; read without it on the hot path.
+    moved: parking_lot::RwLock<foldhash::HashMap<PeerId, u16>>,
+    any_moved: AtomicBool,
+}
+
+/// Where [`Links::append_to`] put a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Appended {
+    /// In the batch of the peer's node.
+    Queued,
+    /// Nowhere: that batch is full.
+    Full,
+    /// Nowhere: the peer is on this node now (it moved here).
+    Here,
 }
 
 impl Links {
@@ -101,6 +120,16 @@ impl Links {
         put: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
         let mut pending = self.pending.lock();
+        self.append_locked(&mut pending, node, origin, put)
+    }
+
+    fn append_locked(
+        &self,
+        pending: &mut foldhash::HashMap<u16, Batch>,
+        node: u16,
+        origin: Option<(PeerId, u32)>,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         let batch = pending.entry(node).or_default();
         if batch.bytes.len() > MAX_BATCH_BYTES {
             return false;
@@ -111,11 +140,68 @@ impl Links {
         }
         put(&mut batch.bytes);
         batch.origins.extend(origin);
-        drop(pending);
         if first {
             self.wake.notify_one();
         }
         true
+    }
+
+    /// Appends a frame for `peer` to the batch of the node it is on
+    /// (`me`: this node), deciding that node under the batches' lock.
+    fn append_to(
+        &self,
+        me: u16,
+        peer: PeerId,
+        origin: Option<(PeerId, u32)>,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> Appended {
+        let mut pending = self.pending.lock();
+        let node = self.node_of(peer);
+        if node == me {
+            return Appended::Here;
+        }
+        if self.append_locked(&mut pending, node, origin, put) {
+            Appended::Queued
+        } else {
+            Appended::Full
+        }
+    }
+
+    /// The node `peer` is on.
+    fn node_of(&self, peer: PeerId) -> u16 {
+        if !self.any_moved.load(Ordering::Acquire) {
+            return peer.node();
+        }
+        self.moved
+            .read()
+            .get(&peer)
+            .copied()
+            .unwrap_or_else(|| peer.node())
+    }
+
+    /// Records that `peer` is on `node` now (`None`: where its id says),
+    /// then runs `then` on the batches before any other frame can be
+    /// appended.
+    fn set_node(
+        &self,
+        peer: PeerId,
+        node: Option<u16>,
+        then: impl FnOnce(&Links, &mut foldhash::HashMap<u16, Batch>),
+    ) {
+        let mut pending = self.pending.lock();
+        {
+            let mut moved = self.moved.write();
+            match node {
+                Some(node) if node != peer.node() => {
+                    moved.insert(peer, node);
+                }
+                _ => {
+                    moved.remove(&peer);
+                }
+            }
+            self.any_moved.store(!moved.is_empty(), Ordering::Release);
+        }
+        then(self, &mut pending);
     }
 
     fn take(&self) -> Vec<(u16, Batch)> {
@@ -171,6 +257,10 @@ pub struct ClusterDirectory {
     listening: AtomicBool,
     timeout: Duration,
     lease: Duration,
+    /// Resumable sessions moving to and from this node.
+    handovers: handover::Handovers,
+    /// The bounds of an outbox (for sessions that move here).
+    outbox_limits: crate::outbox::OutboxLimits,
 }
 
 fn redis_error(e: impl std::fmt::Display) -> redis::RedisError {
@@ -233,6 +323,11 @@ impl ClusterDirectory {
             listening: AtomicBool::new(false),
             timeout: config.redis_timeout,
             lease: config.lease,
+            handovers: Default::default(),
+            outbox_limits: crate::outbox::OutboxLimits {
+                frames: config.outbox_frames,
+                bytes: config.outbox_bytes,
+            },
         });
         tokio::spawn(dir.clone().write(queue));
         tokio::spawn(dir.clone().listen());
@@ -263,8 +358,10 @@ impl ClusterDirectory {
         }
     }
 
+    /// Whether `peer` is on this node (its id names another if it moved
+    /// here, this one if it has moved away).
     fn is_here(&self, peer: PeerId) -> bool {
-        peer.node() == self.node
+        self.links.node_of(peer) == self.node
     }
 
     // ---- the writer ----
@@ -553,7 +650,7 @@ impl ClusterDirectory {
         Some(answer.first().and_then(|a| parse_room_answer(a)))
     }
 
-    fn on_message(&self, data: &[u8]) {
+    fn on_message(self: &Arc<Self>, data: &[u8]) {
         match data.first() {
             Some(&wire::BATCH) => {
                 for record in wire::records(Bytes::copy_from_slice(&data[1..])) {
@@ -574,24 +671,38 @@ impl ClusterDirectory {
         }
     }
 
-    fn on_record(&self, record: Record) {
+    fn on_record(self: &Arc<Self>, record: Record) {
         match record {
             Record::Relay {
                 to,
                 origin,
                 seq,
                 frame,
+                forwarded,
             } => {
+                let at = Origin {
+                    peer: origin,
+                    seq,
+                    read_at: Instant::now(),
+                };
                 let delivered = match self.registry.outbox(to) {
-                    Some(outbox) => self.registry.deliver(
-                        &outbox,
-                        frame,
-                        Origin {
-                            peer: origin,
-                            seq,
-                            read_at: Instant::now(),
-                        },
-                    ),
+                    Some(outbox) if forwarded => outbox
+                        .push_forwarded(frame, Some(at))
+                        .map_err(RouteError::from),
+                    Some(outbox) => self.registry.deliver(&outbox, frame, at),
+                    // It moved on: after it, like the frames its old node
+                    // forwarded.
+                    None if !self.is_here(to) => {
+                        match self
+                            .links
+                            .append_to(self.node, to, Some((origin, seq)), |b| {
+                                wire::put_relay(b, to, origin, seq, &frame, true)
+                            }) {
+                            Appended::Queued => Ok(()),
+                            Appended::Full => Err(RouteError::PeerBusy),
+                            Appended::Here => Err(RouteError::UnknownPeer),
+                        }
+                    }
                     None => Err(RouteError::UnknownPeer),
                 };
                 if let Err(e) = delivered {
@@ -605,7 +716,27 @@ impl ClusterDirectory {
                     );
                 }
             }
-            Record::Notify { to, frame } => self.registry.notify(to, frame),
+            Record::Notify {
+                to,
+                frame,
+                forwarded,
+            } => match self.registry.outbox(to) {
+                Some(outbox) if forwarded => {
+                    let _ = outbox.push_forwarded(frame, None);
+                }
+                Some(_) => self.registry.notify(to, frame),
+                None if !self.is_here(to) => self.notify(to, frame),
+                None => {}
+            },
+            Record::Take {
+                req,
+                from,
+                token,
+                identity,
+            } => self.on_take(req, from, token, identity),
+            Record::Give { req, session } => self.on_give(req, session),
+            Record::Fence { peer, from } => self.on_fence(peer, from),
+            Record::Done { peer } => self.on_done(peer),
         }
     }
 
@@ -661,6 +792,11 @@ impl ClusterDirectory {
             wire::Event::Kicked { r, p, why } => {
                 if let (Some(room), Some(peer)) = (wire::parse_room(&r), wire::parse_peer(&p)) {
                     self.registry.tell_kicked(&room, peer, &why);
+                }
+            }
+            wire::Event::Moved { p, n, f, ns, rooms } => {
+                if let Some(peer) = wire::parse_peer(&p) {
+                    self.on_moved(peer, n, f, &ns, rooms);
                 }
             }
             wire::Event::Closed { r } => {
@@ -945,7 +1081,9 @@ impl ClusterDirectory {
         Some(Target {
             peer,
             capabilities: caps,
-            route: Route::Remote { node: peer.node() },
+            route: Route::Remote {
+                node: self.links.node_of(peer),
+            },
         })
     }
 
@@ -1334,32 +1472,38 @@ impl Directory for ClusterDirectory {
     fn deliver(&self, to: &Target, frame: Encoded, origin: Origin) -> Result<(), RouteError> {
         match &to.route {
             Route::Local(outbox) => self.registry.deliver(outbox, frame, origin),
-            Route::Remote { node } => {
-                let appended = self
-                    .links
-                    .append(*node, Some((origin.peer, origin.seq)), |b| {
-                        wire::put_relay(b, to.peer, origin.peer, origin.seq, &frame)
-                    });
-                if appended {
-                    Ok(())
-                } else {
-                    Err(RouteError::PeerBusy)
-                }
-            }
+            // The node is decided again under the batches' lock: the peer
+            // may have moved since it was resolved.
+            Route::Remote { .. } => match self.links.append_to(
+                self.node,
+                to.peer,
+                Some((origin.peer, origin.seq)),
+                |b| wire::put_relay(b, to.peer, origin.peer, origin.seq, &frame, false),
+            ) {
+                Appended::Queued => Ok(()),
+                Appended::Full => Err(RouteError::PeerBusy),
+                Appended::Here => match self.registry.outbox(to.peer) {
+                    Some(outbox) => self.registry.deliver(&outbox, frame, origin),
+                    None => Err(RouteError::UnknownPeer),
+                },
+            },
         }
     }
 
     fn notify(&self, peer: PeerId, frame: Encoded) {
         if self.is_here(peer) {
             self.registry.notify(peer, frame);
-        } else if !self
-            .links
-            .append(peer.node(), None, |b| wire::put_notify(b, peer, &frame))
-        {
-            warn!(
-                node = peer.node(),
+            return;
+        }
+        match self.links.append_to(self.node, peer, None, |b| {
+            wire::put_notify(b, peer, &frame, false)
+        }) {
+            Appended::Queued => {}
+            Appended::Here => self.registry.notify(peer, frame),
+            Appended::Full => warn!(
+                node = self.links.node_of(peer),
                 "a notice for another node was dropped: its batch is full"
-            );
+            ),
         }
     }
 
@@ -1387,6 +1531,22 @@ impl Directory for ClusterDirectory {
             members: n(members),
             users: users.max(0) as u64,
         }
+    }
+
+    async fn fetch_session(
+        &self,
+        token: crate::resume::Token,
+        identity: Option<UserName>,
+    ) -> Result<crate::directory::Fetched, crate::protocol::ResumeRefusal> {
+        self.fetch(token, identity).await
+    }
+
+    fn set_sessions(&self, sessions: Arc<dyn crate::directory::SessionSource>) {
+        self.set_session_source(sessions);
+    }
+
+    fn ended(&self, peer: PeerId) {
+        self.forget_moved(peer);
     }
 
     fn set_events(&self, sink: EventSink) {

@@ -24,9 +24,11 @@
 //! | `P:pname:PEER` | string | the name a peer holds |
 //! | `P:calls:NAME` | set | the names NAME is in a call with |
 //! | `P:stats` | hash | `pair_rooms`, `mesh_rooms`, `members`: counts kept by the scripts, so `/metrics` costs one read |
+//! | `P:moved` | hash | peer → the node it is on, for peers whose session moved off the node their id names |
 //!
 //! Peers are written as 16 hexadecimal digits, so a script finds a peer's
-//! node in its first four (Lua numbers cannot hold 64 bits). Scripts publish
+//! node in its first four (Lua numbers cannot hold 64 bits), unless the
+//! peer's session moved to another node (`P:moved`). Scripts publish
 //! room events on the channel `P:ch:N` of every node with a member in the
 //! room (the member list before a leave, after a join), so every notice about
 //! a room reaches a node in the order Redis made the changes.
@@ -38,7 +40,30 @@ use redis::Script;
 /// Functions every script may use.
 const COMMON: &str = r#"
 local P = ARGV[1]
-local function node_of(peer) return tonumber(string.sub(peer, 1, 4), 16) end
+local any_moved = nil
+local function node_of(peer)
+  if any_moved == nil then any_moved = redis.call('EXISTS', P .. ':moved') == 1 end
+  if any_moved then
+    local n = redis.call('HGET', P .. ':moved', peer)
+    if n then return tonumber(n) end
+  end
+  return tonumber(string.sub(peer, 1, 4), 16)
+end
+local function live_nodes()
+  local ids = {}
+  for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
+    if redis.call('EXISTS', P .. ':lease:' .. id) == 1 then table.insert(ids, tonumber(id)) end
+  end
+  return ids
+end
+-- Forgets where PEER moved, telling every node.
+local function forget_moved(peer)
+  if redis.call('HDEL', P .. ':moved', peer) == 1 then
+    any_moved = nil
+    local msg = cjson.encode({k = 'm', p = peer, n = 0})
+    for _, id in ipairs(live_nodes()) do redis.call('PUBLISH', P .. ':ch:' .. id, msg) end
+  end
+end
 local function publish_to(peers, msg)
   local seen = {}
   for _, p in ipairs(peers) do
@@ -231,6 +256,7 @@ for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
       redis.call('DEL', P .. ':prooms:' .. peer)
       local name = redis.call('GET', P .. ':pname:' .. peer)
       if name then name_logout(name, peer, true) end
+      forget_moved(peer)
     end
     if redis.call('SCARD', nk) == 0 then
       redis.call('DEL', nk)
@@ -448,6 +474,57 @@ while i < #ARGV do
   end
 end
 return clashes
+"#,
+    )
+});
+
+/// Moves a peer whose session a node handed to another (its client
+/// resumed there): the peer goes to the new node's set, `P:moved` routes
+/// it there, and every live node is told (`m`, with the peer's rooms
+/// whole, for the new node's copy; each node then sends the old one a
+/// fence). Refused when the old node's lease is gone (its clean-up
+/// announces the peer's departure) or the peer is no longer on it.
+/// ARGV: prefix, peer, old node, new node. Returns `ok`, `gone` or `moved`.
+pub static MOVE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        r#"
+local peer, from, to = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('EXISTS', P .. ':lease:' .. from) == 0 then return 'gone' end
+if node_of(peer) ~= from then return 'moved' end
+if redis.call('SREM', P .. ':npeers:' .. from, peer) == 1 then
+  redis.call('SADD', P .. ':npeers:' .. to, peer)
+end
+if tonumber(string.sub(peer, 1, 4), 16) == to then
+  redis.call('HDEL', P .. ':moved', peer)
+else
+  redis.call('HSET', P .. ':moved', peer, to)
+end
+any_moved = nil
+local rooms = {}
+for _, room in ipairs(redis.call('SMEMBERS', P .. ':prooms:' .. peer)) do
+  local meta = redis.call('HMGET', P .. ':room:' .. room, 'mode', 'cap')
+  if meta[1] then
+    local members = redis.call('ZRANGE', P .. ':members:' .. room, 0, -1)
+    local infos = {}
+    if #members > 0 then infos = redis.call('HMGET', P .. ':minfo:' .. room, unpack(members)) end
+    table.insert(rooms, {r = room, mode = meta[1], cap = tonumber(meta[2]), m = infos})
+  end
+end
+local ids = live_nodes()
+local msg = cjson.encode({k = 'm', p = peer, n = to, f = from, ns = ids, rooms = rooms})
+for _, id in ipairs(ids) do redis.call('PUBLISH', P .. ':ch:' .. id, msg) end
+return 'ok'
+"#,
+    )
+});
+
+/// Forgets where a peer that moved is (its session ended). ARGV: prefix,
+/// peer.
+pub static UNMOVE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        r#"
+forget_moved(ARGV[2])
+return 1
 "#,
     )
 });

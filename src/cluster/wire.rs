@@ -5,19 +5,30 @@
 //! (first byte [`BATCH`]): every frame one node had for N when it flushed,
 //! one publish for all of them. A record is a relayed signal (with its
 //! origin, so the sender can be told if it cannot be delivered) or one of
-//! the server's own frames for a peer.
+//! the server's own frames for a peer, either possibly *forwarded* by the
+//! node a peer moved away from; or a step of moving a resumable session
+//! between nodes (a request for it, the session itself, a fence, the end
+//! of forwarding: see `ClusterDirectory::fetch_session`).
 
 use bytes::{Buf, BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    Capabilities, Encoded, Flags, Member, MessageType, PeerId, RoomId, RoomMode, UserName,
+    Capabilities, Encoded, Flags, Member, MessageType, PeerId, ResumeLimits, ResumeRefusal, RoomId,
+    RoomMode, UserName,
 };
+use crate::resume::{Handoff, Resumption, ResumptionParts, Token};
 
 /// First byte of a batch of frames.
 pub const BATCH: u8 = 1;
 const RELAY: u8 = 1;
 const NOTIFY: u8 = 2;
+const FORWARDED_RELAY: u8 = 3;
+const FORWARDED_NOTIFY: u8 = 4;
+const TAKE: u8 = 5;
+const GIVE: u8 = 6;
+const FENCE: u8 = 7;
+const DONE: u8 = 8;
 
 /// One record of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +43,8 @@ pub enum Record {
         seq: u32,
         /// The frame.
         frame: Encoded,
+        /// Forwarded by the node `to` moved away from.
+        forwarded: bool,
     },
     /// One of the server's own frames for `to`.
     Notify {
@@ -39,6 +52,41 @@ pub enum Record {
         to: PeerId,
         /// The frame.
         frame: Encoded,
+        /// Forwarded by the node `to` moved away from.
+        forwarded: bool,
+    },
+    /// Node `from` asks for the resumable session `token` names (its
+    /// request `req`), for a client with access-token `identity`.
+    Take {
+        /// The request, for the answer.
+        req: u64,
+        /// The asking node.
+        from: u16,
+        /// The token the client presented.
+        token: Token,
+        /// The client's access-token identity.
+        identity: Option<UserName>,
+    },
+    /// The answer to request `req`: the session ([`read_handoff`]), or why
+    /// not.
+    Give {
+        /// The request answered.
+        req: u64,
+        /// The encoded [`Handoff`], or the refusal.
+        session: Result<Bytes, ResumeRefusal>,
+    },
+    /// Node `from` routes `peer`, which moved, to its new node from now
+    /// on: whatever it sent the old node is ahead of this.
+    Fence {
+        /// The peer that moved.
+        peer: PeerId,
+        /// The node that will not send it here again.
+        from: u16,
+    },
+    /// The old node of `peer` has forwarded everything it will.
+    Done {
+        /// The peer that moved here.
+        peer: PeerId,
     },
 }
 
@@ -47,9 +95,17 @@ pub fn new_batch() -> Vec<u8> {
     vec![BATCH]
 }
 
-/// Appends a relayed signal to a batch.
-pub fn put_relay(buf: &mut Vec<u8>, to: PeerId, origin: PeerId, seq: u32, frame: &Encoded) {
-    buf.put_u8(RELAY);
+/// Appends a relayed signal to a batch (`forwarded` by the node `to`
+/// moved away from).
+pub fn put_relay(
+    buf: &mut Vec<u8>,
+    to: PeerId,
+    origin: PeerId,
+    seq: u32,
+    frame: &Encoded,
+    forwarded: bool,
+) {
+    buf.put_u8(if forwarded { FORWARDED_RELAY } else { RELAY });
     buf.put_u64_le(to.0);
     buf.put_u64_le(origin.0);
     buf.put_u32_le(seq);
@@ -57,10 +113,183 @@ pub fn put_relay(buf: &mut Vec<u8>, to: PeerId, origin: PeerId, seq: u32, frame:
 }
 
 /// Appends one of the server's own frames to a batch.
-pub fn put_notify(buf: &mut Vec<u8>, to: PeerId, frame: &Encoded) {
-    buf.put_u8(NOTIFY);
+pub fn put_notify(buf: &mut Vec<u8>, to: PeerId, frame: &Encoded, forwarded: bool) {
+    buf.put_u8(if forwarded { FORWARDED_NOTIFY } else { NOTIFY });
     buf.put_u64_le(to.0);
     put_frame(buf, frame);
+}
+
+/// Appends a request for the session `token` names.
+pub fn put_take(
+    buf: &mut Vec<u8>,
+    req: u64,
+    from: u16,
+    token: &Token,
+    identity: Option<&UserName>,
+) {
+    buf.put_u8(TAKE);
+    buf.put_u64_le(req);
+    buf.put_u16_le(from);
+    buf.extend_from_slice(token);
+    let identity = identity.map_or("", |u| u.as_str());
+    buf.put_u16_le(identity.len() as u16);
+    buf.extend_from_slice(identity.as_bytes());
+}
+
+/// Appends the answer to request `req`.
+pub fn put_give(buf: &mut Vec<u8>, req: u64, session: Result<&Handoff, ResumeRefusal>) {
+    buf.put_u8(GIVE);
+    buf.put_u64_le(req);
+    match session {
+        Ok(handoff) => {
+            let at = buf.len();
+            buf.put_u32_le(0);
+            put_handoff(buf, handoff);
+            let len = (buf.len() - at - 4) as u32;
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        Err(why) => {
+            buf.put_u32_le(u32::MAX);
+            buf.put_i32_le(why as i32);
+        }
+    }
+}
+
+/// Appends a fence: node `from` routes `peer` elsewhere from now on.
+pub fn put_fence(buf: &mut Vec<u8>, peer: PeerId, from: u16) {
+    buf.put_u8(FENCE);
+    buf.put_u64_le(peer.0);
+    buf.put_u16_le(from);
+}
+
+/// Appends the end of forwarding for `peer`.
+pub fn put_done(buf: &mut Vec<u8>, peer: PeerId) {
+    buf.put_u8(DONE);
+    buf.put_u64_le(peer.0);
+}
+
+/// A [`Handoff`]'s fields that are not frames (JSON).
+#[derive(Serialize, Deserialize)]
+struct HandoffMeta {
+    peer: u64,
+    caps: u8,
+    rooms: Vec<String>,
+    pair: Option<String>,
+    user: Option<String>,
+    display: String,
+    seq_out: u32,
+    identity: Option<String>,
+    token: String,
+    previous: Option<String>,
+    grace_ms: u64,
+    replay_frames: u32,
+    replay_bytes: u32,
+    ack_delay_ms: u64,
+    lost_up_to: u32,
+    client_seq: u32,
+    acked: u32,
+}
+
+fn put_handoff(buf: &mut Vec<u8>, h: &Handoff) {
+    let r = h.resume.to_parts();
+    let meta = HandoffMeta {
+        peer: h.peer.0,
+        caps: h.capabilities.bits(),
+        rooms: h.rooms.iter().map(|r| r.to_string()).collect(),
+        pair: h.pair_room.as_ref().map(|r| r.to_string()),
+        user: h.user.as_ref().map(|u| u.to_string()),
+        display: h.display_name.clone(),
+        seq_out: h.seq_out,
+        identity: h.identity.as_ref().map(|u| u.to_string()),
+        token: hex::encode(r.token),
+        previous: r.previous.map(hex::encode),
+        grace_ms: r.limits.grace.as_millis() as u64,
+        replay_frames: r.limits.replay_frames,
+        replay_bytes: r.limits.replay_bytes,
+        ack_delay_ms: r.limits.ack_delay.as_millis() as u64,
+        lost_up_to: r.lost_up_to,
+        client_seq: r.client_seq,
+        acked: r.acked,
+    };
+    let meta = serde_json::to_vec(&meta).expect("a handoff serializes");
+    buf.put_u32_le(meta.len() as u32);
+    buf.extend_from_slice(&meta);
+    buf.put_u32_le(r.held.len() as u32);
+    for (seq, frame) in &r.held {
+        buf.put_u32_le(*seq);
+        put_frame(buf, frame);
+    }
+    buf.put_u32_le(h.queued.len() as u32);
+    for (frame, origin) in &h.queued {
+        let (peer, seq) = origin.unwrap_or((PeerId(0), 0));
+        buf.put_u8(origin.is_some().into());
+        buf.put_u64_le(peer.0);
+        buf.put_u32_le(seq);
+        put_frame(buf, frame);
+    }
+}
+
+/// The session a [`Record::Give`] carries.
+pub fn read_handoff(mut data: Bytes) -> Result<Handoff, BadBatch> {
+    let data = &mut data;
+    need(data, 4)?;
+    let len = data.get_u32_le() as usize;
+    need(data, len)?;
+    let meta: HandoffMeta = serde_json::from_slice(&data.split_to(len)).map_err(|_| BadBatch)?;
+    let token = |hex: &str| -> Result<Token, BadBatch> {
+        hex::decode(hex)
+            .ok()
+            .and_then(|t| Token::try_from(&t[..]).ok())
+            .ok_or(BadBatch)
+    };
+    let room = |r: &str| RoomId::new(r).map_err(|_| BadBatch);
+    let user = |u: &str| UserName::new(u).map_err(|_| BadBatch);
+    need(data, 4)?;
+    let count = data.get_u32_le() as usize;
+    let mut held = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        need(data, 4)?;
+        let seq = data.get_u32_le();
+        held.push((seq, read_frame(data)?));
+    }
+    need(data, 4)?;
+    let count = data.get_u32_le() as usize;
+    let mut queued = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        need(data, 13)?;
+        let relayed = data.get_u8() == 1;
+        let (peer, seq) = (PeerId(data.get_u64_le()), data.get_u32_le());
+        queued.push((read_frame(data)?, relayed.then_some((peer, seq))));
+    }
+    Ok(Handoff {
+        peer: PeerId(meta.peer),
+        capabilities: Capabilities::from_bits(meta.caps),
+        rooms: meta
+            .rooms
+            .iter()
+            .map(|r| room(r))
+            .collect::<Result<_, _>>()?,
+        pair_room: meta.pair.as_deref().map(room).transpose()?,
+        user: meta.user.as_deref().map(user).transpose()?,
+        display_name: meta.display,
+        seq_out: meta.seq_out,
+        identity: meta.identity.as_deref().map(user).transpose()?,
+        resume: Resumption::from_parts(ResumptionParts {
+            token: token(&meta.token)?,
+            previous: meta.previous.as_deref().map(token).transpose()?,
+            limits: ResumeLimits {
+                grace: std::time::Duration::from_millis(meta.grace_ms),
+                replay_frames: meta.replay_frames,
+                replay_bytes: meta.replay_bytes,
+                ack_delay: std::time::Duration::from_millis(meta.ack_delay_ms),
+            },
+            held,
+            lost_up_to: meta.lost_up_to,
+            client_seq: meta.client_seq,
+            acked: meta.acked,
+        }),
+        queued,
+    })
 }
 
 fn put_frame(buf: &mut Vec<u8>, frame: &Encoded) {
@@ -90,44 +319,104 @@ pub fn records(mut data: Bytes) -> impl Iterator<Item = Result<Record, BadBatch>
     })
 }
 
-fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
-    let need = |data: &Bytes, n: usize| {
-        if data.remaining() < n {
-            Err(BadBatch)
-        } else {
-            Ok(())
-        }
-    };
-    need(data, 9)?;
-    let tag = data.get_u8();
-    let to = PeerId(data.get_u64_le());
-    let (origin, seq) = match tag {
-        RELAY => {
-            need(data, 12)?;
-            (Some(PeerId(data.get_u64_le())), data.get_u32_le())
-        }
-        NOTIFY => (None, 0),
-        _ => return Err(BadBatch),
-    };
+fn need(data: &Bytes, n: usize) -> Result<(), BadBatch> {
+    if data.remaining() < n {
+        Err(BadBatch)
+    } else {
+        Ok(())
+    }
+}
+
+fn read_frame(data: &mut Bytes) -> Result<Encoded, BadBatch> {
     need(data, 6)?;
     let kind = MessageType::from_byte(data.get_u8()).ok_or(BadBatch)?;
     let flags = Flags(data.get_u8());
     let len = data.get_u32_le() as usize;
     need(data, len)?;
-    let frame = Encoded {
+    Ok(Encoded {
         kind,
         flags,
         payload: data.split_to(len),
-    };
-    Ok(match origin {
-        Some(origin) => Record::Relay {
-            to,
-            origin,
-            seq,
-            frame,
-        },
-        None => Record::Notify { to, frame },
     })
+}
+
+fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
+    need(data, 1)?;
+    let tag = data.get_u8();
+    match tag {
+        RELAY | FORWARDED_RELAY => {
+            need(data, 20)?;
+            let (to, origin, seq) = (
+                PeerId(data.get_u64_le()),
+                PeerId(data.get_u64_le()),
+                data.get_u32_le(),
+            );
+            Ok(Record::Relay {
+                to,
+                origin,
+                seq,
+                frame: read_frame(data)?,
+                forwarded: tag == FORWARDED_RELAY,
+            })
+        }
+        NOTIFY | FORWARDED_NOTIFY => {
+            need(data, 8)?;
+            let to = PeerId(data.get_u64_le());
+            Ok(Record::Notify {
+                to,
+                frame: read_frame(data)?,
+                forwarded: tag == FORWARDED_NOTIFY,
+            })
+        }
+        TAKE => {
+            need(data, 8 + 2 + 32 + 2)?;
+            let (req, from) = (data.get_u64_le(), data.get_u16_le());
+            let mut token: Token = [0; 32];
+            data.copy_to_slice(&mut token);
+            let len = data.get_u16_le() as usize;
+            need(data, len)?;
+            let identity = data.split_to(len);
+            let identity = if identity.is_empty() {
+                None
+            } else {
+                let name = std::str::from_utf8(&identity).map_err(|_| BadBatch)?;
+                Some(UserName::new(name).map_err(|_| BadBatch)?)
+            };
+            Ok(Record::Take {
+                req,
+                from,
+                token,
+                identity,
+            })
+        }
+        GIVE => {
+            need(data, 12)?;
+            let (req, len) = (data.get_u64_le(), data.get_u32_le());
+            let session = if len == u32::MAX {
+                need(data, 4)?;
+                Err(ResumeRefusal::try_from(data.get_i32_le())
+                    .unwrap_or(ResumeRefusal::UnknownToken))
+            } else {
+                need(data, len as usize)?;
+                Ok(data.split_to(len as usize))
+            };
+            Ok(Record::Give { req, session })
+        }
+        FENCE => {
+            need(data, 10)?;
+            Ok(Record::Fence {
+                peer: PeerId(data.get_u64_le()),
+                from: data.get_u16_le(),
+            })
+        }
+        DONE => {
+            need(data, 8)?;
+            Ok(Record::Done {
+                peer: PeerId(data.get_u64_le()),
+            })
+        }
+        _ => Err(BadBatch),
+    }
 }
 
 /// A peer as Redis stores it: 16 hexadecimal digits, node first.
@@ -222,6 +511,46 @@ pub enum Event {
     /// An operator closed room `r`: tell every member here.
     #[serde(rename = "c")]
     Closed { r: String },
+    /// Peer `p`'s session moved from node `f` to node `n` (`n` 0: `p` is
+    /// gone, forget where it was). `ns` are the nodes told (each sends `f`
+    /// a fence); `rooms` are `p`'s rooms, for `n`'s copy.
+    #[serde(rename = "m")]
+    Moved {
+        p: String,
+        n: u16,
+        #[serde(default)]
+        f: u16,
+        #[serde(default, deserialize_with = "lua_list")]
+        ns: Vec<u16>,
+        #[serde(default, deserialize_with = "lua_list")]
+        rooms: Vec<RoomState>,
+    },
+}
+
+/// A room as an event carries it whole.
+#[derive(Debug, Deserialize)]
+pub struct RoomState {
+    /// The room.
+    pub r: String,
+    /// Its mode.
+    pub mode: String,
+    /// Its capacity.
+    pub cap: u32,
+    /// Its members' records, in join order.
+    #[serde(deserialize_with = "lua_list")]
+    pub m: Vec<String>,
+}
+
+/// A list from Lua's cjson, which writes an empty one as `{}`.
+fn lua_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(o) if o.is_empty() => Ok(Vec::new()),
+        v => serde_json::from_value(v).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A room id from an event (checked again: it comes from Redis).
@@ -250,8 +579,16 @@ mod tests {
             PeerId(9),
             42,
             &frame(MessageType::Offer, b"sdp"),
+            false,
         );
-        put_notify(&mut buf, PeerId(8), &frame(MessageType::PeerLeft, b""));
+        put_notify(
+            &mut buf,
+            PeerId(8),
+            &frame(MessageType::PeerLeft, b""),
+            true,
+        );
+        put_fence(&mut buf, PeerId(8), 3);
+        put_done(&mut buf, PeerId(8));
         assert_eq!(buf[0], BATCH);
         let got: Vec<_> = records(Bytes::from(buf).slice(1..)).collect();
         assert_eq!(
@@ -262,11 +599,18 @@ mod tests {
                     origin: PeerId(9),
                     seq: 42,
                     frame: frame(MessageType::Offer, b"sdp"),
+                    forwarded: false,
                 }),
                 Ok(Record::Notify {
                     to: PeerId(8),
                     frame: frame(MessageType::PeerLeft, b""),
+                    forwarded: true,
                 }),
+                Ok(Record::Fence {
+                    peer: PeerId(8),
+                    from: 3
+                }),
+                Ok(Record::Done { peer: PeerId(8) }),
             ]
         );
     }
@@ -274,8 +618,18 @@ mod tests {
     #[test]
     fn a_truncated_batch_stops_at_the_bad_record() {
         let mut buf = new_batch();
-        put_notify(&mut buf, PeerId(8), &frame(MessageType::Offer, b"abc"));
-        put_notify(&mut buf, PeerId(9), &frame(MessageType::Offer, b"abcdef"));
+        put_notify(
+            &mut buf,
+            PeerId(8),
+            &frame(MessageType::Offer, b"abc"),
+            false,
+        );
+        put_notify(
+            &mut buf,
+            PeerId(9),
+            &frame(MessageType::Offer, b"abcdef"),
+            false,
+        );
         buf.truncate(buf.len() - 2);
         let got: Vec<_> = records(Bytes::from(buf).slice(1..)).collect();
         assert_eq!(got.len(), 2);

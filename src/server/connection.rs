@@ -235,7 +235,14 @@ where
         let mut resumed = None;
         if let (Some(_), Some(asked)) = (resume_limits, &hello.resume) {
             let identity = grant.as_deref().map(Grant::identity);
-            match Box::pin(park::take(shared, &asked.token, identity)).await {
+            let taken = match Box::pin(park::take(shared, &asked.token, identity)).await {
+                // Held by another node of the cluster: brought here.
+                Err(ResumeRefusal::UnknownToken) if park::elsewhere(shared, &asked.token) => {
+                    Box::pin(park::fetch(shared, &asked.token, grant.clone())).await
+                }
+                taken => taken,
+            };
+            match taken {
                 Ok((session, outbox)) => {
                     let replay = session.resumption().map(|r| r.replay_after(asked.last_seq));
                     match replay {

@@ -328,6 +328,10 @@ pub async fn run_with_directory<D: Directory>(
     let mut config = config;
     descriptors::fit(&mut config);
     let shared = Arc::new(Shared::new(config, directory)?);
+    shared
+        .ctx
+        .directory
+        .set_sessions(Arc::new(park::Giver(Arc::downgrade(&shared))));
     let config = &shared.ctx.config;
     let events = match (config.webhook_urls.is_empty(), &config.webhook_secret) {
         (false, Some(secret)) => {

@@ -8,16 +8,20 @@
 //! once). Taking a `Live` session wakes its connection, which parks it and
 //! closes its (half-open) socket.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
 use super::{Resumable, Shared, EXPIRED_KEPT};
-use crate::directory::Directory;
+use crate::auth::Grant;
+use crate::directory::{Directory, SessionSource};
 use crate::outbox::Outbox;
 use crate::protocol::{LeaveReason, ResumeRefusal, UserName};
-use crate::resume::Token;
+use crate::rate::RateGuard;
+use crate::resume::{token_node, Handoff, Token};
 use crate::session::Session;
 
 /// How long a resume waits for a half-open connection to hand its session
@@ -68,10 +72,11 @@ fn unlist<D>(resumable: &mut std::collections::HashMap<Token, Resumable<D>>, old
 /// Gives a resumed session a new token, keeping the one its client holds
 /// valid (listed as `Older`) until the client shows it got the new one.
 pub(super) fn rotate<D: Directory>(shared: &Shared<D>, session: &mut Session<D>, presented: Token) {
+    let node = session.node();
     let Some(resume) = session.resumption_mut() else {
         return;
     };
-    let token = resume.rotate(presented);
+    let token = resume.rotate(presented, node);
     let older = resume.previous();
     let unlisted = resume.relist(older);
     let mut resumable = shared.resumable.lock();
@@ -251,5 +256,97 @@ pub(super) fn end_all<D: Directory>(
         for session in parked {
             end(session, reason).await;
         }
+    }
+}
+
+/// Whether `token` names another node of a cluster, which may hold the
+/// session.
+pub(super) fn elsewhere<D: Directory>(shared: &Shared<D>, token: &[u8]) -> bool {
+    let Ok(token) = Token::try_from(token) else {
+        return false;
+    };
+    shared
+        .ctx
+        .directory
+        .identity()
+        .is_some_and(|(node, _)| node != token_node(&token))
+}
+
+/// Brings the session `token` names from the node that holds it, for a
+/// client with `grant`. The work runs in its own task: should this
+/// connection drop meanwhile, the session that arrives waits here for the
+/// client's next try, instead of being lost between two nodes.
+pub(super) async fn fetch<D: Directory>(
+    shared: &Arc<Shared<D>>,
+    token: &[u8],
+    grant: Option<Box<Grant>>,
+) -> Result<(Box<Session<D>>, Arc<Outbox>), ResumeRefusal> {
+    let Ok(token) = Token::try_from(token) else {
+        return Err(ResumeRefusal::UnknownToken);
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let identity = grant.as_deref().map(|g| g.identity().clone());
+        let fetched = match shared.ctx.directory.fetch_session(token, identity).await {
+            Ok(fetched) => fetched,
+            Err(why) => {
+                let _ = tx.send(Err(why));
+                return;
+            }
+        };
+        let now = Instant::now();
+        let session = Box::new(Session::adopt(
+            shared.ctx.clone(),
+            fetched.handoff,
+            fetched.outbox.clone(),
+            grant,
+            RateGuard::sharing(&shared.rate, now),
+            now,
+            SystemTime::now(),
+        ));
+        if !fetched.moved {
+            // Its old node died meanwhile: its clean-up announces the
+            // departure (once; this teardown finds the rooms left).
+            tokio::spawn(end(session, LeaveReason::TimedOut));
+            let _ = tx.send(Err(ResumeRefusal::Expired));
+            return;
+        }
+        if let Err(Ok((session, outbox))) = tx.send(Ok((session, fetched.outbox))) {
+            park(&shared, session, outbox);
+        }
+    });
+    rx.await.unwrap_or(Err(ResumeRefusal::UnknownToken))
+}
+
+/// Gives this node's resumable sessions to other nodes of a cluster (the
+/// directory holds it; it holds the server weakly).
+pub(super) struct Giver<D>(pub std::sync::Weak<Shared<D>>);
+
+impl<D: Directory> SessionSource for Giver<D> {
+    fn give(
+        &self,
+        token: Token,
+        identity: Option<UserName>,
+    ) -> Pin<Box<dyn Future<Output = Result<(Handoff, Arc<Outbox>), ResumeRefusal>> + Send>> {
+        let Some(shared) = self.0.upgrade() else {
+            return Box::pin(std::future::ready(Err(ResumeRefusal::UnknownToken)));
+        };
+        Box::pin(async move {
+            let (mut session, outbox) = take(&shared, &token, identity.as_ref()).await?;
+            forget(&shared, &mut session);
+            let queued = outbox
+                .take_queued()
+                .into_iter()
+                .map(|(frame, origin)| (frame, origin.map(|o| (o.peer, o.seq))))
+                .collect();
+            match session.hand_off(queued) {
+                Ok(handoff) => Ok((handoff, outbox)),
+                Err(session) => {
+                    tokio::spawn(end(session, LeaveReason::TimedOut));
+                    Err(ResumeRefusal::UnknownToken)
+                }
+            }
+        })
     }
 }

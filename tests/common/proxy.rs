@@ -20,7 +20,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// A TCP proxy to `upstream`, listening on a port of its own.
+/// A TCP proxy to one upstream, or to several taken in turn (a load
+/// balancer that sends a client's reconnection to another node),
+/// listening on a port of its own.
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<ProxyState>,
@@ -55,6 +57,12 @@ pub struct ProxyStats {
 
 impl Proxy {
     pub async fn start(upstream: SocketAddr) -> Proxy {
+        Proxy::start_many(vec![upstream]).await
+    }
+
+    /// A proxy that sends each new connection to the next of `upstreams`.
+    pub async fn start_many(upstreams: Vec<SocketAddr>) -> Proxy {
+        assert!(!upstreams.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState::default());
@@ -69,6 +77,7 @@ impl Proxy {
                     let _ = client.set_zero_linger();
                     continue;
                 }
+                let upstream = upstreams[next_id as usize % upstreams.len()];
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };

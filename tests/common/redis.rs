@@ -48,6 +48,26 @@ impl Redis {
         redis
     }
 
+    /// Starts `n` switchboard nodes of cluster `cluster` on this Redis,
+    /// each with `args` too.
+    pub fn nodes(&self, cluster: &str, n: usize, args: &[&str]) -> Vec<super::child::Server> {
+        let url = self.url();
+        let mut all = vec!["--redis-url", &url, "--cluster", cluster];
+        all.extend_from_slice(args);
+        (0..n)
+            .map(|_| {
+                super::child::Server::start_with(
+                    &all,
+                    None,
+                    &[(
+                        "RUST_LOG",
+                        "warn,switchboard::listen=info,switchboard::cluster=info",
+                    )],
+                )
+            })
+            .collect()
+    }
+
     /// Starts `redis-server` on TCP at 127.0.0.1, on a port it finds free
     /// by trying: redis cannot be asked for an ephemeral port, so a port
     /// taken by someone else in between makes it exit and the next is tried.

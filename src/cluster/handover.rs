@@ -1,0 +1,429 @@
+//! Moving a resumable session to the node its client came back to
+//! (docs/PROTOCOL.md, section 11a, "Across nodes").
+//!
+//! The client presents its token to node B; the token names node A, which
+//! holds the session. The steps, each a record of a batch or a room event:
+//!
+//! 1. B sends A `Take` (the token, the client's identity).
+//! 2. A takes the session from its table (closing a half-open connection
+//!    first), sends B `Give` with the session's state and what its outbox
+//!    held, and from then on forwards whatever reaches the old outbox
+//!    (signals from peers that still route to A, notices of room events
+//!    published to A) to B, marked *forwarded*.
+//! 3. B registers the peer with an outbox that *holds* what is sent to it
+//!    directly and lets forwarded frames through, then runs the `MOVE`
+//!    script: the peer moves to B's set, the `moved` map routes it to B,
+//!    and every node is told (`m` event, with the peer's rooms for B's
+//!    copy). B's connection resumes the session once B has read that
+//!    event.
+//! 4. Every node, reading `m`, routes the peer to B from then on and sends
+//!    A a `Fence`, in the same step (under the batches' lock): everything
+//!    it sent A for the peer is ahead of the fence.
+//! 5. Once A has every fence (or after a bound, for a node that died), it
+//!    forwards what is left, forgets the peer and sends B `Done`; B
+//!    releases what it held. So a sender's signals reach the peer in the
+//!    order they were sent, each once, whichever way they went.
+//!
+//! If A is gone, or the session is not there, B's client starts fresh:
+//! `UNKNOWN_TOKEN`, or `EXPIRED` when A died (its departure was announced
+//! by the clean-up of A).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use tracing::{info, warn};
+
+use super::wire::{self, peer_key, RoomState};
+use super::{scripts, ClusterDirectory};
+use crate::directory::{Directory, Fetched, SessionSource};
+use crate::outbox::{CloseReason, Outbox};
+use crate::protocol::{encode, ErrorMessage, Message, PeerId, ResumeRefusal, UserName};
+use crate::registry::RouteError;
+use crate::resume::{token_node, Handoff, Token};
+
+/// Longest wait for the node holding a session to hand it over: it may
+/// wait up to 2 s for a half-open connection to let go.
+const GIVE_WAIT: Duration = Duration::from_secs(3);
+
+type Answer = Result<(Handoff, Arc<Outbox>), ResumeRefusal>;
+
+/// The sessions moving to and from this node.
+#[derive(Default)]
+pub(super) struct Handovers {
+    sessions: OnceLock<Arc<dyn SessionSource>>,
+    next_request: AtomicU64,
+    /// Requests for sessions this node sent, by request id.
+    fetching: Mutex<foldhash::HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Sessions that arrived and wait for their `m` event.
+    moving: Mutex<foldhash::HashMap<PeerId, oneshot::Sender<()>>>,
+    /// Sessions that arrived, by peer: their outboxes hold what is sent
+    /// to them directly until their old node is done forwarding.
+    arriving: Mutex<foldhash::HashMap<PeerId, Arc<Outbox>>>,
+    /// Sessions that left, by peer, while their frames are forwarded.
+    leaving: Mutex<foldhash::HashMap<PeerId, Leaving>>,
+}
+
+struct Leaving {
+    /// The nodes to hear a fence from, once the `m` event said.
+    expect: Option<Vec<u16>>,
+    fenced: HashSet<u16>,
+    /// Woken when every fence is in.
+    done: Arc<Notify>,
+}
+
+impl Leaving {
+    fn complete(&self) -> bool {
+        self.expect
+            .as_ref()
+            .is_some_and(|e| e.iter().all(|n| self.fenced.contains(n)))
+    }
+}
+
+impl ClusterDirectory {
+    pub(super) fn set_session_source(&self, sessions: Arc<dyn SessionSource>) {
+        let _ = self.handovers.sessions.set(sessions);
+    }
+
+    /// Asks the node `token` names for the session (steps 1 and 3 above).
+    pub(super) async fn fetch(
+        &self,
+        token: Token,
+        identity: Option<UserName>,
+    ) -> Result<Fetched, ResumeRefusal> {
+        let from = token_node(&token);
+        if from == self.node || !self.ready() {
+            return Err(ResumeRefusal::UnknownToken);
+        }
+        let req = self.handovers.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.handovers.fetching.lock().insert(req, tx);
+        let asked = self.links.append(from, None, |b| {
+            wire::put_take(b, req, self.node, &token, identity.as_ref())
+        });
+        let answer = if asked {
+            tokio::time::timeout(self.timeout * 2 + GIVE_WAIT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.handovers.fetching.lock().remove(&req);
+        let (handoff, outbox) = match answer {
+            Some(answer) => answer?,
+            // A dead node never answers: its sessions are not resumable,
+            // and its clean-up announces their departures.
+            _ => return Err(ResumeRefusal::Expired),
+        };
+        let peer = handoff.peer;
+        let (tx, rx) = oneshot::channel();
+        self.handovers.moving.lock().insert(peer, tx);
+        let moved: redis::RedisResult<String> = self
+            .call(
+                &scripts::MOVE,
+                vec![
+                    self.prefix.clone(),
+                    peer_key(peer),
+                    from.to_string(),
+                    self.node.to_string(),
+                ],
+            )
+            .await;
+        let moved = match moved {
+            Ok(answer) if answer == "ok" => tokio::time::timeout(self.timeout, rx)
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Ok(answer) => {
+                info!(peer = peer.0, %answer, "a session could not move here");
+                false
+            }
+            Err(e) => {
+                warn!(peer = peer.0, error = %e, "a session could not move here");
+                false
+            }
+        };
+        self.handovers.moving.lock().remove(&peer);
+        if moved {
+            if let Some(user) = &handoff.user {
+                self.names_here.lock().insert(peer, user.clone());
+            }
+            info!(peer = peer.0, from, "session moved here");
+        }
+        Ok(Fetched {
+            handoff,
+            outbox,
+            moved,
+        })
+    }
+
+    /// Step 2: another node asks for a session of this node.
+    pub(super) fn on_take(
+        self: &Arc<Self>,
+        req: u64,
+        from: u16,
+        token: Token,
+        identity: Option<UserName>,
+    ) {
+        let Some(sessions) = self.handovers.sessions.get().cloned() else {
+            self.links.append(from, None, |b| {
+                wire::put_give(b, req, Err(ResumeRefusal::UnknownToken))
+            });
+            return;
+        };
+        let dir = self.clone();
+        tokio::spawn(async move {
+            let (handoff, outbox) = match sessions.give(token, identity).await {
+                Ok(given) => given,
+                Err(why) => {
+                    dir.links
+                        .append(from, None, |b| wire::put_give(b, req, Err(why)));
+                    return;
+                }
+            };
+            let peer = handoff.peer;
+            let done = Arc::new(Notify::new());
+            dir.handovers.leaving.lock().insert(
+                peer,
+                Leaving {
+                    expect: None,
+                    fenced: HashSet::new(),
+                    done: done.clone(),
+                },
+            );
+            dir.names_here.lock().remove(&peer);
+            if !dir
+                .links
+                .append(from, None, |b| wire::put_give(b, req, Ok(&handoff)))
+            {
+                warn!(
+                    peer = peer.0,
+                    "a session could not be sent: the batch is full"
+                );
+            }
+            info!(peer = peer.0, to = from, "session handed to another node");
+            tokio::spawn(dir.forward(peer, from, outbox, done));
+        });
+    }
+
+    /// Forwards what reaches a session's old outbox to its new node until
+    /// every node has fenced (or a bound passed), then ends with `Done`.
+    async fn forward(
+        self: Arc<Self>,
+        peer: PeerId,
+        to: u16,
+        outbox: Arc<Outbox>,
+        done: Arc<Notify>,
+    ) {
+        let deadline = tokio::time::Instant::now() + (self.lease * 2).max(Duration::from_secs(5));
+        loop {
+            let finished = tokio::select! {
+                () = outbox.ready() => false,
+                () = done.notified() => true,
+                () = tokio::time::sleep_until(deadline) => true,
+            };
+            self.forward_queued(peer, to, &outbox);
+            if finished {
+                break;
+            }
+        }
+        outbox.close(CloseReason::Shutdown);
+        self.forward_queued(peer, to, &outbox);
+        self.registry.unregister_outbox(peer, &outbox);
+        self.handovers.leaving.lock().remove(&peer);
+        self.links.append(to, None, |b| wire::put_done(b, peer));
+    }
+
+    fn forward_queued(&self, peer: PeerId, to: u16, outbox: &Outbox) {
+        for (frame, origin) in outbox.take_queued() {
+            let appended = match origin {
+                Some(o) => self.links.append(to, Some((o.peer, o.seq)), |b| {
+                    wire::put_relay(b, peer, o.peer, o.seq, &frame, true)
+                }),
+                None => self
+                    .links
+                    .append(to, None, |b| wire::put_notify(b, peer, &frame, true)),
+            };
+            if !appended {
+                match origin {
+                    Some(o) => self.notify(
+                        o.peer,
+                        encode(&Message::Error(ErrorMessage {
+                            code: RouteError::PeerBusy.code(),
+                            message: format!("not delivered to {peer}: its node is busy"),
+                            request_seq: o.seq,
+                        })),
+                    ),
+                    None => warn!(peer = peer.0, "a forwarded notice was dropped: batch full"),
+                }
+            }
+        }
+    }
+
+    /// The session for request `req` arrived (step 3): registered here at
+    /// once, so what its old node forwards next finds it.
+    pub(super) fn on_give(&self, req: u64, session: Result<Bytes, ResumeRefusal>) {
+        let waiting = self.handovers.fetching.lock().remove(&req);
+        let answer = session.and_then(|bytes| {
+            wire::read_handoff(bytes).map_err(|_| {
+                warn!("an unreadable session from another node");
+                ResumeRefusal::UnknownToken
+            })
+        });
+        let answer = answer.map(|mut handoff| {
+            let outbox = Arc::new(Outbox::holding(self.outbox_limits));
+            let now = Instant::now();
+            for (frame, origin) in std::mem::take(&mut handoff.queued) {
+                let origin = origin.map(|(peer, seq)| crate::outbox::Origin {
+                    peer,
+                    seq,
+                    read_at: now,
+                });
+                let _ = outbox.push_forwarded(frame, origin);
+            }
+            self.registry
+                .register(handoff.peer, handoff.capabilities, outbox.clone());
+            self.handovers
+                .arriving
+                .lock()
+                .insert(handoff.peer, outbox.clone());
+            (handoff, outbox)
+        });
+        match waiting {
+            Some(waiting) => {
+                if let Err(Ok((handoff, outbox))) = waiting.send(answer) {
+                    self.abandon(handoff, &outbox);
+                }
+            }
+            None => {
+                if let Ok((handoff, outbox)) = answer {
+                    self.abandon(handoff, &outbox);
+                }
+            }
+        }
+    }
+
+    /// A session that arrived when nobody waited for it any more: its
+    /// rooms hear it timed out.
+    fn abandon(&self, handoff: Handoff, outbox: &Arc<Outbox>) {
+        warn!(peer = handoff.peer.0, "a session arrived too late and ends");
+        self.registry.unregister_outbox(handoff.peer, outbox);
+        self.handovers.arriving.lock().remove(&handoff.peer);
+        for room in handoff.rooms {
+            self.behind(
+                &scripts::LEAVE,
+                vec![
+                    self.prefix.clone(),
+                    room.to_string(),
+                    peer_key(handoff.peer),
+                    (crate::protocol::LeaveReason::TimedOut as i32).to_string(),
+                ],
+            );
+        }
+        if let Some(user) = handoff.user {
+            self.behind(
+                &scripts::LOGOUT,
+                vec![
+                    self.prefix.clone(),
+                    user.to_string(),
+                    peer_key(handoff.peer),
+                ],
+            );
+        }
+    }
+
+    /// The `m` event (step 4): `peer` is on node `to` now (0: it is gone).
+    pub(super) fn on_moved(
+        &self,
+        peer: PeerId,
+        to: u16,
+        from: u16,
+        told: &[u16],
+        rooms: Vec<RoomState>,
+    ) {
+        if to == 0 {
+            self.links.set_node(peer, None, |_, _| {});
+            return;
+        }
+        let me = self.node;
+        self.links.set_node(peer, Some(to), |links, pending| {
+            if me != from {
+                links.append_locked(pending, from, None, |b| wire::put_fence(b, peer, me));
+            }
+        });
+        if me == to {
+            for room in rooms {
+                let Some(id) = wire::parse_room(&room.r) else {
+                    continue;
+                };
+                let members = room
+                    .m
+                    .iter()
+                    .filter_map(|m| wire::parse_member(m))
+                    .collect();
+                self.room_shard(&id).lock().mirror(
+                    &id,
+                    wire::parse_mode(&room.mode),
+                    room.cap,
+                    members,
+                );
+            }
+            if let Some(waiting) = self.handovers.moving.lock().remove(&peer) {
+                let _ = waiting.send(());
+            }
+        } else if me == from {
+            // This node's copies of rooms none of its peers is in any more.
+            for room in &rooms {
+                if let Some(id) = wire::parse_room(&room.r) {
+                    let mut shard = self.room_shard(&id).lock();
+                    let any_here = shard
+                        .get(&id)
+                        .is_some_and(|r| r.members().iter().any(|m| self.is_here(m.peer_id)));
+                    if !any_here {
+                        shard.close(&id);
+                    }
+                }
+            }
+            let mut leaving = self.handovers.leaving.lock();
+            if let Some(l) = leaving.get_mut(&peer) {
+                l.expect = Some(told.iter().copied().filter(|n| *n != me).collect());
+                if l.complete() {
+                    l.done.notify_one();
+                }
+            }
+        }
+    }
+
+    /// A node routes a peer that left here to its new node from now on.
+    pub(super) fn on_fence(&self, peer: PeerId, from: u16) {
+        let mut leaving = self.handovers.leaving.lock();
+        if let Some(l) = leaving.get_mut(&peer) {
+            l.fenced.insert(from);
+            if l.complete() {
+                l.done.notify_one();
+            }
+        }
+    }
+
+    /// The old node of a peer that arrived is done forwarding (step 5).
+    pub(super) fn on_done(&self, peer: PeerId) {
+        if let Some(outbox) = self.handovers.arriving.lock().remove(&peer) {
+            outbox.release();
+        }
+    }
+
+    /// A session that moved here ended for good: the other nodes forget
+    /// where it was.
+    pub(super) fn forget_moved(&self, peer: PeerId) {
+        if let Some(outbox) = self.handovers.arriving.lock().remove(&peer) {
+            outbox.release();
+        }
+        if peer.node() != self.node {
+            self.behind(&scripts::UNMOVE, vec![self.prefix.clone(), peer_key(peer)]);
+        }
+    }
+}
