@@ -54,8 +54,12 @@ pub trait SessionSource: Send + Sync {
         &self,
         token: Token,
         identity: Option<UserName>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(Handoff, Arc<Outbox>), ResumeRefusal>> + Send>>;
+    ) -> Given;
 }
+
+/// What [`SessionSource::give`] resolves to.
+pub type Given =
+    std::pin::Pin<Box<dyn Future<Output = Result<(Handoff, Arc<Outbox>), ResumeRefusal>> + Send>>;
 
 /// What a session needs to know and change beyond its own node.
 ///

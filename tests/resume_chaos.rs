@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::child::Server;
 use common::proxy::Proxy;
+use common::redis::Redis;
 use common::room;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -677,17 +678,30 @@ async fn chaos(seed: u64) -> Chaos {
     let args = [&LIFTED[..], &["--resume-grace-ms", "30000"][..]].concat();
     let mut server = Server::start(&args);
     let proxy = Proxy::start(server.addr).await;
+    let chaos = under_cuts(&proxy, PAIRS, CUTS, "chaos", seed).await;
+    server.assert_alive();
+    let peak = server.peak_kib();
+    assert!(
+        peak < PEAK_BOUND_KIB,
+        "the chaos server's resident memory peaked at {peak} KiB (bound {PEAK_BOUND_KIB} KiB; \
+         seed {seed})"
+    );
+    Chaos { peak, ..chaos }
+}
+
+/// `pairs` pairs negotiating through `proxy` while it makes `cuts` cuts.
+async fn under_cuts(proxy: &Proxy, pairs: usize, cuts: usize, tag: &str, seed: u64) -> Chaos {
     let url = proxy.url();
     let mut tasks = JoinSet::new();
-    for i in 0..PAIRS {
-        let url = url.clone();
-        tasks.spawn(async move { Pair::setup(i, "chaos", &url, &url, seed).await });
+    for i in 0..pairs {
+        let (url, tag) = (url.clone(), tag.to_owned());
+        tasks.spawn(async move { Pair::setup(i, &tag, &url, &url, seed).await });
     }
     let pairs = gather(tasks, "joining", seed).await;
     let connected = proxy.stats().accepted;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let cutter = proxy.cut_randomly(StdRng::seed_from_u64(seed), CUT_EVERY, CUTS, WELCOME_EVERY);
+    let cutter = proxy.cut_randomly(StdRng::seed_from_u64(seed), CUT_EVERY, cuts, WELCOME_EVERY);
     let mut tasks = JoinSet::new();
     for mut pair in pairs {
         let stop = stop.clone();
@@ -719,18 +733,11 @@ async fn chaos(seed: u64) -> Chaos {
         totals.disconnects += t.disconnects;
         totals.resumes += t.resumes;
     }
-    server.assert_alive();
-    let peak = server.peak_kib();
-    assert!(
-        peak < PEAK_BOUND_KIB,
-        "the chaos server's resident memory peaked at {peak} KiB (bound {PEAK_BOUND_KIB} KiB; \
-         seed {seed})"
-    );
     Chaos {
         totals,
         cuts: stats.cuts,
         reconnects: stats.accepted - connected,
-        peak,
+        peak: 0,
     }
 }
 
@@ -824,4 +831,59 @@ async fn a_resume_whose_welcome_was_lost_resumes_on_the_next_try() {
     ok(pair.negotiate().await);
     ok(pair.hang_up().await);
     ok(pair.settle().await);
+}
+
+/// Pairs under random cuts in a cluster of three nodes.
+const CLUSTER_PAIRS: usize = 90;
+/// Connections the cutter resets in the cluster.
+const CLUSTER_CUTS: usize = 300;
+
+/// The chaos in a cluster of three nodes on one Redis (issue #11, item 8):
+/// the proxy sends every new connection to the next node, so nearly every
+/// reconnection lands on another node than the session's, which must move
+/// the session there (docs/PROTOCOL.md, section 11a, "Across nodes") with
+/// every signal in flight forwarded: each arrives exactly once, in order;
+/// nobody sees anyone leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_survive_random_cuts_and_moves_between_three_nodes() {
+    let seed = seed();
+    let started = Instant::now();
+    let redis = Redis::start();
+    let args = [&LIFTED[..], &["--resume-grace-ms", "30000"][..]].concat();
+    let mut nodes = redis.nodes(&format!("chaos-{}", std::process::id()), 3, &args);
+    let proxy = Proxy::start_many(nodes.iter().map(|n| n.addr).collect()).await;
+    let run = under_cuts(&proxy, CLUSTER_PAIRS, CLUSTER_CUTS, "moving", seed);
+    let chaos = tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("the chaos did not end within {TEST_LIMIT:?} (seed {seed})"));
+    let mut moves = 0;
+    for node in &mut nodes {
+        node.assert_alive();
+        moves += node.log_text().matches("session moved here").count();
+        let peak = node.peak_kib();
+        assert!(
+            peak < PEAK_BOUND_KIB,
+            "a node's resident memory peaked at {peak} KiB (bound {PEAK_BOUND_KIB} KiB; seed {seed})"
+        );
+    }
+    let Chaos {
+        totals,
+        cuts,
+        reconnects,
+        ..
+    } = chaos;
+    println!(
+        "resume chaos over three nodes (seed {seed}): {CLUSTER_PAIRS} pairs, {} negotiations, {} \
+         signals delivered exactly once in order; {cuts} connections cut, {reconnects} \
+         reconnects, {} drops seen and resumed, {moves} sessions moved between nodes; {:.1} s",
+        totals.rounds,
+        totals.signals,
+        totals.disconnects,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(cuts >= CLUSTER_CUTS as u64 / 2, "only {cuts} cuts (seed {seed})");
+    assert!(
+        moves as u64 >= cuts / 2,
+        "only {moves} sessions moved for {cuts} cuts (seed {seed})"
+    );
 }

@@ -50,7 +50,17 @@ use crate::resume::{token_node, Handoff, Token};
 /// wait up to 2 s for a half-open connection to let go.
 const GIVE_WAIT: Duration = Duration::from_secs(3);
 
-type Answer = Result<(Handoff, Arc<Outbox>), ResumeRefusal>;
+/// Tokens of sessions given away remembered, to pass a late request on
+/// (a client whose Welcome from the new node was lost tries its old token
+/// again, perhaps on a third node).
+const GONE_KEPT: usize = 4096;
+
+/// Most times a request for a session is passed on.
+const MAX_HOPS: u8 = 3;
+
+/// The session (with its outbox, registered here) and the node that gave
+/// it, or why not.
+type Answer = Result<(Handoff, Arc<Outbox>, u16), ResumeRefusal>;
 
 /// The sessions moving to and from this node.
 #[derive(Default)]
@@ -66,6 +76,9 @@ pub(super) struct Handovers {
     arriving: Mutex<foldhash::HashMap<PeerId, Arc<Outbox>>>,
     /// Sessions that left, by peer, while their frames are forwarded.
     leaving: Mutex<foldhash::HashMap<PeerId, Leaving>>,
+    /// Where sessions given away went, by the tokens their clients may
+    /// still present (at most [`GONE_KEPT`], oldest forgotten first).
+    gone: Mutex<(std::collections::VecDeque<Token>, foldhash::HashMap<Token, u16>)>,
 }
 
 struct Leaving {
@@ -95,15 +108,23 @@ impl ClusterDirectory {
         token: Token,
         identity: Option<UserName>,
     ) -> Result<Fetched, ResumeRefusal> {
-        let from = token_node(&token);
-        if from == self.node || !self.ready() {
+        // The node the token names, or, for a token of this node whose
+        // session went elsewhere, that node.
+        let from = match token_node(&token) {
+            node if node != self.node => node,
+            _ => match self.handovers.gone.lock().1.get(&token) {
+                Some(&node) => node,
+                None => return Err(ResumeRefusal::UnknownToken),
+            },
+        };
+        if !self.ready() {
             return Err(ResumeRefusal::UnknownToken);
         }
         let req = self.handovers.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.handovers.fetching.lock().insert(req, tx);
         let asked = self.links.append(from, None, |b| {
-            wire::put_take(b, req, self.node, &token, identity.as_ref())
+            wire::put_take(b, req, self.node, &token, identity.as_ref(), 0)
         });
         let answer = if asked {
             tokio::time::timeout(self.timeout * 2 + GIVE_WAIT, rx)
@@ -114,7 +135,7 @@ impl ClusterDirectory {
             None
         };
         self.handovers.fetching.lock().remove(&req);
-        let (handoff, outbox) = match answer {
+        let (handoff, outbox, from) = match answer {
             Some(answer) => answer?,
             // A dead node never answers: its sessions are not resumable,
             // and its clean-up announces their departures.
@@ -168,20 +189,37 @@ impl ClusterDirectory {
         from: u16,
         token: Token,
         identity: Option<UserName>,
+        hops: u8,
     ) {
         let Some(sessions) = self.handovers.sessions.get().cloned() else {
             self.links.append(from, None, |b| {
-                wire::put_give(b, req, Err(ResumeRefusal::UnknownToken))
+                wire::put_give(b, req, self.node, Err(ResumeRefusal::UnknownToken))
             });
             return;
         };
         let dir = self.clone();
         tokio::spawn(async move {
-            let (handoff, outbox) = match sessions.give(token, identity).await {
+            let (handoff, outbox) = match sessions.give(token, identity.clone()).await {
                 Ok(given) => given,
+                Err(ResumeRefusal::UnknownToken) if hops < MAX_HOPS => {
+                    let went = dir.handovers.gone.lock().1.get(&token).copied();
+                    match went {
+                        Some(node) if node != from && node != dir.node => {
+                            dir.links.append(node, None, |b| {
+                                wire::put_take(b, req, from, &token, identity.as_ref(), hops + 1)
+                            });
+                        }
+                        _ => {
+                            dir.links.append(from, None, |b| {
+                                wire::put_give(b, req, dir.node, Err(ResumeRefusal::UnknownToken))
+                            });
+                        }
+                    }
+                    return;
+                }
                 Err(why) => {
                     dir.links
-                        .append(from, None, |b| wire::put_give(b, req, Err(why)));
+                        .append(from, None, |b| wire::put_give(b, req, dir.node, Err(why)));
                     return;
                 }
             };
@@ -196,9 +234,23 @@ impl ClusterDirectory {
                 },
             );
             dir.names_here.lock().remove(&peer);
+            {
+                let resume = &handoff.resume;
+                let mut gone = dir.handovers.gone.lock();
+                for token in std::iter::once(resume.token()).chain(resume.previous()) {
+                    if gone.1.insert(token, from).is_none() {
+                        gone.0.push_back(token);
+                    }
+                    if gone.0.len() > GONE_KEPT {
+                        if let Some(old) = gone.0.pop_front() {
+                            gone.1.remove(&old);
+                        }
+                    }
+                }
+            }
             if !dir
                 .links
-                .append(from, None, |b| wire::put_give(b, req, Ok(&handoff)))
+                .append(from, None, |b| wire::put_give(b, req, dir.node, Ok(&handoff)))
             {
                 warn!(
                     peer = peer.0,
@@ -266,7 +318,7 @@ impl ClusterDirectory {
 
     /// The session for request `req` arrived (step 3): registered here at
     /// once, so what its old node forwards next finds it.
-    pub(super) fn on_give(&self, req: u64, session: Result<Bytes, ResumeRefusal>) {
+    pub(super) fn on_give(&self, req: u64, giver: u16, session: Result<Bytes, ResumeRefusal>) {
         let waiting = self.handovers.fetching.lock().remove(&req);
         let answer = session.and_then(|bytes| {
             wire::read_handoff(bytes).map_err(|_| {
@@ -291,16 +343,16 @@ impl ClusterDirectory {
                 .arriving
                 .lock()
                 .insert(handoff.peer, outbox.clone());
-            (handoff, outbox)
+            (handoff, outbox, giver)
         });
         match waiting {
             Some(waiting) => {
-                if let Err(Ok((handoff, outbox))) = waiting.send(answer) {
+                if let Err(Ok((handoff, outbox, _))) = waiting.send(answer) {
                     self.abandon(handoff, &outbox);
                 }
             }
             None => {
-                if let Ok((handoff, outbox)) = answer {
+                if let Ok((handoff, outbox, _)) = answer {
                     self.abandon(handoff, &outbox);
                 }
             }

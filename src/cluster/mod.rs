@@ -733,8 +733,9 @@ impl ClusterDirectory {
                 from,
                 token,
                 identity,
-            } => self.on_take(req, from, token, identity),
-            Record::Give { req, session } => self.on_give(req, session),
+                hops,
+            } => self.on_take(req, from, token, identity, hops),
+            Record::Give { req, node, session } => self.on_give(req, node, session),
             Record::Fence { peer, from } => self.on_fence(peer, from),
             Record::Done { peer } => self.on_done(peer),
         }

@@ -66,12 +66,17 @@ pub enum Record {
         token: Token,
         /// The client's access-token identity.
         identity: Option<UserName>,
+        /// How many nodes passed the request on (to where the session
+        /// went since).
+        hops: u8,
     },
     /// The answer to request `req`: the session ([`read_handoff`]), or why
     /// not.
     Give {
         /// The request answered.
         req: u64,
+        /// The node that answered (and held the session).
+        node: u16,
         /// The encoded [`Handoff`], or the refusal.
         session: Result<Bytes, ResumeRefusal>,
     },
@@ -126,10 +131,12 @@ pub fn put_take(
     from: u16,
     token: &Token,
     identity: Option<&UserName>,
+    hops: u8,
 ) {
     buf.put_u8(TAKE);
     buf.put_u64_le(req);
     buf.put_u16_le(from);
+    buf.put_u8(hops);
     buf.extend_from_slice(token);
     let identity = identity.map_or("", |u| u.as_str());
     buf.put_u16_le(identity.len() as u16);
@@ -137,9 +144,15 @@ pub fn put_take(
 }
 
 /// Appends the answer to request `req`.
-pub fn put_give(buf: &mut Vec<u8>, req: u64, session: Result<&Handoff, ResumeRefusal>) {
+pub fn put_give(
+    buf: &mut Vec<u8>,
+    req: u64,
+    node: u16,
+    session: Result<&Handoff, ResumeRefusal>,
+) {
     buf.put_u8(GIVE);
     buf.put_u64_le(req);
+    buf.put_u16_le(node);
     match session {
         Ok(handoff) => {
             let at = buf.len();
@@ -369,8 +382,8 @@ fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
             })
         }
         TAKE => {
-            need(data, 8 + 2 + 32 + 2)?;
-            let (req, from) = (data.get_u64_le(), data.get_u16_le());
+            need(data, 8 + 2 + 1 + 32 + 2)?;
+            let (req, from, hops) = (data.get_u64_le(), data.get_u16_le(), data.get_u8());
             let mut token: Token = [0; 32];
             data.copy_to_slice(&mut token);
             let len = data.get_u16_le() as usize;
@@ -387,11 +400,12 @@ fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
                 from,
                 token,
                 identity,
+                hops,
             })
         }
         GIVE => {
-            need(data, 12)?;
-            let (req, len) = (data.get_u64_le(), data.get_u32_le());
+            need(data, 14)?;
+            let (req, node, len) = (data.get_u64_le(), data.get_u16_le(), data.get_u32_le());
             let session = if len == u32::MAX {
                 need(data, 4)?;
                 Err(ResumeRefusal::try_from(data.get_i32_le())
@@ -400,7 +414,7 @@ fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
                 need(data, len as usize)?;
                 Ok(data.split_to(len as usize))
             };
-            Ok(Record::Give { req, session })
+            Ok(Record::Give { req, node, session })
         }
         FENCE => {
             need(data, 10)?;

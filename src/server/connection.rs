@@ -249,6 +249,7 @@ where
                         Some(Ok(frames)) => resumed = Some((session, outbox, frames)),
                         _ => {
                             refusal = Some(ResumeRefusal::ReplayLost);
+                            park::unmark(shared, &asked.token);
                             let mut session = session;
                             park::forget(shared, &mut session);
                             tokio::spawn(park::end(session, LeaveReason::TimedOut));

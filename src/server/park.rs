@@ -8,8 +8,6 @@
 //! once). Taking a `Live` session wakes its connection, which parks it and
 //! closes its (half-open) socket.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,11 +15,11 @@ use tracing::{info, warn};
 
 use super::{Resumable, Shared, EXPIRED_KEPT};
 use crate::auth::Grant;
-use crate::directory::{Directory, SessionSource};
+use crate::directory::{Directory, Given, SessionSource};
 use crate::outbox::Outbox;
 use crate::protocol::{LeaveReason, ResumeRefusal, UserName};
 use crate::rate::RateGuard;
-use crate::resume::{token_node, Handoff, Token};
+use crate::resume::Token;
 use crate::session::Session;
 
 /// How long a resume waits for a half-open connection to hand its session
@@ -259,17 +257,21 @@ pub(super) fn end_all<D: Directory>(
     }
 }
 
-/// Whether `token` names another node of a cluster, which may hold the
-/// session.
-pub(super) fn elsewhere<D: Directory>(shared: &Shared<D>, token: &[u8]) -> bool {
+/// Forgets that a resume with `token` is under way, if one was marked.
+pub(super) fn unmark<D>(shared: &Shared<D>, token: &[u8]) {
     let Ok(token) = Token::try_from(token) else {
-        return false;
+        return;
     };
-    shared
-        .ctx
-        .directory
-        .identity()
-        .is_some_and(|(node, _)| node != token_node(&token))
+    let mut resumable = shared.resumable.lock();
+    if matches!(resumable.get(&token), Some(Resumable::Resuming)) {
+        resumable.remove(&token);
+    }
+}
+
+/// Whether another node of a cluster may hold the session `token` names
+/// (the one the token names, or one this node gave it to).
+pub(super) fn elsewhere<D: Directory>(shared: &Shared<D>, token: &[u8]) -> bool {
+    token.len() == 32 && shared.ctx.directory.identity().is_some()
 }
 
 /// Brings the session `token` names from the node that holds it, for a
@@ -284,6 +286,16 @@ pub(super) async fn fetch<D: Directory>(
     let Ok(token) = Token::try_from(token) else {
         return Err(ResumeRefusal::UnknownToken);
     };
+    // Marked as being resumed meanwhile: another try with this token (on
+    // this node, or passed on by the old one) waits for this one.
+    {
+        let mut resumable = shared.resumable.lock();
+        if resumable.contains_key(&token) {
+            return Err(ResumeRefusal::UnknownToken);
+        }
+        resumable.insert(token, Resumable::Resuming);
+    }
+    let unmark = move |shared: &Shared<D>| unmark(shared, &token);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -291,6 +303,7 @@ pub(super) async fn fetch<D: Directory>(
         let fetched = match shared.ctx.directory.fetch_session(token, identity).await {
             Ok(fetched) => fetched,
             Err(why) => {
+                unmark(&shared);
                 let _ = tx.send(Err(why));
                 return;
             }
@@ -308,11 +321,25 @@ pub(super) async fn fetch<D: Directory>(
         if !fetched.moved {
             // Its old node died meanwhile: its clean-up announces the
             // departure (once; this teardown finds the rooms left).
+            unmark(&shared);
             tokio::spawn(end(session, LeaveReason::TimedOut));
             let _ = tx.send(Err(ResumeRefusal::Expired));
             return;
         }
-        if let Err(Ok((session, outbox))) = tx.send(Ok((session, fetched.outbox))) {
+        if let Err(Ok((mut session, outbox))) = tx.send(Ok((session, fetched.outbox))) {
+            // The client is gone again: the session waits here, under its
+            // token and the one the client presented (its previous, if the
+            // Welcome that carried the current one was lost).
+            let current = session.resumption().map(|r| r.token());
+            if current != Some(token) {
+                if let (Some(current), Some(resume)) = (current, session.resumption_mut()) {
+                    resume.relist(Some(token));
+                    shared
+                        .resumable
+                        .lock()
+                        .insert(token, Resumable::Older(current));
+                }
+            }
             park(&shared, session, outbox);
         }
     });
@@ -328,7 +355,7 @@ impl<D: Directory> SessionSource for Giver<D> {
         &self,
         token: Token,
         identity: Option<UserName>,
-    ) -> Pin<Box<dyn Future<Output = Result<(Handoff, Arc<Outbox>), ResumeRefusal>> + Send>> {
+    ) -> Given {
         let Some(shared) = self.0.upgrade() else {
             return Box::pin(std::future::ready(Err(ResumeRefusal::UnknownToken)));
         };

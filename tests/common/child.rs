@@ -132,7 +132,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        // SWITCHBOARD_KEEP_LOGS=1 keeps them, to read after a failure.
+        if std::env::var_os("SWITCHBOARD_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
