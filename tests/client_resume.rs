@@ -58,11 +58,22 @@ async fn drain(c: &mut Client, window: Duration) -> Vec<Event> {
 /// Alice (through `proxy`) and Bob (direct) in pair room `r`, all events
 /// of the joins read.
 async fn pair(bob_url: &str, proxy: &Proxy, r: &str, config: ClientConfig) -> (Client, Client) {
+    two_in(bob_url, proxy, r, RoomMode::Pair, config).await
+}
+
+/// [`pair`] in a room of mode `mode`.
+async fn two_in(
+    bob_url: &str,
+    proxy: &Proxy,
+    r: &str,
+    mode: RoomMode,
+    config: ClientConfig,
+) -> (Client, Client) {
     let mut alice = Client::connect(&proxy.url(), config.clone()).await.unwrap();
     let mut bob = Client::connect(bob_url, config).await.unwrap();
-    alice.join(room(r), RoomMode::Pair).await.unwrap();
+    alice.join(room(r), mode).await.unwrap();
     until(&mut alice, |e| matches!(e, Event::Joined(_)).then_some(())).await;
-    bob.join(room(r), RoomMode::Pair).await.unwrap();
+    bob.join(room(r), mode).await.unwrap();
     until(&mut bob, |e| matches!(e, Event::Joined(_)).then_some(())).await;
     let joined = until(&mut alice, |e| match e {
         Event::PeerJoined(p) => Some(p),
@@ -419,4 +430,120 @@ async fn a_client_that_had_to_drop_frames_ends_the_old_session_and_starts_fresh(
     );
     alice.close().await;
     bob.close().await;
+}
+
+/// Three nodes with a short lease, so a dead node is cleaned up quickly.
+fn three_nodes(redis: &Redis, test: &str) -> Vec<Server> {
+    let args = [&RESUME_ARGS[..], &["--lease-ms", "1500"][..]].concat();
+    redis.nodes(&format!("{test}-{}", std::process::id()), 3, &args)
+}
+
+/// Bob's room notices about Alice (`old`, `new`): `(peer, joined)` each.
+fn comings_and_goings(seen: &[Event]) -> Vec<(PeerId, bool)> {
+    departures(seen)
+        .iter()
+        .map(|e| match e {
+            Event::PeerLeft(p) => (p.peer_id, false),
+            Event::PeerJoined(p) => (p.member.peer_id, true),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+/// The node holding Alice's session dies; her reconnection lands on
+/// another node, which cannot bring the session from a dead node: she
+/// starts fresh (`EXPIRED`) and rejoins, and Bob hears her old self leave
+/// once (the dead node's clean-up) and her new self join. (A mesh room:
+/// in a pair room her old self holds the second place until the clean-up,
+/// so her client's rejoin at once would be told `ROOM_FULL`.)
+#[tokio::test]
+async fn a_session_whose_node_died_cannot_resume_elsewhere_and_starts_fresh() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, "dead-resume");
+    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
+    let (mut alice, mut bob) =
+        two_in(&nodes[2].url(), &proxy, "dead-node", RoomMode::Mesh, quick()).await;
+    let alice_id = alice.peer_id();
+
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    assert_eq!(
+        until(&mut alice, |e| match e {
+            Event::StartedFresh { refusal } => Some(refusal),
+            _ => None,
+        })
+        .await,
+        Some(ResumeRefusal::Expired)
+    );
+    let new_id = alice.peer_id();
+    assert_ne!(new_id, alice_id);
+    let joined = until(&mut alice, |e| match e {
+        Event::Joined(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.room, room("dead-node"), "rejoined");
+
+    // The dead node's lease runs out (1.5 s) and a survivor cleans up.
+    let seen = drain(&mut bob, Duration::from_secs(5)).await;
+    let mut notices = comings_and_goings(&seen);
+    notices.sort_by_key(|(_, joined)| *joined);
+    assert_eq!(
+        notices,
+        [(alice_id, false), (new_id, true)],
+        "Alice's old self left once, her new self joined: {seen:?}"
+    );
+    nodes[1].assert_alive();
+    nodes[2].assert_alive();
+}
+
+/// Alice's session moves from node 0 to node 1; then node 0 dies. Her
+/// session lives on node 1: its clean-up does not touch her, and signals
+/// reach her both ways, routed to where she is now.
+#[tokio::test]
+async fn a_session_that_moved_outlives_the_node_it_left() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, "moved-resume");
+    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
+    let (mut alice, mut bob) = pair(&nodes[2].url(), &proxy, "left-node", quick()).await;
+    let alice_id = alice.peer_id();
+    let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
+
+    proxy.cut();
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    proxy.restore();
+    assert_eq!(event(&mut alice).await, Event::Resumed { peer_id: alice_id });
+    assert!(nodes[1].log_text().contains("session moved here"));
+
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    // Past the lease (1.5 s): the dead node is cleaned up meanwhile.
+    let seen = drain(&mut bob, Duration::from_secs(4)).await;
+    assert!(departures(&seen).is_empty(), "Bob saw Alice go: {seen:?}");
+
+    bob.send_offer(to_alice.clone(), OFFER).await.unwrap();
+    let offer = until(&mut alice, |e| match e {
+        Event::Offer { from, sdp, .. } => Some((from, sdp)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer, (to_bob.clone(), OFFER.to_owned()));
+    alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
+    let answer = until(&mut bob, |e| match e {
+        Event::Answer { from, sdp, .. } => Some((from, sdp)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answer, (to_alice.clone(), ANSWER.to_owned()));
+
+    alice.close().await;
+    let after = drain(&mut bob, Duration::from_millis(500)).await;
+    assert_eq!(
+        comings_and_goings(&after),
+        [(alice_id, false)],
+        "her close is announced once: {after:?}"
+    );
 }

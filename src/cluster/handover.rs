@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::wire::{self, peer_key, RoomState};
 use super::{scripts, ClusterDirectory};
@@ -123,7 +123,7 @@ impl ClusterDirectory {
         let req = self.handovers.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.handovers.fetching.lock().insert(req, tx);
-        let asked = self.links.append(from, None, |b| {
+        let asked = self.links.ask(from, req, |b| {
             wire::put_take(b, req, self.node, &token, identity.as_ref(), 0)
         });
         let answer = if asked {
@@ -182,6 +182,16 @@ impl ClusterDirectory {
         })
     }
 
+    /// Requests for sessions that no node heard (the node asked is gone):
+    /// their sessions went with it.
+    pub(super) fn unanswered(&self, requests: &[u64]) {
+        for req in requests {
+            if let Some(waiting) = self.handovers.fetching.lock().remove(req) {
+                let _ = waiting.send(Err(ResumeRefusal::Expired));
+            }
+        }
+    }
+
     /// Step 2: another node asks for a session of this node.
     pub(super) fn on_take(
         self: &Arc<Self>,
@@ -205,6 +215,8 @@ impl ClusterDirectory {
                     let went = dir.handovers.gone.lock().1.get(&token).copied();
                     match went {
                         Some(node) if node != from && node != dir.node => {
+                            // Should that node be gone, the asking node's
+                            // wait runs out: the session went with it.
                             dir.links.append(node, None, |b| {
                                 wire::put_take(b, req, from, &token, identity.as_ref(), hops + 1)
                             });
@@ -271,7 +283,7 @@ impl ClusterDirectory {
         outbox: Arc<Outbox>,
         done: Arc<Notify>,
     ) {
-        let deadline = tokio::time::Instant::now() + (self.lease * 2).max(Duration::from_secs(5));
+        let deadline = tokio::time::Instant::now() + self.forwarding_bound();
         loop {
             let finished = tokio::select! {
                 () = outbox.ready() => false,
@@ -286,7 +298,8 @@ impl ClusterDirectory {
         outbox.close(CloseReason::Shutdown);
         self.forward_queued(peer, to, &outbox);
         self.registry.unregister_outbox(peer, &outbox);
-        self.handovers.leaving.lock().remove(&peer);
+        let fenced = self.handovers.leaving.lock().remove(&peer).map(|l| l.complete());
+        debug!(peer = peer.0, to, ?fenced, "forwarding done");
         self.links.append(to, None, |b| wire::put_done(b, peer));
     }
 
@@ -318,7 +331,12 @@ impl ClusterDirectory {
 
     /// The session for request `req` arrived (step 3): registered here at
     /// once, so what its old node forwards next finds it.
-    pub(super) fn on_give(&self, req: u64, giver: u16, session: Result<Bytes, ResumeRefusal>) {
+    pub(super) fn on_give(
+        self: &Arc<Self>,
+        req: u64,
+        giver: u16,
+        session: Result<Bytes, ResumeRefusal>,
+    ) {
         let waiting = self.handovers.fetching.lock().remove(&req);
         let answer = session.and_then(|bytes| {
             wire::read_handoff(bytes).map_err(|_| {
@@ -343,6 +361,13 @@ impl ClusterDirectory {
                 .arriving
                 .lock()
                 .insert(handoff.peer, outbox.clone());
+            // Should the old node die before its `Done`, nothing more
+            // comes from it once its forwarding would have ended.
+            let (dir, peer, held) = (self.clone(), handoff.peer, outbox.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(dir.forwarding_bound() + dir.timeout).await;
+                dir.release(peer, Some(&held));
+            });
             (handoff, outbox, giver)
         });
         match waiting {
@@ -402,9 +427,12 @@ impl ClusterDirectory {
             return;
         }
         let me = self.node;
+        debug!(peer = peer.0, to, from, ?told, "moved");
         self.links.set_node(peer, Some(to), |links, pending| {
-            if me != from {
-                links.append_locked(pending, from, None, |b| wire::put_fence(b, peer, me));
+            if me != from
+                && links.append_locked(pending, from, None, |b| wire::put_fence(b, peer, me))
+            {
+                pending.entry(from).or_default().fences.push(peer);
             }
         });
         if me == to {
@@ -452,6 +480,7 @@ impl ClusterDirectory {
 
     /// A node routes a peer that left here to its new node from now on.
     pub(super) fn on_fence(&self, peer: PeerId, from: u16) {
+        debug!(peer = peer.0, from, "fence");
         let mut leaving = self.handovers.leaving.lock();
         if let Some(l) = leaving.get_mut(&peer) {
             l.fenced.insert(from);
@@ -463,9 +492,34 @@ impl ClusterDirectory {
 
     /// The old node of a peer that arrived is done forwarding (step 5).
     pub(super) fn on_done(&self, peer: PeerId) {
-        if let Some(outbox) = self.handovers.arriving.lock().remove(&peer) {
-            outbox.release();
+        debug!(peer = peer.0, "the old node is done forwarding");
+        self.release(peer, None);
+    }
+
+    /// No node heard this node's fences for `peers`: their old node is
+    /// gone, and forwards nothing more.
+    pub(super) fn unfenced(&self, peers: &[PeerId]) {
+        for peer in peers {
+            self.release(*peer, None);
         }
+    }
+
+    /// Releases what the outbox of `peer`, which arrived here, held (only
+    /// if it is still `outbox`, when given).
+    fn release(&self, peer: PeerId, outbox: Option<&Arc<Outbox>>) {
+        let mut arriving = self.handovers.arriving.lock();
+        if let Some(held) = arriving.get(&peer) {
+            if outbox.is_none_or(|o| Arc::ptr_eq(o, held)) {
+                held.release();
+                arriving.remove(&peer);
+            }
+        }
+    }
+
+    /// How long the old node of a session forwards, at most: until every
+    /// node has fenced, or this bound (a node died meanwhile).
+    fn forwarding_bound(&self) -> Duration {
+        (self.lease * 2).max(Duration::from_secs(5))
     }
 
     /// A session that moved here ended for good: the other nodes forget

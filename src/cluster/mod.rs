@@ -85,6 +85,10 @@ struct Batch {
     /// The local senders of the relayed signals in it, with their frames'
     /// sequence numbers.
     origins: Vec<(PeerId, u32)>,
+    /// Requests for sessions in it, failed at once if no node hears it.
+    requests: Vec<u64>,
+    /// Peers fenced in it: if no node hears it, their old node is gone.
+    fences: Vec<PeerId>,
 }
 
 /// The frames waiting for other nodes, one batch per node, and where the
@@ -144,6 +148,16 @@ impl Links {
             self.wake.notify_one();
         }
         true
+    }
+
+    /// Appends request `req` for a session to `node`'s batch.
+    fn ask(&self, node: u16, req: u64, put: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut pending = self.pending.lock();
+        let asked = self.append_locked(&mut pending, node, None, put);
+        if asked {
+            pending.entry(node).or_default().requests.push(req);
+        }
+        asked
     }
 
     /// Appends a frame for `peer` to the batch of the node it is on
@@ -410,6 +424,7 @@ impl ClusterDirectory {
                     warn!(error = %e, "redis did not answer in time");
                     for (_, batch) in &batches {
                         self.undelivered(&batch.origins, RouteError::Unavailable);
+                        self.unanswered(&batch.requests);
                     }
                     for op in ops.drain(..) {
                         if let Some(reply) = op.reply {
@@ -424,6 +439,8 @@ impl ClusterDirectory {
                 if !matches!(heard, Some(Ok(n)) if n > 0) {
                     debug!(node, "no node listens: its peers are gone");
                     self.undelivered(&batch.origins, RouteError::UnknownPeer);
+                    self.unanswered(&batch.requests);
+                    self.unfenced(&batch.fences);
                 }
             }
             for op in ops.drain(..) {
@@ -1048,6 +1065,17 @@ impl ClusterDirectory {
             let bits = caps.get(peer).copied().unwrap_or(0);
             args.extend([name.to_string(), format!("{}:{bits}", peer_key(*peer))]);
         }
+        // First the peers that moved here, so the rest is filed under
+        // this node.
+        let moved: Vec<String> = self
+            .registry
+            .peers()
+            .into_iter()
+            .filter(|(p, _)| p.node() != self.node)
+            .map(|(p, _)| peer_key(p))
+            .collect();
+        let head = [self.node.to_string(), moved.len().to_string()];
+        args.splice(1..1, head.into_iter().chain(moved));
         match self.call::<Vec<String>>(&scripts::RESTORE, args).await {
             Ok(clashes) if clashes.is_empty() => info!("this node's rooms and names are back"),
             Ok(clashes) => warn!(

@@ -431,13 +431,17 @@ return 1
 });
 
 /// Writes a node's rooms and names back after Redis lost them (restarted
-/// without persistence). ARGV: prefix, then `room, mode, cap, n` followed
-/// by `n` triples `score, peer, record`, repeated; then `-` and pairs
+/// without persistence). ARGV: prefix, the node's id, a count `m` and `m`
+/// peers that moved to the node, then `room, mode, cap, n` followed by
+/// `n` triples `score, peer, record`, repeated; then `-` and pairs
 /// `name, PEER:CAPS`. Returns the names another peer holds meanwhile.
 pub static RESTORE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r#"
-local i = 2
+local node, m = ARGV[2], tonumber(ARGV[3])
+for j = 1, m do redis.call('HSET', P .. ':moved', ARGV[3 + j], node) end
+any_moved = nil
+local i = 4 + m
 while ARGV[i] ~= '-' do
   local room, mode, cap, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   i = i + 4

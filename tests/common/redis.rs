@@ -54,17 +54,12 @@ impl Redis {
         let url = self.url();
         let mut all = vec!["--redis-url", &url, "--cluster", cluster];
         all.extend_from_slice(args);
+        // SWITCHBOARD_NODE_LOG sets the nodes' RUST_LOG, to debug a test.
+        let log = std::env::var("SWITCHBOARD_NODE_LOG").unwrap_or_else(|_| {
+            "warn,switchboard::listen=info,switchboard::cluster=info".to_owned()
+        });
         (0..n)
-            .map(|_| {
-                super::child::Server::start_with(
-                    &all,
-                    None,
-                    &[(
-                        "RUST_LOG",
-                        "warn,switchboard::listen=info,switchboard::cluster=info",
-                    )],
-                )
-            })
+            .map(|_| super::child::Server::start_with(&all, None, &[("RUST_LOG", &log)]))
             .collect()
     }
 
