@@ -50,11 +50,7 @@ pub trait SessionSource: Send + Sync {
     /// here (a half-open connection is closed first). Returns its state and
     /// its outbox, whose frames still queued are part of the state and
     /// whose later frames the directory forwards; or why not.
-    fn give(
-        &self,
-        token: Token,
-        identity: Option<UserName>,
-    ) -> Given;
+    fn give(&self, token: Token, identity: Option<UserName>) -> Given;
 }
 
 /// What [`SessionSource::give`] resolves to.
@@ -176,6 +172,12 @@ pub trait Directory: Send + Sync + 'static {
     /// Installs what gives this node's resumable sessions to other nodes.
     fn set_sessions(&self, sessions: Arc<dyn SessionSource>) {
         let _ = sessions;
+    }
+
+    /// Resolves once what this node owes other nodes has left it (a
+    /// draining node waits for it, within its grace, before it exits).
+    fn settle(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 
     /// `peer`'s session ended for good on this node (after its teardown).

@@ -36,11 +36,22 @@ fn event(c: &mut Client) -> impl std::future::Future<Output = Event> + '_ {
     }
 }
 
-/// Skips events until `want` matches one.
-async fn until<T>(c: &mut Client, mut want: impl FnMut(Event) -> Option<T>) -> T {
-    loop {
-        if let Some(t) = want(event(c).await) {
-            return t;
+/// Skips events until `want` matches one (within 5 s each).
+#[track_caller]
+fn until<'a, T>(
+    c: &'a mut Client,
+    mut want: impl FnMut(Event) -> Option<T> + 'a,
+) -> impl std::future::Future<Output = T> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(5), c.next_event())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for an event at {caller}"))
+                .expect("session ended");
+            if let Some(t) = want(e) {
+                return t;
+            }
         }
     }
 }
@@ -461,8 +472,14 @@ async fn a_session_whose_node_died_cannot_resume_elsewhere_and_starts_fresh() {
     let redis = Redis::start();
     let mut nodes = three_nodes(&redis, "dead-resume");
     let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
-    let (mut alice, mut bob) =
-        two_in(&nodes[2].url(), &proxy, "dead-node", RoomMode::Mesh, quick()).await;
+    let (mut alice, mut bob) = two_in(
+        &nodes[2].url(),
+        &proxy,
+        "dead-node",
+        RoomMode::Mesh,
+        quick(),
+    )
+    .await;
     let alice_id = alice.peer_id();
 
     nodes[0].child.kill().unwrap();
@@ -515,7 +532,10 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
     })
     .await;
     proxy.restore();
-    assert_eq!(event(&mut alice).await, Event::Resumed { peer_id: alice_id });
+    assert_eq!(
+        event(&mut alice).await,
+        Event::Resumed { peer_id: alice_id }
+    );
     assert!(nodes[1].log_text().contains("session moved here"));
 
     nodes[0].child.kill().unwrap();
@@ -546,4 +566,66 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
         [(alice_id, false)],
         "her close is announced once: {after:?}"
     );
+}
+
+/// A rolling restart: node 0 drains (SIGTERM) while Alice is in a call on
+/// it. Her client is told the server is going away, reconnects, lands on
+/// node 1 and resumes there: the drained node handed her session over
+/// instead of ending it, so Bob sees no departure and the call goes on.
+/// Node 0 exits once nobody's session is left on it.
+#[tokio::test]
+async fn a_draining_node_hands_its_sessions_to_the_node_their_clients_come_back_to() {
+    let redis = Redis::start();
+    let mut nodes = three_nodes(&redis, "drain-resume");
+    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
+    let (mut alice, mut bob) = pair(&nodes[2].url(), &proxy, "drained", quick()).await;
+    let alice_id = alice.peer_id();
+    let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &nodes[0].pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success());
+    until(&mut alice, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(
+        until(&mut alice, |e| match e {
+            Event::Resumed { peer_id } => Some(peer_id),
+            Event::StartedFresh { .. } => panic!("started fresh: {e:?}"),
+            _ => None,
+        })
+        .await,
+        alice_id
+    );
+    assert!(nodes[1].log_text().contains("session moved here"));
+
+    bob.send_offer(to_alice.clone(), OFFER).await.unwrap();
+    let offer = until(&mut alice, |e| match e {
+        Event::Offer { from, sdp, .. } => Some((from, sdp)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer, (to_bob.clone(), OFFER.to_owned()));
+    alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
+    let seen = drain(&mut bob, Duration::from_millis(500)).await;
+    assert!(departures(&seen).is_empty(), "Bob saw Alice go: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Answer { from, .. } if *from == to_alice)),
+        "the answer arrived: {seen:?}"
+    );
+
+    // The drained node is gone well within its grace (5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while nodes[0].child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained node still runs: {}",
+            nodes[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

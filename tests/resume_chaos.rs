@@ -881,7 +881,10 @@ async fn signals_survive_random_cuts_and_moves_between_three_nodes() {
         totals.disconnects,
         started.elapsed().as_secs_f64()
     );
-    assert!(cuts >= CLUSTER_CUTS as u64 / 2, "only {cuts} cuts (seed {seed})");
+    assert!(
+        cuts >= CLUSTER_CUTS as u64 / 2,
+        "only {cuts} cuts (seed {seed})"
+    );
     assert!(
         totals.signals >= 10_000,
         "only {} signals (seed {seed})",

@@ -78,7 +78,10 @@ pub(super) struct Handovers {
     leaving: Mutex<foldhash::HashMap<PeerId, Leaving>>,
     /// Where sessions given away went, by the tokens their clients may
     /// still present (at most [`GONE_KEPT`], oldest forgotten first).
-    gone: Mutex<(std::collections::VecDeque<Token>, foldhash::HashMap<Token, u16>)>,
+    gone: Mutex<(
+        std::collections::VecDeque<Token>,
+        foldhash::HashMap<Token, u16>,
+    )>,
 }
 
 struct Leaving {
@@ -182,6 +185,11 @@ impl ClusterDirectory {
         })
     }
 
+    /// Whether no session that left is still being forwarded.
+    pub(super) fn handovers_settled(&self) -> bool {
+        self.handovers.leaving.lock().is_empty()
+    }
+
     /// Requests for sessions that no node heard (the node asked is gone):
     /// their sessions went with it.
     pub(super) fn unanswered(&self, requests: &[u64]) {
@@ -260,10 +268,9 @@ impl ClusterDirectory {
                     }
                 }
             }
-            if !dir
-                .links
-                .append(from, None, |b| wire::put_give(b, req, dir.node, Ok(&handoff)))
-            {
+            if !dir.links.append(from, None, |b| {
+                wire::put_give(b, req, dir.node, Ok(&handoff))
+            }) {
                 warn!(
                     peer = peer.0,
                     "a session could not be sent: the batch is full"
@@ -298,7 +305,12 @@ impl ClusterDirectory {
         outbox.close(CloseReason::Shutdown);
         self.forward_queued(peer, to, &outbox);
         self.registry.unregister_outbox(peer, &outbox);
-        let fenced = self.handovers.leaving.lock().remove(&peer).map(|l| l.complete());
+        let fenced = self
+            .handovers
+            .leaving
+            .lock()
+            .remove(&peer)
+            .map(|l| l.complete());
         debug!(peer = peer.0, to, ?fenced, "forwarding done");
         self.links.append(to, None, |b| wire::put_done(b, peer));
     }

@@ -269,6 +269,8 @@ pub struct ClusterDirectory {
     retries: Mutex<Vec<(&'static LazyLock<Lua>, Vec<String>)>>,
     leased: AtomicBool,
     listening: AtomicBool,
+    /// Set while the writer sends what it took.
+    writing: AtomicBool,
     timeout: Duration,
     lease: Duration,
     /// Resumable sessions moving to and from this node.
@@ -335,6 +337,7 @@ impl ClusterDirectory {
             retries: Default::default(),
             leased: AtomicBool::new(true),
             listening: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
             timeout: config.redis_timeout,
             lease: config.lease,
             handovers: Default::default(),
@@ -400,8 +403,10 @@ impl ClusterDirectory {
             }
             // Callers that gave up before their script was sent: not run.
             ops.retain(|op| !op.reply.as_ref().is_some_and(|r| r.is_closed()));
+            self.writing.store(true, Ordering::Release);
             let batches = self.links.take();
             if batches.is_empty() && ops.is_empty() {
+                self.writing.store(false, Ordering::Release);
                 continue;
             }
             let mut pipe = redis::pipe();
@@ -431,6 +436,7 @@ impl ClusterDirectory {
                             let _ = reply.send(Err(redis_error("no answer")));
                         }
                     }
+                    self.writing.store(false, Ordering::Release);
                     continue;
                 }
             };
@@ -460,7 +466,19 @@ impl ClusterDirectory {
                     }
                 }
             }
+            self.writing.store(false, Ordering::Release);
         }
+    }
+
+    /// Whether everything this node had to send other nodes has left.
+    fn sent(&self) -> bool {
+        !self.writing.load(Ordering::Acquire)
+            && self
+                .links
+                .pending
+                .lock()
+                .values()
+                .all(|b| b.bytes.is_empty())
     }
 
     fn undelivered(&self, origins: &[(PeerId, u32)], why: RouteError) {
@@ -1576,6 +1594,15 @@ impl Directory for ClusterDirectory {
 
     fn ended(&self, peer: PeerId) {
         self.forget_moved(peer);
+    }
+
+    async fn settle(&self) {
+        // Sessions that left are forwarded until every node has fenced;
+        // then their `Done` and everything else must leave before the node
+        // does.
+        while !self.handovers_settled() || !self.sent() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn set_events(&self, sink: EventSink) {

@@ -144,12 +144,7 @@ pub fn put_take(
 }
 
 /// Appends the answer to request `req`.
-pub fn put_give(
-    buf: &mut Vec<u8>,
-    req: u64,
-    node: u16,
-    session: Result<&Handoff, ResumeRefusal>,
-) {
+pub fn put_give(buf: &mut Vec<u8>, req: u64, node: u16, session: Result<&Handoff, ResumeRefusal>) {
     buf.put_u8(GIVE);
     buf.put_u64_le(req);
     buf.put_u16_le(node);

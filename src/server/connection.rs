@@ -471,7 +471,12 @@ where
         // A session whose replay buffer overflowed is kept too: a client
         // that saw the dropped frames can still resume it, and one that did
         // not is told REPLAY_LOST (and the session ends as timed out).
-        if dropped && !shared.draining() && session.resumption().is_some() {
+        // A node of a cluster that drains keeps its sessions too, for
+        // their clients to resume on another node.
+        let handed_on = shared.draining()
+            && shared.hands_over()
+            && close.is_some_and(|c| c.leave == LeaveReason::ServerShutdown);
+        if (dropped && !shared.draining() || handed_on) && session.resumption().is_some() {
             tracing::info!(
                 conn = self.admission.id,
                 addr = %self.admission.addr,

@@ -173,6 +173,12 @@ impl<D: Directory> Shared<D> {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Whether a drain keeps resumable sessions for their clients to
+    /// resume on another node (a cluster node with resume on).
+    pub fn hands_over(&self) -> bool {
+        self.ctx.directory.identity().is_some() && self.ctx.config.resume_limits().is_some()
+    }
+
     /// Resolves once the node is draining.
     pub async fn drain_started(&self) {
         // Created before the check: `notify_waiters` reaches every
@@ -539,22 +545,53 @@ async fn drain<D: Directory>(shared: &Arc<Shared<D>>) {
         "draining: not ready, telling clients to reconnect"
     );
     registry.close_all(CloseReason::Shutdown);
-    // Sessions waiting for a resume will not get one from this node: they
-    // leave their rooms now, like the connected ones.
-    let ended = park::end_all(shared, crate::protocol::LeaveReason::ServerShutdown);
+    // In a cluster, resumable sessions wait (parked) for their clients to
+    // resume them on another node until the grace ends. Elsewhere they will
+    // not get a resume from this node: they leave their rooms now, like the
+    // connected ones.
+    let hand_over = shared.hands_over();
+    let ended =
+        (!hand_over).then(|| park::end_all(shared, crate::protocol::LeaveReason::ServerShutdown));
     let all = u32::try_from(shared.ctx.config.max_connections).unwrap_or(u32::MAX);
-    let grace = shared.ctx.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + shared.ctx.config.shutdown_grace;
     // Every WebSocket connection holds a permit until its task ends.
     let sockets = async {
         let permits = shared.sockets.acquire_many(all).await;
-        ended.await;
+        if let Some(ended) = ended {
+            ended.await;
+        }
         permits
     };
-    if tokio::time::timeout(grace, sockets).await.is_err() {
+    if tokio::time::timeout_at(deadline, sockets).await.is_err() {
         warn!(
             remaining = registry.peer_count(),
             "shutdown grace expired with connections open"
         );
+    }
+    if hand_over {
+        while park::parked(shared) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = park::parked(shared);
+        info!(
+            left,
+            "draining: sessions not resumed on another node end now"
+        );
+        let end = park::end_all(shared, crate::protocol::LeaveReason::ServerShutdown);
+        // The sessions' teardowns are bounded each; so is their sum here.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), end).await;
+        // The sessions given away: forwarded until every node routes them
+        // to their new node.
+        let settled = shared.ctx.directory.settle();
+        if tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+            settled,
+        )
+        .await
+        .is_err()
+        {
+            warn!("draining: frames for sessions that moved may not all have been forwarded");
+        }
     }
 }
 

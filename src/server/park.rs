@@ -220,6 +220,16 @@ pub(super) async fn take<D: Directory>(
     }
 }
 
+/// How many sessions wait for their clients.
+pub(super) fn parked<D>(shared: &Shared<D>) -> usize {
+    shared
+        .resumable
+        .lock()
+        .values()
+        .filter(|r| matches!(r, Resumable::Parked { .. }))
+        .count()
+}
+
 /// Ends every parked session (the node is shutting down); resolves when
 /// they have all left their rooms.
 pub(super) fn end_all<D: Directory>(
@@ -351,11 +361,7 @@ pub(super) async fn fetch<D: Directory>(
 pub(super) struct Giver<D>(pub std::sync::Weak<Shared<D>>);
 
 impl<D: Directory> SessionSource for Giver<D> {
-    fn give(
-        &self,
-        token: Token,
-        identity: Option<UserName>,
-    ) -> Given {
+    fn give(&self, token: Token, identity: Option<UserName>) -> Given {
         let Some(shared) = self.0.upgrade() else {
             return Box::pin(std::future::ready(Err(ResumeRefusal::UnknownToken)));
         };
