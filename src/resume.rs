@@ -377,7 +377,9 @@ mod tests {
     fn the_token_the_client_holds_stays_valid_until_it_has_the_new_one() {
         let mut r = Resumption::new(limits(1, 1), 7);
         let first = r.token();
-        assert_ne!(first, [0; 32]);
+        assert_eq!(token_node(&first), 7, "a token names its node");
+        assert_ne!(first[2..], [0; 30]);
+        assert_ne!(new_token(7), first, "and 240 random bits");
         let second = r.rotate(first, 7);
         assert_ne!(second, first);
         assert_eq!(r.previous(), Some(first));

@@ -625,6 +625,95 @@ mod tests {
     }
 
     #[test]
+    fn a_session_survives_its_trip_between_nodes() {
+        use crate::resume::new_token;
+        use std::time::Duration;
+        let limits = ResumeLimits {
+            grace: Duration::from_secs(30),
+            replay_frames: 16,
+            replay_bytes: 1 << 16,
+            ack_delay: Duration::from_millis(200),
+        };
+        let mut resume = Resumption::new(limits, 3);
+        let first = resume.token();
+        resume.rotate(first, 3);
+        let mut seq = 0;
+        for payload in [&b"one"[..], b"two"] {
+            resume.number(&frame(MessageType::Offer, payload), || {
+                seq += 1;
+                seq
+            });
+        }
+        resume.processing(9, std::time::Instant::now());
+        let handoff = Handoff {
+            peer: PeerId::new(3, 1, 42),
+            capabilities: Capabilities::DEFLATE_SDP,
+            rooms: vec![RoomId::new("a").unwrap(), RoomId::new("b").unwrap()],
+            pair_room: Some(RoomId::new("a").unwrap()),
+            user: Some(UserName::new("ann").unwrap()),
+            display_name: "Ann".into(),
+            seq_out: 2,
+            identity: None,
+            resume,
+            queued: vec![
+                (frame(MessageType::Answer, b"sdp"), Some((PeerId(5), 7))),
+                (frame(MessageType::PeerLeft, b""), None),
+            ],
+        };
+        let token = new_token(3);
+        let mut buf = new_batch();
+        put_take(&mut buf, 11, 4, &token, handoff.user.as_ref(), 1);
+        put_give(&mut buf, 11, 3, Ok(&handoff));
+        put_give(&mut buf, 12, 3, Err(ResumeRefusal::Forbidden));
+        let got: Vec<_> = records(Bytes::from(buf).slice(1..)).collect();
+        assert_eq!(
+            got[0],
+            Ok(Record::Take {
+                req: 11,
+                from: 4,
+                token,
+                identity: handoff.user.clone(),
+                hops: 1
+            })
+        );
+        let Ok(Record::Give {
+            req: 11,
+            node: 3,
+            session: Ok(bytes),
+        }) = &got[1]
+        else {
+            panic!("a Give with the session: {:?}", got[1]);
+        };
+        let back = read_handoff(bytes.clone()).unwrap();
+        assert_eq!(
+            (back.peer, back.capabilities, &back.rooms, &back.pair_room),
+            (
+                handoff.peer,
+                handoff.capabilities,
+                &handoff.rooms,
+                &handoff.pair_room
+            )
+        );
+        assert_eq!(
+            (&back.user, &back.display_name, back.seq_out),
+            (&handoff.user, &handoff.display_name, 2)
+        );
+        assert_eq!(back.queued, handoff.queued);
+        assert_eq!(back.resume.to_parts(), handoff.resume.to_parts());
+        assert_eq!(back.resume.previous(), Some(first));
+        assert_eq!(
+            got[2],
+            Ok(Record::Give {
+                req: 12,
+                node: 3,
+                session: Err(ResumeRefusal::Forbidden)
+            })
+        );
+        // A truncated session is refused, not half read.
+        assert!(read_handoff(bytes.slice(..bytes.len() - 1)).is_err());
+    }
+
+    #[test]
     fn a_truncated_batch_stops_at_the_bad_record() {
         let mut buf = new_batch();
         put_notify(
