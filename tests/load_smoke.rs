@@ -171,6 +171,7 @@ async fn churn_loops_without_errors() {
         &common(server.url()),
         &churn::Options {
             resume: false,
+            resume_on: Vec::new(),
             workers: 4,
             duration: Duration::from_millis(600),
         },
@@ -191,6 +192,7 @@ async fn source_addresses_are_spread() {
         },
         &churn::Options {
             resume: false,
+            resume_on: Vec::new(),
             workers: 3,
             duration: Duration::from_millis(300),
         },
@@ -207,6 +209,7 @@ async fn a_bad_url_is_refused() {
         &Common::new("http://127.0.0.1:1/ws"),
         &churn::Options {
             resume: false,
+            resume_on: Vec::new(),
             workers: 1,
             duration: Duration::from_millis(10),
         },

@@ -27,6 +27,10 @@ pub struct Options {
     pub duration: Duration,
     /// Drop and resume one session per worker instead of new connections.
     pub resume: bool,
+    /// With `resume`: other nodes of a cluster (`ws://` URLs) to resume on,
+    /// in turn with the first, so every resume moves the session to
+    /// another node.
+    pub resume_on: Vec<String>,
 }
 
 /// What a churn run measured.
@@ -53,6 +57,15 @@ pub struct Report {
 /// Runs the scenario.
 pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError> {
     let target = Target::resolve(common).await?;
+    let mut targets = vec![target.clone()];
+    for url in &options.resume_on {
+        let other = crate::Common {
+            url: url.clone(),
+            ..common.clone()
+        };
+        targets.push(Target::resolve(&other).await?);
+    }
+    let targets = Arc::new(targets);
     let tag = run_tag();
     let stop = Arc::new(AtomicBool::new(false));
     let operations = Arc::new(AtomicU64::new(0));
@@ -61,8 +74,9 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     let started = Instant::now();
     let workers: Vec<_> = (0..options.workers)
         .map(|w| {
-            let (target, stop, operations, errors) = (
+            let (target, targets, stop, operations, errors) = (
                 target.clone(),
+                targets.clone(),
                 stop.clone(),
                 operations.clone(),
                 errors.clone(),
@@ -72,10 +86,13 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
             tokio::spawn(async move {
                 let mut hist = latency_histogram();
                 let mut held = None;
+                let mut turn = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let done = if resume {
-                        resume_once(&target, &room, &mut held).await
+                        turn += 1;
+                        let on = &targets[turn % targets.len()];
+                        resume_once(&target, on, &room, &mut held).await
                     } else {
                         once(&target, &room).await
                     };
@@ -145,11 +162,13 @@ async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
     Ok(p.close().await?)
 }
 
-/// One reconnect-and-resume of the worker's session (made on the first
-/// call, in `room`): the connection ends without a close frame, a new one
-/// resumes the session, and a Ping answered shows it live.
+/// One reconnect-and-resume of the worker's session (made on `target` on
+/// the first call, in `room`): the connection ends without a close frame,
+/// a new one (to `on`) resumes the session, and a Ping answered shows it
+/// live.
 async fn resume_once(
     target: &Target,
+    on: &Target,
     room: &RoomId,
     held: &mut Option<crate::client::SessionResume>,
 ) -> Result<(), LoadError> {
@@ -168,7 +187,7 @@ async fn resume_once(
             p
         }
         Some(session) => {
-            let p = target.resume(&session).await?;
+            let p = on.resume(&session).await?;
             if !p.resumed() {
                 return Err(LoadError::Timeout("a resume the server refused"));
             }

@@ -147,6 +147,11 @@ enum Scenario {
         /// one (the resume rate) instead of opening a new session.
         #[arg(long)]
         resume_sessions: bool,
+        /// With --resume-sessions: another node of the cluster to resume
+        /// on (repeatable); resumes go to the nodes in turn, so each one
+        /// moves the session to another node.
+        #[arg(long)]
+        resume_on: Vec<String>,
     },
     /// Login/join/leave/logout loops on open connections: the latency of
     /// each request a cluster node decides in its shared directory.
@@ -359,11 +364,13 @@ fn main() -> ExitCode {
                 workers,
                 duration,
                 resume_sessions,
+                resume_on,
             } => {
                 let o = churn::Options {
                     workers,
                     duration: secs(duration),
                     resume: resume_sessions,
+                    resume_on,
                 };
                 let common = Common {
                     resume: common.resume || resume_sessions,
