@@ -11,7 +11,9 @@ use common::proxy::Proxy;
 use common::redis::Redis;
 use common::{host_candidate, room};
 use switchboard::client::{Client, ClientConfig, Event};
-use switchboard::protocol::{Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode};
+use switchboard::protocol::{
+    Address, IceCandidate, LeaveReason, PeerId, ResumeRefusal, RoomMode, UserName,
+};
 
 const OFFER: &str = include_str!("data/sdp/chrome-offer.sdp");
 const ANSWER: &str = include_str!("data/sdp/chrome-answer.sdp");
@@ -445,8 +447,13 @@ async fn a_client_that_had_to_drop_frames_ends_the_old_session_and_starts_fresh(
 
 /// Three nodes with a short lease, so a dead node is cleaned up quickly.
 fn three_nodes(redis: &Redis, test: &str) -> Vec<Server> {
+    more_nodes(redis, test, 3)
+}
+
+/// `n` nodes of the cluster of test `test` (more can join later).
+fn more_nodes(redis: &Redis, test: &str, n: usize) -> Vec<Server> {
     let args = [&RESUME_ARGS[..], &["--lease-ms", "1500"][..]].concat();
-    redis.nodes(&format!("{test}-{}", std::process::id()), 3, &args)
+    redis.nodes(&format!("{test}-{}", std::process::id()), n, &args)
 }
 
 /// Bob's room notices about Alice (`old`, `new`): `(peer, joined)` each.
@@ -525,6 +532,11 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
     let (mut alice, mut bob) = pair(&nodes[2].url(), &proxy, "left-node", quick()).await;
     let alice_id = alice.peer_id();
     let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
+    alice.login(UserName::new("alice").unwrap()).await.unwrap();
+    until(&mut alice, |e| {
+        matches!(e, Event::LoginResult(_)).then_some(())
+    })
+    .await;
 
     proxy.cut();
     until(&mut alice, |e| {
@@ -558,6 +570,26 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
     })
     .await;
     assert_eq!(answer, (to_alice.clone(), ANSWER.to_owned()));
+
+    // A node that starts after the move finds her where she is now: Carol
+    // on it calls her by name.
+    let late = more_nodes(&redis, "moved-resume", 1);
+    let mut carol = Client::connect(&late[0].url(), quick()).await.unwrap();
+    carol.login(UserName::new("carol").unwrap()).await.unwrap();
+    until(&mut carol, |e| {
+        matches!(e, Event::LoginResult(_)).then_some(())
+    })
+    .await;
+    carol
+        .send_offer(Address::User(UserName::new("alice").unwrap()), OFFER)
+        .await
+        .unwrap();
+    let from = until(&mut alice, |e| match e {
+        Event::Offer { from, .. } => Some(from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, Address::User(UserName::new("carol").unwrap()));
 
     alice.close().await;
     let after = drain(&mut bob, Duration::from_millis(500)).await;

@@ -358,6 +358,9 @@ impl ClusterDirectory {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // Peers that moved before this node started (later moves come as
+        // events).
+        dir.load_moved().await;
         Ok(dir)
     }
 
@@ -589,6 +592,24 @@ impl ClusterDirectory {
         }
     }
 
+    /// Reads where every moved peer is (`P:moved`): at start, and after
+    /// this node missed events.
+    async fn load_moved(&self) {
+        let moved: redis::RedisResult<Vec<(String, u16)>> = self
+            .query(redis::cmd("HGETALL").arg(format!("{}:moved", self.prefix)))
+            .await;
+        match moved {
+            Ok(moved) => {
+                for (peer, node) in moved {
+                    if let Some(peer) = wire::parse_peer(&peer) {
+                        self.links.set_node(peer, Some(node), |_, _| {});
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read where moved peers are"),
+        }
+    }
+
     /// Brings the copies of this node's rooms up to date from Redis, and
     /// tells the members here of every change they missed.
     async fn resync(&self) {
@@ -601,6 +622,8 @@ impl ClusterDirectory {
         if mark.as_deref() != Some(self.boot.lock().as_str()) {
             return;
         }
+        // Moves announced while this node was not listening.
+        self.load_moved().await;
         let mut ids = Vec::new();
         for shard in self.mirror.shards.iter() {
             ids.extend(shard.lock().iter().map(|(id, _)| id.clone()));
