@@ -101,6 +101,61 @@ impl Outcome {
     }
 }
 
+/// What came of a client's try to resume a session, or of a session
+/// another node asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// Resumed on the node that held it.
+    Resumed,
+    /// Resumed here, brought from another node of the cluster.
+    MovedHere,
+    /// Given to another node, where its client resumed it.
+    HandedOn,
+    /// Refused: no session has that token.
+    UnknownToken,
+    /// Refused: the grace ran out (or its node died).
+    Expired,
+    /// Refused: frames the client needed were no longer held.
+    ReplayLost,
+    /// Refused: another identity's session.
+    Forbidden,
+}
+
+impl ResumeOutcome {
+    const ALL: [ResumeOutcome; 7] = [
+        ResumeOutcome::Resumed,
+        ResumeOutcome::MovedHere,
+        ResumeOutcome::HandedOn,
+        ResumeOutcome::UnknownToken,
+        ResumeOutcome::Expired,
+        ResumeOutcome::ReplayLost,
+        ResumeOutcome::Forbidden,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ResumeOutcome::Resumed => "resumed",
+            ResumeOutcome::MovedHere => "moved_here",
+            ResumeOutcome::HandedOn => "handed_on",
+            ResumeOutcome::UnknownToken => "unknown_token",
+            ResumeOutcome::Expired => "expired",
+            ResumeOutcome::ReplayLost => "replay_lost",
+            ResumeOutcome::Forbidden => "forbidden",
+        }
+    }
+
+    /// The outcome of a refusal.
+    pub fn refused(why: crate::protocol::ResumeRefusal) -> ResumeOutcome {
+        use crate::protocol::ResumeRefusal as R;
+        match why {
+            R::Expired => ResumeOutcome::Expired,
+            R::ReplayLost => ResumeOutcome::ReplayLost,
+            R::Forbidden => ResumeOutcome::Forbidden,
+            R::UnknownToken | R::Unspecified => ResumeOutcome::UnknownToken,
+        }
+    }
+}
+
 /// Why something a client sent, or something sent to it, was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -291,6 +346,7 @@ pub struct Metrics {
     connections_open: Gauge,
     sessions_open: Gauge,
     connections: Vec<Counter>,
+    resumes: Vec<Counter>,
     received: ByType,
     sent: ByType,
     errors: Vec<Counter>,
@@ -376,6 +432,20 @@ impl Metrics {
             .iter()
             .map(|o| {
                 by_outcome
+                    .get_or_create(&OutcomeLabel { outcome: o.label() })
+                    .clone()
+            })
+            .collect();
+        let by_resume = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "resumes",
+            "Session resumes by outcome: resumed (same node), moved_here (from another node), handed_on (to another node), or refused by reason",
+            by_resume.clone(),
+        );
+        let resumes = ResumeOutcome::ALL
+            .iter()
+            .map(|o| {
+                by_resume
                     .get_or_create(&OutcomeLabel { outcome: o.label() })
                     .clone()
             })
@@ -505,6 +575,7 @@ impl Metrics {
             connections_open,
             sessions_open,
             connections,
+            resumes,
             received,
             sent,
             errors,
@@ -534,6 +605,11 @@ impl Metrics {
     /// How a connection attempt ended up.
     pub fn attempt(&self, outcome: Outcome) {
         self.connections[outcome as usize].inc();
+    }
+
+    /// A resume ended with `outcome`.
+    pub fn resume(&self, outcome: ResumeOutcome) {
+        self.resumes[outcome as usize].inc();
     }
 
     /// A frame of type byte `kind`, `len` bytes long, was received.

@@ -151,6 +151,15 @@ async fn a_client_that_comes_back_on_another_node_resumes_there() {
         "node 1 took the session over from node 0:\n{}",
         nodes[1].log_text()
     );
+    // And the operators see it.
+    let resumes = |node: &Server, outcome: &str| {
+        node.metric(&format!(
+            "switchboard_resumes_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(resumes(&nodes[0], "handed_on"), 1.0);
+    assert_eq!(resumes(&nodes[1], "moved_here"), 1.0);
+    assert_eq!(resumes(&nodes[1], "resumed"), 0.0);
 }
 
 /// Alice (through `proxy`) and Bob in a call; the network drops under

@@ -271,10 +271,15 @@ impl ClusterDirectory {
             if !dir.links.append(from, None, |b| {
                 wire::put_give(b, req, dir.node, Ok(&handoff))
             }) {
+                // It cannot travel: it ends here, and its rooms hear so.
                 warn!(
                     peer = peer.0,
                     "a session could not be sent: the batch is full"
                 );
+                dir.handovers.leaving.lock().remove(&peer);
+                dir.abandon(handoff, &outbox);
+                outbox.close(CloseReason::Shutdown);
+                return;
             }
             info!(peer = peer.0, to = from, "session handed to another node");
             tokio::spawn(dir.forward(peer, from, outbox, done));
@@ -396,10 +401,10 @@ impl ClusterDirectory {
         }
     }
 
-    /// A session that arrived when nobody waited for it any more: its
-    /// rooms hear it timed out.
+    /// A session that arrived when nobody waited for it any more, or that
+    /// could not be sent: its rooms hear it timed out.
     fn abandon(&self, handoff: Handoff, outbox: &Arc<Outbox>) {
-        warn!(peer = handoff.peer.0, "a session arrived too late and ends");
+        warn!(peer = handoff.peer.0, "a session in transit ends");
         self.registry.unregister_outbox(handoff.peer, outbox);
         self.handovers.arriving.lock().remove(&handoff.peer);
         for room in handoff.rooms {

@@ -26,7 +26,7 @@ use super::{park, Admission, Shared};
 use crate::auth::Grant;
 use crate::compat::{Dialect, Outbound, Translator};
 use crate::directory::Directory;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, ResumeOutcome};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{
     self, encode, sdp, Capabilities, DecodeError, Encoded, ErrorCode, ErrorMessage, FieldError,
@@ -233,11 +233,13 @@ where
         let capabilities = hello.capabilities.intersection(offered);
         let mut refusal = None;
         let mut resumed = None;
+        let mut moved_here = false;
         if let (Some(_), Some(asked)) = (resume_limits, &hello.resume) {
             let identity = grant.as_deref().map(Grant::identity);
             let taken = match Box::pin(park::take(shared, &asked.token, identity)).await {
                 // Held by another node of the cluster: brought here.
                 Err(ResumeRefusal::UnknownToken) if park::elsewhere(shared, &asked.token) => {
+                    moved_here = true;
                     Box::pin(park::fetch(shared, &asked.token, grant.clone())).await
                 }
                 taken => taken,
@@ -258,6 +260,9 @@ where
                 }
                 Err(why) => refusal = Some(why),
             }
+        }
+        if let (Some(m), Some(why)) = (metrics, refusal) {
+            m.resume(ResumeOutcome::refused(why));
         }
         let (mut session, outbox) = match resumed {
             Some((mut session, outbox, frames)) => {
@@ -312,11 +317,19 @@ where
                     park::park(shared, session, outbox);
                     return None;
                 }
+                if let Some(m) = metrics {
+                    m.resume(if moved_here {
+                        ResumeOutcome::MovedHere
+                    } else {
+                        ResumeOutcome::Resumed
+                    });
+                }
                 tracing::info!(
                     conn = self.admission.id,
                     addr = %self.admission.addr,
                     peer = session.peer_id().0,
                     replayed,
+                    moved_here,
                     "session resumed"
                 );
                 (session, outbox)

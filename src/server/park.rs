@@ -374,7 +374,12 @@ impl<D: Directory> SessionSource for Giver<D> {
                 .map(|(frame, origin)| (frame, origin.map(|o| (o.peer, o.seq))))
                 .collect();
             match session.hand_off(queued) {
-                Ok(handoff) => Ok((handoff, outbox)),
+                Ok(handoff) => {
+                    if let Some(m) = shared.ctx.metrics.as_deref() {
+                        m.resume(crate::metrics::ResumeOutcome::HandedOn);
+                    }
+                    Ok((handoff, outbox))
+                }
                 Err(session) => {
                     tokio::spawn(end(session, LeaveReason::TimedOut));
                     Err(ResumeRefusal::UnknownToken)
