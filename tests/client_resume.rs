@@ -118,6 +118,19 @@ fn candidates_from(events: &[Event], from: &Address) -> (Vec<IceCandidate>, bool
     (all, end)
 }
 
+/// Cuts `client`'s connection (through `proxy`) and checks that it
+/// resumes its session when the network is back.
+async fn cut_and_resume(proxy: &Proxy, client: &mut Client) {
+    let id = client.peer_id();
+    proxy.cut();
+    until(client, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    proxy.restore();
+    assert_eq!(event(client).await, Event::Resumed { peer_id: id });
+}
+
 fn departures(events: &[Event]) -> Vec<&Event> {
     events
         .iter()
@@ -370,16 +383,7 @@ async fn acknowledgements_keep_a_small_server_buffer_resumable() {
         // Past the ack delay: the server has forgotten them.
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    proxy.cut();
-    until(&mut alice, |e| {
-        matches!(e, Event::Disconnected { .. }).then_some(())
-    })
-    .await;
-    proxy.restore();
-    assert_eq!(
-        event(&mut alice).await,
-        Event::Resumed { peer_id: alice_id }
-    );
+    cut_and_resume(&proxy, &mut alice).await;
     let seen = drain(&mut alice, Duration::from_millis(300)).await;
     assert!(seen.is_empty(), "nothing replayed twice: {seen:?}");
     alice.close().await;
@@ -547,16 +551,7 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
     })
     .await;
 
-    proxy.cut();
-    until(&mut alice, |e| {
-        matches!(e, Event::Disconnected { .. }).then_some(())
-    })
-    .await;
-    proxy.restore();
-    assert_eq!(
-        event(&mut alice).await,
-        Event::Resumed { peer_id: alice_id }
-    );
+    cut_and_resume(&proxy, &mut alice).await;
     assert!(nodes[1].log_text().contains("session moved here"));
 
     nodes[0].child.kill().unwrap();
