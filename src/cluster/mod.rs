@@ -234,7 +234,13 @@ struct Op {
     script: &'static LazyLock<Lua>,
     args: Vec<String>,
     reply: Option<oneshot::Sender<redis::RedisResult<redis::Value>>>,
+    /// What undoes the script when it ran (or may have) and its caller
+    /// could not be told: run by the writer before anything queued later.
+    undo: Option<Write>,
 }
+
+/// A script and its arguments.
+type Write = (&'static LazyLock<Lua>, Vec<String>);
 
 /// The [`Directory`] of a cluster node: rooms, names and calls in Redis,
 /// shared by every node of the cluster; the peers connected here in the
@@ -266,7 +272,7 @@ pub struct ClusterDirectory {
     /// Joins waiting for their room event (which queues `Joined`).
     joining: Mutex<foldhash::HashMap<(PeerId, RoomId), oneshot::Sender<()>>>,
     /// Departures to write once Redis answers again.
-    retries: Mutex<Vec<(&'static LazyLock<Lua>, Vec<String>)>>,
+    retries: Mutex<std::collections::VecDeque<Write>>,
     leased: AtomicBool,
     listening: AtomicBool,
     /// Set while the writer sends what it took.
@@ -404,11 +410,15 @@ impl ClusterDirectory {
                 }
                 () = self.links.wake.notified() => {}
             }
-            // Callers that gave up before their script was sent: not run.
+            // Callers that gave up before their script was sent: not run,
+            // so nothing to undo.
             ops.retain(|op| !op.reply.as_ref().is_some_and(|r| r.is_closed()));
             self.writing.store(true, Ordering::Release);
             let batches = self.links.take();
-            if batches.is_empty() && ops.is_empty() {
+            // What must run before anything queued since: undos of scripts
+            // whose callers could not be told, and writes that failed.
+            let earlier: Vec<Write> = self.retries.lock().drain(..).collect();
+            if batches.is_empty() && ops.is_empty() && earlier.is_empty() {
                 self.writing.store(false, Ordering::Release);
                 continue;
             }
@@ -419,8 +429,12 @@ impl ClusterDirectory {
                     .arg(self.channel(*node))
                     .arg(&batch.bytes);
             }
-            for op in &ops {
-                pipe.cmd("EVAL").arg(op.script.code()).arg(0).arg(&op.args);
+            for (script, args) in earlier
+                .iter()
+                .map(|(s, a)| (s, a))
+                .chain(ops.iter().map(|op| (&op.script, &op.args)))
+            {
+                pipe.cmd("EVAL").arg(script.code()).arg(0).arg(args);
             }
             let answers: redis::RedisResult<Vec<redis::Value>> =
                 tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
@@ -434,11 +448,16 @@ impl ClusterDirectory {
                         self.undelivered(&batch.origins, RouteError::Unavailable);
                         self.unanswered(&batch.requests);
                     }
+                    // Whether any ran is unknown: the earlier writes and
+                    // the undos go first next time, in their order.
+                    let mut again = earlier;
                     for op in ops.drain(..) {
                         if let Some(reply) = op.reply {
                             let _ = reply.send(Err(redis_error("no answer")));
                         }
+                        again.extend(op.undo);
                     }
+                    self.retry_first(again);
                     self.writing.store(false, Ordering::Release);
                     continue;
                 }
@@ -452,15 +471,27 @@ impl ClusterDirectory {
                     self.unfenced(&batch.fences);
                 }
             }
+            let answer_of = |answer: Option<redis::Value>| match answer {
+                Some(redis::Value::ServerError(e)) => Err(redis_error(format!("{e:?}"))),
+                Some(value) => Ok(value),
+                None => Err(redis_error("missing answer")),
+            };
+            let mut again = Vec::new();
+            for write in earlier {
+                if let Err(e) = answer_of(answers.next()) {
+                    debug!(error = %e, "an earlier redis change failed again");
+                    again.push(write);
+                }
+            }
             for op in ops.drain(..) {
-                let answer = match answers.next() {
-                    Some(redis::Value::ServerError(e)) => Err(redis_error(format!("{e:?}"))),
-                    Some(value) => Ok(value),
-                    None => Err(redis_error("missing answer")),
-                };
+                let answer = answer_of(answers.next());
                 match op.reply {
                     Some(reply) => {
-                        let _ = reply.send(answer);
+                        // A caller that gave up meanwhile never learns what
+                        // its script did: undone before anything later.
+                        if reply.send(answer).is_err() {
+                            again.extend(op.undo);
+                        }
                     }
                     None => {
                         if let Err(e) = answer {
@@ -469,7 +500,27 @@ impl ClusterDirectory {
                     }
                 }
             }
+            self.retry_first(again);
             self.writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Puts `writes` at the head of what the writer runs before anything
+    /// new (at most [`MAX_RETRIES`] wait; past that the oldest go).
+    fn retry_first(&self, writes: Vec<Write>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut retries = self.retries.lock();
+        for write in writes.into_iter().rev() {
+            retries.push_front(write);
+        }
+        if retries.len() > MAX_RETRIES {
+            error!(
+                dropped = retries.len() - MAX_RETRIES,
+                "too many changes waiting for redis"
+            );
+            retries.truncate(MAX_RETRIES);
         }
     }
 
@@ -504,12 +555,27 @@ impl ClusterDirectory {
         script: &'static LazyLock<Lua>,
         args: Vec<String>,
     ) -> redis::RedisResult<T> {
+        self.call_undoable(script, args, None).await
+    }
+
+    /// [`ClusterDirectory::call`], with what undoes the script should it
+    /// run (or may have) without this caller learning it: the writer runs
+    /// `undo` before anything queued later, so a retry that succeeds is
+    /// never undone. A script never sent (the queue full, or the caller
+    /// gone first) is not undone: it did not run.
+    async fn call_undoable<T: redis::FromRedisValue>(
+        &self,
+        script: &'static LazyLock<Lua>,
+        args: Vec<String>,
+        undo: Option<Write>,
+    ) -> redis::RedisResult<T> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .try_send(Op {
                 script,
                 args,
                 reply: Some(reply),
+                undo,
             })
             .map_err(redis_error)?;
         let value = tokio::time::timeout(self.timeout, answer)
@@ -526,6 +592,7 @@ impl ClusterDirectory {
             script,
             args,
             reply: None,
+            undo: None,
         };
         if let Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) =
             self.writer.try_send(op)
@@ -534,13 +601,17 @@ impl ClusterDirectory {
         }
     }
 
+    /// Keeps a change that could not be written for the writer's next
+    /// round, ahead of anything new.
     fn retry(&self, script: &'static LazyLock<Lua>, args: Vec<String>) {
         let mut retries = self.retries.lock();
         if retries.len() < MAX_RETRIES {
-            retries.push((script, args));
+            retries.push_back((script, args));
         } else {
             error!("too many departures waiting for redis; one is dropped");
         }
+        drop(retries);
+        self.links.wake.notify_one();
     }
 
     /// A read that needs no ordering with the writer's changes.
@@ -1026,9 +1097,9 @@ impl ClusterDirectory {
             if healthy_for >= self.lease {
                 self.reap().await;
             }
-            let retries = std::mem::take(&mut *self.retries.lock());
-            for (script, args) in retries {
-                self.behind(script, args);
+            // Changes waiting for Redis: the writer tries them again.
+            if !self.retries.lock().is_empty() {
+                self.links.wake.notify_one();
             }
         }
     }
@@ -1256,7 +1327,21 @@ impl Directory for ClusterDirectory {
             wire::member_record(&member),
             u8::from(may_create).to_string(),
         ];
-        let answer = match self.call::<String>(&scripts::JOIN, args).await {
+        // Should it run without this session learning it, it is undone,
+        // so no one stays in a room its session does not know of.
+        let undo = (
+            &scripts::LEAVE,
+            vec![
+                self.prefix.clone(),
+                room.to_string(),
+                peer_key(peer),
+                (LeaveReason::Left as i32).to_string(),
+            ],
+        );
+        let answer = match self
+            .call_undoable::<String>(&scripts::JOIN, args, Some(undo))
+            .await
+        {
             Ok(answer) => serde_json::from_str::<JoinAnswer>(&answer).ok(),
             Err(e) => {
                 debug!(error = %e, %room, "join not decided in time");
@@ -1265,17 +1350,6 @@ impl Directory for ClusterDirectory {
         };
         let Some(answer) = answer else {
             self.joining.lock().remove(&key);
-            // It may still run: leave behind it, so no one stays in a room
-            // its session does not know of.
-            self.behind(
-                &scripts::LEAVE,
-                vec![
-                    self.prefix.clone(),
-                    room.to_string(),
-                    peer_key(peer),
-                    (LeaveReason::Left as i32).to_string(),
-                ],
-            );
             return Err(JoinError::Unavailable);
         };
         if answer.ok != 1 {
@@ -1381,7 +1455,14 @@ impl Directory for ClusterDirectory {
             peer_key(peer),
             caps.to_string(),
         ];
-        match self.call::<String>(&scripts::LOGIN, args).await {
+        let undo = (
+            &scripts::LOGOUT,
+            vec![self.prefix.clone(), name.to_string(), peer_key(peer)],
+        );
+        match self
+            .call_undoable::<String>(&scripts::LOGIN, args, Some(undo))
+            .await
+        {
             Ok(answer) if answer == "taken" => Err(LoginError::Taken),
             Ok(answer) => {
                 self.names_here.lock().insert(peer, name.clone());
@@ -1395,10 +1476,6 @@ impl Directory for ClusterDirectory {
             }
             Err(e) => {
                 debug!(error = %e, "login not decided in time");
-                self.behind(
-                    &scripts::LOGOUT,
-                    vec![self.prefix.clone(), name.to_string(), peer_key(peer)],
-                );
                 Err(LoginError::Unavailable)
             }
         }
