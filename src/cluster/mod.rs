@@ -74,6 +74,10 @@ const REAP_BATCH: usize = 256;
 /// Most scripts sent in one pipeline.
 const WRITER_PIPELINE: usize = 128;
 
+/// Most senders of signals to one node remembered (those of the last two
+/// leases), to tell them if that node dies.
+const MAX_RECENT: usize = 65_536;
+
 /// Most departures kept for writing once Redis answers again.
 const MAX_RETRIES: usize = 100_000;
 
@@ -242,6 +246,9 @@ struct Op {
 /// A script and its arguments.
 type Write = (&'static LazyLock<Lua>, Vec<String>);
 
+/// Signals published to one node lately: when, by whom, their numbers.
+type Sent = std::collections::VecDeque<(Instant, PeerId, u32)>;
+
 /// The [`Directory`] of a cluster node: rooms, names and calls in Redis,
 /// shared by every node of the cluster; the peers connected here in the
 /// local [`Registry`].
@@ -277,6 +284,12 @@ pub struct ClusterDirectory {
     listening: AtomicBool,
     /// Set while the writer sends what it took.
     writing: AtomicBool,
+    /// The senders of the signals published to each node lately (the last
+    /// two leases, at most [`MAX_RECENT`] a node): `PUBLISH` counts a
+    /// node's subscription until Redis sees its socket close, so what went
+    /// to a node in the moment it died was heard by no one; they are told
+    /// when the node is found dead.
+    recent: Mutex<foldhash::HashMap<u16, Sent>>,
     timeout: Duration,
     lease: Duration,
     /// Resumable sessions moving to and from this node.
@@ -344,6 +357,7 @@ impl ClusterDirectory {
             leased: AtomicBool::new(true),
             listening: AtomicBool::new(false),
             writing: AtomicBool::new(false),
+            recent: Default::default(),
             timeout: config.redis_timeout,
             lease: config.lease,
             handovers: Default::default(),
@@ -462,6 +476,7 @@ impl ClusterDirectory {
                     continue;
                 }
             };
+            let now = Instant::now();
             for (node, batch) in &batches {
                 let heard = answers.next().map(redis::from_redis_value::<i64>);
                 if !matches!(heard, Some(Ok(n)) if n > 0) {
@@ -469,6 +484,9 @@ impl ClusterDirectory {
                     self.undelivered(&batch.origins, RouteError::UnknownPeer);
                     self.unanswered(&batch.requests);
                     self.unfenced(&batch.fences);
+                    self.sent_to_the_dead(*node);
+                } else if !batch.origins.is_empty() {
+                    self.remember(*node, now, &batch.origins);
                 }
             }
             let answer_of = |answer: Option<redis::Value>| match answer {
@@ -502,6 +520,53 @@ impl ClusterDirectory {
             }
             self.retry_first(again);
             self.writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Remembers the senders of signals just published to `node`.
+    fn remember(&self, node: u16, now: Instant, origins: &[(PeerId, u32)]) {
+        let keep = self.lease * 2;
+        let mut recent = self.recent.lock();
+        let sent = recent.entry(node).or_default();
+        while sent
+            .front()
+            .is_some_and(|(at, ..)| now.duration_since(*at) > keep)
+        {
+            sent.pop_front();
+        }
+        sent.extend(origins.iter().map(|&(peer, seq)| (now, peer, seq)));
+        let over = sent.len().saturating_sub(MAX_RECENT);
+        sent.drain(..over);
+    }
+
+    /// Node `node` died (or no node hears its channel): the senders of
+    /// what went there lately are told it may not have been delivered.
+    fn sent_to_the_dead(&self, node: u16) {
+        let Some(sent) = self.recent.lock().remove(&node) else {
+            return;
+        };
+        let keep = self.lease * 2;
+        let origins: Vec<(PeerId, u32)> = sent
+            .into_iter()
+            .filter(|(at, ..)| at.elapsed() <= keep)
+            .map(|(_, peer, seq)| (peer, seq))
+            .collect();
+        if !origins.is_empty() {
+            info!(
+                node,
+                signals = origins.len(),
+                "a node died: the senders of what went there lately are told"
+            );
+            for &(peer, seq) in &origins {
+                self.notify(
+                    peer,
+                    encode(&Message::Error(ErrorMessage {
+                        code: RouteError::UnknownPeer.code(),
+                        message: format!("perhaps not delivered: the receiver's node {node} died"),
+                        request_seq: seq,
+                    })),
+                );
+            }
         }
     }
 
@@ -929,6 +994,7 @@ impl ClusterDirectory {
                     self.on_moved(peer, n, f, &ns, rooms);
                 }
             }
+            wire::Event::Died { n } => self.sent_to_the_dead(n),
             wire::Event::Closed { r } => {
                 let Some(room) = wire::parse_room(&r) else {
                     return;

@@ -25,6 +25,7 @@
 //! | `P:calls:NAME` | set | the names NAME is in a call with |
 //! | `P:stats` | hash | `pair_rooms`, `mesh_rooms`, `members`: counts kept by the scripts, so `/metrics` costs one read |
 //! | `P:moved` | hash | peer → the node it is on, for peers whose session moved off the node their id names |
+//! | `P:dead:N` | string | node N was found dead and its clean-up began (announced once) |
 //!
 //! Peers are written as 16 hexadecimal digits, so a script finds a peer's
 //! node in its first four (Lua numbers cannot hold 64 bits), unless the
@@ -246,6 +247,12 @@ local out = {0}
 for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
   if id ~= me and redis.call('EXISTS', P .. ':lease:' .. id) == 0 then
     local nk = P .. ':npeers:' .. id
+    -- Once per dead node: every live node hears it died (and tells the
+    -- senders of what it sent there lately).
+    if redis.call('SET', P .. ':dead:' .. id, 1, 'NX') then
+      local msg = cjson.encode({k = 'd', n = tonumber(id)})
+      for _, n in ipairs(live_nodes()) do redis.call('PUBLISH', P .. ':ch:' .. n, msg) end
+    end
     while budget > 0 do
       local peer = redis.call('SPOP', nk)
       if not peer then break end
@@ -259,7 +266,7 @@ for _, id in ipairs(redis.call('SMEMBERS', P .. ':node-ids')) do
       forget_moved(peer)
     end
     if redis.call('SCARD', nk) == 0 then
-      redis.call('DEL', nk)
+      redis.call('DEL', nk, P .. ':dead:' .. id)
       redis.call('SREM', P .. ':node-ids', id)
       table.insert(out, tonumber(id))
     else

@@ -520,6 +520,10 @@ pub enum Event {
     /// An operator closed room `r`: tell every member here.
     #[serde(rename = "c")]
     Closed { r: String },
+    /// Node `n` was found dead (its lease ran out): what was sent there
+    /// lately may have died with it.
+    #[serde(rename = "d")]
+    Died { n: u16 },
     /// Peer `p`'s session moved from node `f` to node `n` (`n` 0: `p` is
     /// gone, forget where it was). `ns` are the nodes told (each sends `f`
     /// a fence); `rooms` are `p`'s rooms, for `n`'s copy.
