@@ -585,14 +585,7 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
 
     let storm = match &options.storm {
         Some(storm) => Some(storm::run(
-            storm,
-            &options.nodes[0],
-            total,
-            options.progress,
-            &phase,
-            &mut fleet,
-            &rx,
-            &mut state,
+            options, storm, total, &phase, &mut fleet, &rx, &mut state,
         )?),
         None => None,
     };

@@ -402,22 +402,14 @@ pub(super) async fn come_back(ctx: Arc<Ctx>, mut seat: Seat) -> Back {
         let node = (gone + 1 + turn % (n - 1)) % n;
         turn += 1;
         r.count(Step::Connect);
-        let mut c = match tokio::time::timeout(ANSWER_LIMIT, ctx.open(node)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                r.failed(
-                    Step::ConnectFailed,
-                    seat,
-                    format!("connect to node {node}: {e}"),
-                );
-                continue;
-            }
-            Err(_) => {
-                r.failed(
-                    Step::ConnectFailed,
-                    seat,
-                    format!("connect to node {node}: timed out"),
-                );
+        let opened = tokio::time::timeout(ANSWER_LIMIT, ctx.open(node))
+            .await
+            .unwrap_or(Err(LoadError::Timeout("a connection on the way back")));
+        let mut c = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("connect to node {node}: {e}");
+                r.failed(Step::ConnectFailed, seat, why);
                 continue;
             }
         };
@@ -1034,7 +1026,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// What the storm measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// The node killed (the first of `--nodes`) and its process.
+    /// The node killed (the first of `--nodes`).
     pub killed_node: String,
     /// Its process id.
     pub killed_pid: u32,
@@ -1071,12 +1063,10 @@ pub struct Report {
 /// Runs the storm, after the hold: arms the workers, kills the node, waits
 /// until every client is back (or the timeout), settles the streaming
 /// pairs and gathers what each worker saw.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
+    fleet_options: &super::Options,
     options: &Options,
-    killed_node: &str,
     established: u64,
-    progress: bool,
     phase: &dyn Fn(&str),
     fleet: &mut Fleet,
     rx: &mpsc::Receiver<(usize, Option<Event>)>,
@@ -1128,7 +1118,7 @@ pub(super) fn run(
                 return Err(LoadError::Unexpected("every worker exited".into()))
             }
         }
-        if progress && last_print.elapsed() >= Duration::from_secs(1) {
+        if fleet_options.progress && last_print.elapsed() >= Duration::from_secs(1) {
             eprintln!(
                 "storm: {:>6.1} s  down {down}  back {back}  partners that saw them back {partners}/{expected}",
                 kill.elapsed().as_secs_f64()
@@ -1192,7 +1182,7 @@ pub(super) fn run(
         && open_after == established
         && signals.ok();
     Ok(Report {
-        killed_node: killed_node.to_string(),
+        killed_node: fleet_options.nodes[0].clone(),
         killed_pid: options.kill_pid,
         clients_on_killed_node: expected,
         went_down,
