@@ -545,15 +545,7 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
         if now >= hold_end {
             break;
         }
-        match rx.recv_timeout(hold_end - now) {
-            Ok((w, e)) => {
-                state[w].apply(e)?;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(LoadError::Unexpected("every worker exited".into()))
-            }
-        }
+        take_event(&rx, &mut state, hold_end - now)?;
         if options.progress && last_print.elapsed() >= Duration::from_secs(10) {
             let open: u64 = state.iter().map(|s| s.open).sum();
             let dropped: u64 = state.iter().map(|s| s.dropped).sum();
@@ -683,6 +675,21 @@ fn in_slice(chosen: &[u64], slice: std::ops::Range<u64>) -> Vec<u64> {
         .copied()
         .filter(|p| slice.contains(p))
         .collect()
+}
+
+/// Waits up to `wait` for a worker's event and applies it.
+fn take_event(
+    rx: &mpsc::Receiver<(usize, Option<Event>)>,
+    state: &mut [WorkerState],
+    wait: Duration,
+) -> Result<(), LoadError> {
+    match rx.recv_timeout(wait) {
+        Ok((w, e)) => state[w].apply(e).map(|_| ()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(LoadError::Unexpected("every worker exited".into()))
+        }
+    }
 }
 
 fn next_event(

@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    description, next_event, same_sdp, Ctx, Event, Fleet, Held, Sdps, Seat, WorkerState, OFFER,
+    description, next_event, same_sdp, take_event, Ctx, Event, Fleet, Held, Sdps, Seat,
+    WorkerState, OFFER,
 };
 use crate::client::{backoff, ClientConfig};
 use crate::handshake::candidates;
@@ -1081,8 +1082,8 @@ pub(super) fn run(
     }
     // A second of streaming, so that signals are in flight at the kill.
     let by = Instant::now() + Duration::from_secs(1);
-    while let Ok((w, e)) = rx.recv_timeout(by.saturating_duration_since(Instant::now())) {
-        state[w].apply(e)?;
+    while Instant::now() < by {
+        take_event(rx, state, by.saturating_duration_since(Instant::now()))?;
     }
 
     phase("storm");
@@ -1109,15 +1110,7 @@ pub(super) fn run(
         if kill.elapsed() >= options.timeout {
             break true;
         }
-        match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok((w, e)) => {
-                state[w].apply(e)?;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(LoadError::Unexpected("every worker exited".into()))
-            }
-        }
+        take_event(rx, state, Duration::from_millis(250))?;
         if fleet_options.progress && last_print.elapsed() >= Duration::from_secs(1) {
             eprintln!(
                 "storm: {:>6.1} s  down {down}  back {back}  partners that saw them back {partners}/{expected}",
