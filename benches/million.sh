@@ -10,14 +10,10 @@
 #
 # Environment: HOLD (s, 120), NEGOTIATE (1000), SOURCE_IPS (250),
 # WORKERS (0: one per 18,000 clients), CONCURRENCY (pairs each worker
-# connects at once, 32), HEADROOM_MIB (3072: memory that must stay free
-# by the estimate), FLOOR_MIB (1536: the watchdog stops everything when
-# MemAvailable falls below it), BASE_PORT (19100), and the per-connection
-# estimates in bytes (NODE_B, KERNEL_B, LOAD_B, REDIS_B; measured on this
-# machine, see BENCHMARKS.md) with per-process bases (NODE_BASE_KIB,
-# WORKER_BASE_KIB), REDIS_NICE (-20 when run as root), NODE_ARGS (more
-# node flags; the default lengthens the lease, the Redis timeout and the
-# heartbeat for this two-core machine, see below).
+# connects at once, 32), NODE_ARGS (more node flags; the default lengthens
+# the lease, the Redis timeout and the heartbeat for this two-core machine,
+# see below), and those of benches/fleet-lib.sh (the memory budget's
+# headroom and estimates, the watchdog's floor, BASE_PORT, REDIS_NICE).
 #
 # Before anything starts, the memory it will take is estimated from those
 # figures and compared with MemAvailable: a run that would leave less than
@@ -39,115 +35,11 @@ NEGOTIATE=${NEGOTIATE:-1000}
 SOURCE_IPS=${SOURCE_IPS:-250}
 WORKERS=${WORKERS:-0}
 CONCURRENCY=${CONCURRENCY:-32}
-HEADROOM_MIB=${HEADROOM_MIB:-3072}
-FLOOR_MIB=${FLOOR_MIB:-1536}
-BASE_PORT=${BASE_PORT:-19100}
-# Per connection, bytes (the 1,000,000 run of 2026-12-05 in BENCHMARKS.md,
-# rounded up): node RSS, kernel slab (both socket ends), load generator
-# RSS, Redis used_memory.
-NODE_B=${NODE_B:-5000}
-KERNEL_B=${KERNEL_B:-8400}
-LOAD_B=${LOAD_B:-1400}
-REDIS_B=${REDIS_B:-1000}
-NODE_BASE_KIB=${NODE_BASE_KIB:-16384}
-WORKER_BASE_KIB=${WORKER_BASE_KIB:-8192}
-
 (( CONNECTIONS % 2 == 0 )) || { echo "connections must be even (pairs)" >&2; exit 2; }
 if (( CONNECTIONS / NODES > 19500 )); then
     echo "$CONNECTIONS clients over $NODES nodes is more than 19,500 a node (the open-files limit): use more nodes" >&2
     exit 2
 fi
-command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install redis-server)" >&2; exit 1; }
-command -v redis-cli >/dev/null || { echo "redis-cli not found (apt-get install redis-tools)" >&2; exit 1; }
-
-mib() { awk -v k="$1" '$1 == k":" { print int($2 / 1024) }' /proc/meminfo; }
-kib() { awk -v k="$1" '$1 == k":" { print $2 }' /proc/meminfo; }
-
-# The memory budget, before anything starts.
-workers=$WORKERS
-(( workers > 0 )) || workers=$(( (CONNECTIONS + 17999) / 18000 ))
-per_conn=$(( NODE_B + KERNEL_B + LOAD_B + REDIS_B ))
-need_mib=$(( (CONNECTIONS * per_conn / 1024 + NODES * NODE_BASE_KIB + workers * WORKER_BASE_KIB + 65536) / 1024 ))
-avail_mib=$(mib MemAvailable)
-echo "== budget: $CONNECTIONS clients x $per_conn B (node $NODE_B + kernel $KERNEL_B + load $LOAD_B + redis $REDIS_B)"
-echo "   + $NODES nodes x $((NODE_BASE_KIB / 1024)) MiB + $workers workers x $((WORKER_BASE_KIB / 1024)) MiB = $need_mib MiB;" \
-     "MemAvailable $avail_mib MiB; headroom asked $HEADROOM_MIB MiB"
-if (( avail_mib - need_mib < HEADROOM_MIB )); then
-    echo "refused: the run would leave $(( avail_mib - need_mib )) MiB, less than $HEADROOM_MIB MiB of headroom" >&2
-    echo "(fewer connections, or wait until the machine has more memory available)" >&2
-    exit 3
-fi
-fds=$(awk '{ print $3 - $1 }' /proc/sys/fs/file-nr)
-if (( fds < 2 * CONNECTIONS + 10000 )); then
-    echo "refused: $((2 * CONNECTIONS)) sockets do not fit the system's $fds free file handles (fs.file-max)" >&2
-    exit 3
-fi
-
-cargo build --release -q --bin switchboard -p switchboard --bin switchboard-load -p switchboard-load
-ulimit -n "$(ulimit -Hn)"
-tmp=$(mktemp -d /tmp/million.XXXXXX)
-REDIS_SOCK=$tmp/redis.sock
-REDIS=
-FLEET=
-WATCHDOG=
-nodes=()
-stop_all() {
-    # The fleet first (its workers die with it), then the nodes, then Redis.
-    [ -n "$FLEET" ] && kill "$FLEET" 2>/dev/null || true
-    [ -n "$FLEET" ] && wait "$FLEET" 2>/dev/null || true
-    if ((${#nodes[@]})); then
-        kill "${nodes[@]}" 2>/dev/null || true
-        for _ in $(seq 100); do
-            alive=0
-            for p in "${nodes[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-            (( alive )) || break
-            sleep 0.2
-        done
-        kill -9 "${nodes[@]}" 2>/dev/null || true
-        wait "${nodes[@]}" 2>/dev/null || true
-    fi
-    [ -n "$REDIS" ] && kill "$REDIS" 2>/dev/null || true
-    [ -n "$REDIS" ] && wait "$REDIS" 2>/dev/null || true
-}
-cleanup() {
-    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null || true
-    stop_all
-    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-TICK=$(getconf CLK_TCK)
-# Sum of utime+stime ticks of the given pids.
-ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
-# Sum of VmRSS (KiB) of the given pids.
-rss() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '$1 == "VmRSS:" { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo "$t"; }
-busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
-redis_mem() { redis-cli -s "$REDIS_SOCK" info memory | awk -F: '$1 == "used_memory" { print $2 + 0 }'; }
-
-slab_before=$(kib Slab)
-sunreclaim_before=$(kib SUnreclaim)
-avail_before=$(kib MemAvailable)
-
-# Redis is the one process every node waits on: on a real deployment it has
-# a core of its own; here it shares two cores with a hundred nodes and
-# workers, and at an equal share it answers too late (joins time out, then
-# lease renewals, and nodes are taken for dead). It runs at nice -20 when
-# the script may raise its priority (root).
-REDIS_NICE=${REDIS_NICE:--20}
-prio=()
-if [ "$(id -u)" = 0 ] && [ "$REDIS_NICE" != 0 ]; then prio=(nice -n "$REDIS_NICE"); fi
-echo "== redis-server (unix socket, no persistence${prio:+, nice $REDIS_NICE})"
-"${prio[@]}" redis-server --port 0 --unixsocket "$REDIS_SOCK" --unixsocketperm 700 --save '' --appendonly no \
-    --maxclients 10000 --dir "$tmp" --logfile "$tmp/redis.log" &
-REDIS=$!
-for _ in $(seq 100); do redis-cli -s "$REDIS_SOCK" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -s "$REDIS_SOCK" ping >/dev/null || { echo "redis did not start" >&2; cat "$tmp/redis.log" >&2; exit 1; }
-
-echo "== $NODES nodes on 127.0.0.1:$((BASE_PORT + 1))..$((BASE_PORT + NODES))"
-RATE=(--rate-per-second 100000000 --rate-burst 100000000
-      --rate-bytes-per-second 2000000000 --rate-bytes-burst 2000000000
-      --max-connections 19500 --max-connections-per-ip 1000000)
 # Two cores for a hundred processes: a node may wait seconds for the CPU.
 # With the defaults (3 s lease, 1 s Redis timeout) a starved node misses a
 # renewal, is taken for dead and reaped (one script of seconds that stalls
@@ -156,44 +48,24 @@ RATE=(--rate-per-second 100000000 --rate-burst 100000000
 # a ping and its pong cost about 34 µs of CPU (node, load generator and
 # loopback TCP together), and a million clients pinged every 15 s would
 # need 2.3 cores of this machine's 2 (BENCHMARKS.md).
-read -r -a NODE_ARGS <<<"${NODE_ARGS:---lease-ms 30000 --redis-timeout-ms 10000 --heartbeat-interval-ms 30000 --heartbeat-timeout-ms 90000}"
-RATE+=("${NODE_ARGS[@]}")
-urls=()
-for i in $(seq "$NODES"); do
-    port=$((BASE_PORT + i))
-    RUST_LOG=warn target/release/switchboard --listen "127.0.0.1:$port" \
-        --redis-url "unix://$REDIS_SOCK" --cluster million "${RATE[@]}" >"$tmp/node-$i.log" 2>&1 &
-    nodes+=("$!")
-    urls+=("ws://127.0.0.1:$port/ws")
-done
-for i in $(seq "$NODES"); do
-    port=$((BASE_PORT + i))
-    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "node $i did not start" >&2; cat "$tmp/node-$i.log" >&2; exit 1; }
-done
+NODE_ARGS=${NODE_ARGS:---lease-ms 30000 --redis-timeout-ms 10000 --heartbeat-interval-ms 30000 --heartbeat-timeout-ms 90000}
+# shellcheck source=benches/fleet-lib.sh
+. benches/fleet-lib.sh
+fleet_budget
+fleet_setup million
+
+slab_before=$(kib Slab)
+sunreclaim_before=$(kib SUnreclaim)
+avail_before=$(kib MemAvailable)
+
+fleet_start_redis
+fleet_start_nodes million
 nodes_rss_before=$(rss "${nodes[@]}")
 redis_before=$(redis_mem)
 
-# The watchdog: stops everything if memory runs short.
-(
-    while sleep 1; do
-        a=$(mib MemAvailable)
-        if (( a < FLOOR_MIB )); then
-            echo "!! watchdog: MemAvailable $a MiB < $FLOOR_MIB MiB: stopping the fleet, the nodes and Redis" >&2
-            touch "$tmp/watchdog"
-            [ -f "$tmp/fleet.pid" ] && kill "$(cat "$tmp/fleet.pid")" 2>/dev/null
-            kill "${nodes[@]}" 2>/dev/null
-            kill "$REDIS" 2>/dev/null
-            exit 0
-        fi
-        echo "$a" >"$tmp/avail.last"
-        if [ ! -f "$tmp/avail.min" ] || (( a < $(cat "$tmp/avail.min") )); then echo "$a" >"$tmp/avail.min"; fi
-    done
-) &
-WATCHDOG=$!
+fleet_watchdog
 
 echo "== fleet: $CONNECTIONS clients, $workers workers, hold ${HOLD}s, $NEGOTIATE negotiations, $SOURCE_IPS source addresses"
-nodes_csv=$(IFS=,; echo "${urls[*]}")
 target/release/switchboard-load --source-ips "$SOURCE_IPS" --json fleet --nodes "$nodes_csv" \
     --connections "$CONNECTIONS" --workers "$WORKERS" --connect-concurrency "$CONCURRENCY" \
     --hold "$HOLD" --negotiate "$NEGOTIATE" --phase-file "$tmp/phase" >"$tmp/report.json" &
@@ -201,7 +73,6 @@ FLEET=$!
 echo "$FLEET" >"$tmp/fleet.pid"
 
 # Samples during the hold: one 10 s in, one at most 60 s later.
-phase() { cat "$tmp/phase" 2>/dev/null || echo starting; }
 while kill -0 "$FLEET" 2>/dev/null && [ "$(phase)" != holding ]; do sleep 0.5; done
 sampled=0
 if kill -0 "$FLEET" 2>/dev/null && [ "$(phase)" = holding ]; then
@@ -226,14 +97,7 @@ if kill -0 "$FLEET" 2>/dev/null && [ "$(phase)" = holding ]; then
         sampled=1
     fi
 fi
-status=0
-wait "$FLEET" || status=$?
-FLEET=
-if [ -f "$tmp/watchdog" ]; then
-    echo "!! the watchdog stopped the run (memory ran short): the progress lines above say how far it got" >&2
-fi
-cat "$tmp/report.json"
-echo
+fleet_wait
 
 python3 - "$tmp/report.json" "$CONNECTIONS" "$NODES" "$sampled" \
     "${nodes_rss_before:-0}" "${nodes_rss:-0}" "${load_rss:-0}" "${redis_before:-0}" "${redis_used:-0}" "${redis_rss:-0}" \

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::child::Server;
+use common::child::{Server, LIFTED};
 use common::proxy::Proxy;
 use common::redis::Redis;
 use common::room;
@@ -60,21 +60,6 @@ const PEAK_BOUND_KIB: u64 = 128 * 1024;
 
 const OFFER: &str = include_str!("data/sdp/chrome-offer-audio.sdp");
 const ANSWER: &str = include_str!("data/sdp/chrome-answer-audio.sdp");
-
-/// Rate limits lifted (one test process speaks for hundreds of users,
-/// all from 127.0.0.1), as in scripts/bench-load.sh.
-const LIFTED: [&str; 10] = [
-    "--rate-per-second",
-    "100000000",
-    "--rate-burst",
-    "100000000",
-    "--rate-bytes-per-second",
-    "2000000000",
-    "--rate-bytes-burst",
-    "2000000000",
-    "--max-connections-per-ip",
-    "1000000",
-];
 
 fn config() -> ClientConfig {
     ClientConfig {
@@ -675,7 +660,7 @@ struct Chaos {
 
 /// The chaos: `PAIRS` pairs through a proxy that cuts random connections.
 async fn chaos(seed: u64) -> Chaos {
-    let args = [&LIFTED[..], &["--resume-grace-ms", "30000"][..]].concat();
+    let args = [LIFTED, &["--resume-grace-ms", "30000"][..]].concat();
     let mut server = Server::start(&args);
     let proxy = Proxy::start(server.addr).await;
     let chaos = under_cuts(&proxy, PAIRS, CUTS, "chaos", seed).await;
@@ -745,7 +730,7 @@ async fn under_cuts(proxy: &Proxy, pairs: usize, cuts: usize, tag: &str, seed: u
 /// past it.
 async fn expiry(seed: u64) -> Totals {
     let ms = SHORT_GRACE_MS.to_string();
-    let args = [&LIFTED[..], &["--resume-grace-ms", &ms][..]].concat();
+    let args = [LIFTED, &["--resume-grace-ms", &ms][..]].concat();
     let server = Server::start(&args);
     let mut tasks = JoinSet::new();
     for i in 0..EXPIRY_PAIRS {
@@ -814,7 +799,7 @@ async fn signals_survive_random_cuts_exactly_once_in_order() {
 /// out its grace in the room, and the partner's signals with it).
 #[tokio::test]
 async fn a_resume_whose_welcome_was_lost_resumes_on_the_next_try() {
-    let args = [&LIFTED[..], &["--resume-grace-ms", "10000"][..]].concat();
+    let args = [LIFTED, &["--resume-grace-ms", "10000"][..]].concat();
     let server = Server::start(&args);
     let proxy = Proxy::start(server.addr).await;
     let ok = |r: Result<(), String>| r.unwrap_or_else(|e| panic!("{e}"));

@@ -6,13 +6,10 @@
 //! and nothing may be lost. `benches/million.sh` runs the same path with a
 //! million clients.
 //!
-//! The workers are this test binary again (see `fleet_worker`): a process
-//! holds at most about 19,000 sockets here, and the load generator's own
-//! binary is not one this package's tests can name.
+//! The workers are this test binary again (see `common::fleet`).
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::child::Server;
@@ -29,76 +26,35 @@ const NODES: usize = 4;
 const WORKERS: usize = 2;
 const NEGOTIATE: usize = 200;
 
-/// Not a test on its own: the fleet's worker, when the test below starts
-/// this binary with `SWITCHBOARD_FLEET_WORKER` set.
+/// Not a test on its own: the fleet's worker (see `common::fleet`).
 #[test]
 fn fleet_worker() {
-    if std::env::var_os("SWITCHBOARD_FLEET_WORKER").is_none() {
-        return;
-    }
-    if let Err(e) = fleet::worker_main() {
-        eprintln!("fleet worker: {e}");
-        std::process::exit(1);
-    }
+    common::fleet::worker_entry();
 }
 
 #[test]
 fn a_fleet_over_four_nodes_joins_holds_and_negotiates_across_nodes() {
     let redis = Redis::start();
-    let url = redis.url();
-    let nodes: Vec<Server> = (0..NODES)
-        .map(|_| {
-            Server::start(&[
-                "--redis-url",
-                &url,
-                "--cluster",
-                "scale",
-                "--rate-per-second",
-                "100000000",
-                "--rate-burst",
-                "100000000",
-                "--rate-bytes-per-second",
-                "2000000000",
-                "--rate-bytes-burst",
-                "2000000000",
-                "--max-connections-per-ip",
-                "1000000",
-                // Heartbeats inside the short hold: every client is pinged
-                // at least once and must answer.
-                "--heartbeat-interval-ms",
-                "3000",
-                "--heartbeat-timeout-ms",
-                "20000",
-            ])
-        })
-        .collect();
+    // Heartbeats inside the short hold: every client is pinged at least
+    // once and must answer.
+    let heartbeat = [
+        "--heartbeat-interval-ms",
+        "3000",
+        "--heartbeat-timeout-ms",
+        "20000",
+    ];
+    let nodes = common::fleet::start_nodes(&redis, NODES, "scale", &heartbeat);
     let options = fleet::Options {
-        nodes: nodes.iter().map(Server::url).collect(),
-        connections: CONNECTIONS,
         workers: WORKERS,
-        connect_concurrency: 32,
         hold: Duration::from_secs(8),
         negotiate: NEGOTIATE,
         source_ips: 8,
         seed: 14,
         progress: true,
-        phase_file: None,
+        ..fleet::Options::new(nodes.iter().map(Server::url).collect(), CONNECTIONS)
     };
-    let exe = std::env::current_exe().expect("the test binary");
     let started = Instant::now();
-    let report = fleet::run(&options, &|| {
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "fleet_worker",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("SWITCHBOARD_FLEET_WORKER", "1");
-        cmd
-    })
-    .expect("the fleet runs");
+    let report = fleet::run(&options, &common::fleet::worker_command).expect("the fleet runs");
     eprintln!(
         "fleet of {CONNECTIONS} over {NODES} nodes in {:.1} s:\n{}",
         started.elapsed().as_secs_f64(),

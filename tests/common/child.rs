@@ -7,6 +7,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// Rate and per-address limits lifted, for tests where one process speaks
+/// for hundreds or thousands of users, all from a few 127.0.0.x addresses.
+pub const LIFTED: &[&str] = &[
+    "--rate-per-second",
+    "100000000",
+    "--rate-burst",
+    "100000000",
+    "--rate-bytes-per-second",
+    "2000000000",
+    "--rate-bytes-burst",
+    "2000000000",
+    "--max-connections-per-ip",
+    "1000000",
+];
+
 /// The switchboard binary running in a child process.
 pub struct Server {
     pub child: Child,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod fleet;
 pub mod json;
 pub mod proxy;
 pub mod redis;

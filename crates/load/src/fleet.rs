@@ -28,6 +28,11 @@
 //! an Answer and its own batch. Each end checks that every message arrives
 //! from the right peer, intact, exactly once (it keeps listening half a
 //! second past completion for duplicates).
+//!
+//! With a [`storm`], one node is killed between the hold and the
+//! negotiations, and its clients come back on the others (see there).
+
+pub mod storm;
 
 use crate::handshake::{candidates, ice_batch};
 use std::collections::HashSet;
@@ -78,8 +83,34 @@ pub struct Options {
     /// Progress lines on stderr.
     pub progress: bool,
     /// Where to write the phase the run is in (`connecting`, `holding`,
-    /// `negotiating`, `done`), for scripts that sample during the hold.
+    /// `arming`, `storm`, `settling`, `negotiating`, `done`), for scripts
+    /// that sample during the hold or the storm.
     pub phase_file: Option<PathBuf>,
+    /// Kill the first node after the hold and bring its clients back on
+    /// the others (see [`storm`]).
+    pub storm: Option<storm::Options>,
+}
+
+impl Options {
+    /// A run of `connections` clients over `nodes`: one worker per
+    /// [`CLIENTS_PER_WORKER`], 32 pairs connecting at once per worker, a
+    /// 10 s hold, no negotiation, no storm, the kernel's source address, a
+    /// seed from the clock, no progress lines.
+    pub fn new(nodes: Vec<String>, connections: usize) -> Options {
+        Options {
+            nodes,
+            connections,
+            workers: 0,
+            connect_concurrency: 32,
+            hold: Duration::from_secs(10),
+            negotiate: 0,
+            source_ips: 1,
+            seed: 0,
+            progress: false,
+            phase_file: None,
+            storm: None,
+        }
+    }
 }
 
 /// What a worker is given.
@@ -88,11 +119,72 @@ struct Spec {
     index: usize,
     tag: String,
     nodes: Vec<String>,
+    layout: Layout,
     first_pair: u64,
     pairs: u64,
     negotiate: Vec<u64>,
     source_ips: u8,
     concurrency: usize,
+    /// How the clients of a storm come back, if this run has one.
+    storm: Option<storm::Plan>,
+    /// Pairs that stream signals through the storm.
+    stream: Vec<u64>,
+}
+
+/// Where the two members of every pair are.
+///
+/// Without a storm, pair `p` has member A on node `p mod N` and B on node
+/// `p + 1 mod N`. With one, `heavy` pairs, spread evenly over the pair
+/// numbers, have A on node 0 (the one to be killed) and B on one of the
+/// others in turn; every other pair spans two of nodes 1 to N − 1 in the
+/// same way as without a storm. So node 0 holds exactly `heavy` clients
+/// and the survivors share the rest evenly.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Layout {
+    nodes: u64,
+    pairs: u64,
+    heavy: u64,
+}
+
+impl Layout {
+    /// Pair `p`'s nodes: (A's, B's).
+    fn nodes_of(&self, p: u64) -> (usize, usize) {
+        let n = self.nodes;
+        if self.heavy == 0 {
+            return ((p % n) as usize, ((p + 1) % n) as usize);
+        }
+        let others = n - 1;
+        let before = self.heavy_before(p);
+        if self.is_heavy(p) {
+            (0, (1 + before % others) as usize)
+        } else {
+            let q = p - before;
+            ((1 + q % others) as usize, (1 + (q + 1) % others) as usize)
+        }
+    }
+
+    /// Whether pair `p` has a member on node 0 in a storm.
+    fn is_heavy(&self, p: u64) -> bool {
+        self.heavy > 0 && self.heavy_before(p + 1) > self.heavy_before(p)
+    }
+
+    /// Heavy pairs among the pairs below `p`.
+    fn heavy_before(&self, p: u64) -> u64 {
+        (p as u128 * self.heavy as u128 / self.pairs as u128) as u64
+    }
+}
+
+/// A held client: its connection, who it is, what it knows of its partner.
+type Held = (Lite, Seat, storm::Partner);
+
+/// One client of a pair: who it is, so that it can come back.
+#[derive(Clone, Copy, Debug)]
+struct Seat {
+    pair: u64,
+    /// b'a' or b'b'.
+    side: u8,
+    /// The node it is connected to.
+    node: usize,
 }
 
 /// What a worker tells its parent, one JSON object a line.
@@ -124,6 +216,16 @@ enum Event {
     Negotiated {
         outcomes: Vec<Outcome>,
     },
+    /// Ready for the kill: drops from now on are the storm's.
+    Armed,
+    /// How far the storm has got in this worker.
+    StormProgress {
+        down: u64,
+        back: u64,
+        partners_back: u64,
+    },
+    /// The storm as this worker saw it, after `settle`.
+    Stormed(Box<storm::Seen>),
 }
 
 /// One pair's negotiation.
@@ -215,7 +317,10 @@ pub struct Report {
     pub negotiations: Negotiations,
     /// The load generator's memory.
     pub loadgen: LoadMemory,
-    /// Every client joined, stayed and every negotiation completed.
+    /// The reconnect storm, if the run had one.
+    pub storm: Option<storm::Report>,
+    /// Every client joined, stayed (or came back after the storm) and
+    /// every negotiation completed.
     pub ok: bool,
 }
 
@@ -279,8 +384,31 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
              use more workers"
         )));
     }
+    let heavy = match &options.storm {
+        Some(storm) => storm.check(n, pairs)?,
+        None => 0,
+    };
+    let layout = Layout {
+        nodes: n as u64,
+        pairs,
+        heavy,
+    };
     let tag = run_tag();
-    let chosen = choose(pairs, options.negotiate as u64, options.seed);
+    // In a storm, negotiating pairs are held apart from the storm (they do
+    // not come back), so they are chosen off the node that dies; the
+    // streaming pairs are chosen on it.
+    let chosen = choose(pairs, options.negotiate as u64, options.seed, &|p| {
+        !layout.is_heavy(p)
+    });
+    let stream = match &options.storm {
+        Some(storm) => choose(
+            pairs,
+            storm.stream_pairs as u64,
+            options.seed ^ 0x5707,
+            &|p| layout.is_heavy(p),
+        ),
+        None => Vec::new(),
+    };
     let phase = |p: &str| {
         if let Some(path) = &options.phase_file {
             let _ = std::fs::write(path, format!("{p}\n"));
@@ -300,15 +428,14 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
             index: w,
             tag: tag.clone(),
             nodes: options.nodes.clone(),
+            layout,
             first_pair: first,
             pairs: end - first,
-            negotiate: chosen
-                .iter()
-                .copied()
-                .filter(|p| (first..end).contains(p))
-                .collect(),
+            negotiate: in_slice(&chosen, first..end),
             source_ips: options.source_ips.max(1),
             concurrency: options.connect_concurrency.max(1),
+            storm: options.storm.as_ref().map(storm::Options::plan),
+            stream: in_slice(&stream, first..end),
         };
         let mut cmd = worker();
         cmd.stdin(Stdio::piped())
@@ -418,15 +545,7 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
         if now >= hold_end {
             break;
         }
-        match rx.recv_timeout(hold_end - now) {
-            Ok((w, e)) => {
-                state[w].apply(e)?;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(LoadError::Unexpected("every worker exited".into()))
-            }
-        }
+        take_event(&rx, &mut state, hold_end - now)?;
         if options.progress && last_print.elapsed() >= Duration::from_secs(10) {
             let open: u64 = state.iter().map(|s| s.open).sum();
             let dropped: u64 = state.iter().map(|s| s.dropped).sum();
@@ -455,6 +574,13 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
     let pongs: u64 = state.iter().map(|s| s.pongs).sum::<u64>() - pongs_before;
     let rss_before: u64 = state.iter().filter_map(|s| s.rss_before_kib).sum();
     let rss_held: u64 = state.iter().map(|s| s.rss_kib).sum();
+
+    let storm = match &options.storm {
+        Some(storm) => Some(storm::run(
+            options, storm, total, &phase, &mut fleet, &rx, &mut state,
+        )?),
+        None => None,
+    };
 
     phase("negotiating");
     fleet.broadcast("negotiate")?;
@@ -507,7 +633,8 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
         && negotiations.completed == chosen.len() as u64
         && negotiations.lost_messages == 0
         && negotiations.duplicates == 0
-        && negotiations.misrouted == 0;
+        && negotiations.misrouted == 0
+        && storm.as_ref().is_none_or(|s| s.ok);
     Ok(Report {
         scenario: "fleet",
         nodes: n,
@@ -532,12 +659,37 @@ pub fn run(options: &Options, worker: &dyn Fn() -> Command) -> Result<Report, Lo
             rss_per_connection_bytes: (open_after_hold > 0)
                 .then(|| rss_held.saturating_sub(rss_before) * 1024 / open_after_hold),
         },
+        storm,
         ok,
     })
 }
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// The pairs of `chosen` in `slice`.
+fn in_slice(chosen: &[u64], slice: std::ops::Range<u64>) -> Vec<u64> {
+    chosen
+        .iter()
+        .copied()
+        .filter(|p| slice.contains(p))
+        .collect()
+}
+
+/// Waits up to `wait` for a worker's event and applies it.
+fn take_event(
+    rx: &mpsc::Receiver<(usize, Option<Event>)>,
+    state: &mut [WorkerState],
+    wait: Duration,
+) -> Result<(), LoadError> {
+    match rx.recv_timeout(wait) {
+        Ok((w, e)) => state[w].apply(e).map(|_| ()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(LoadError::Unexpected("every worker exited".into()))
+        }
+    }
 }
 
 fn next_event(
@@ -612,6 +764,15 @@ struct WorkerState {
     pongs: u64,
     status_seen: bool,
     outcomes: Option<Vec<Outcome>>,
+    armed: bool,
+    /// Clients of this worker whose connection ended in the storm, and
+    /// of those, the ones back in their room.
+    down: u64,
+    back: u64,
+    /// Clients that saw their partner come back (after its leave, or
+    /// before).
+    partners_back: u64,
+    stormed: Option<Box<storm::Seen>>,
 }
 
 impl WorkerState {
@@ -666,12 +827,31 @@ impl WorkerState {
                 self.outcomes = Some(outcomes);
                 Ok(false)
             }
+            Some(Event::Armed) => {
+                self.armed = true;
+                Ok(false)
+            }
+            Some(Event::StormProgress {
+                down,
+                back,
+                partners_back,
+            }) => {
+                (self.down, self.back, self.partners_back) = (down, back, partners_back);
+                Ok(false)
+            }
+            Some(Event::Stormed(seen)) => {
+                (self.down, self.back) = (seen.down, seen.back);
+                self.partners_back = seen.partners.saw_back + seen.partners.back_before_leave;
+                self.stormed = Some(seen);
+                Ok(false)
+            }
         }
     }
 }
 
-/// `count` distinct pair numbers below `pairs`, at random (SplitMix64).
-fn choose(pairs: u64, count: u64, seed: u64) -> Vec<u64> {
+/// `count` distinct pair numbers below `pairs` for which `eligible` holds
+/// (all of them if fewer), at random (SplitMix64).
+fn choose(pairs: u64, count: u64, seed: u64, eligible: &dyn Fn(u64) -> bool) -> Vec<u64> {
     let mut x = if seed == 0 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -687,12 +867,12 @@ fn choose(pairs: u64, count: u64, seed: u64) -> Vec<u64> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    let count = count.min(pairs);
+    let count = count.min((0..pairs).filter(|&p| eligible(p)).count() as u64);
     let mut picked = HashSet::with_capacity(count as usize);
     let mut out = Vec::with_capacity(count as usize);
     while (out.len() as u64) < count {
         let p = next() % pairs;
-        if picked.insert(p) {
+        if eligible(p) && picked.insert(p) {
             out.push(p);
         }
     }
@@ -792,13 +972,20 @@ struct Counters {
     dropped: AtomicU64,
 }
 
-/// What every client of a worker needs to connect.
+/// What every client of a worker needs to connect (and come back).
 struct Ctx {
     tag: String,
     nodes: Vec<(SocketAddr, String)>,
     hello: Hello,
     source_ips: u8,
     next_source: AtomicU64,
+    counters: Counters,
+    /// How clients come back, in a storm.
+    storm: Option<storm::Plan>,
+    /// Their reconnect delays.
+    backoff: crate::client::ClientConfig,
+    /// The storm's counts, which every held client adds to.
+    recovery: storm::Recovery,
 }
 
 impl Ctx {
@@ -809,6 +996,29 @@ impl Ctx {
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8))
         });
         Lite::connect(*addr, source, path, &self.hello).await
+    }
+
+    /// Pair `p`'s room.
+    fn room(&self, p: u64) -> Result<RoomId, LoadError> {
+        RoomId::new(&format!("f{}-{p}", self.tag))
+            .map_err(|e| LoadError::Unexpected(format!("room id: {e}")))
+    }
+
+    /// The name a seat logs in with.
+    fn name(&self, seat: Seat) -> Result<UserName, LoadError> {
+        UserName::new(&format!("f{}-{}{}", self.tag, seat.pair, seat.side as char))
+            .map_err(|e| LoadError::Unexpected(format!("user name: {e}")))
+    }
+
+    /// A connection ended: it comes back if a storm is on (true), or is
+    /// counted as dropped.
+    fn lost(&self) -> bool {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+        if self.recovery.armed() {
+            return true;
+        }
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 }
 
@@ -821,7 +1031,6 @@ async fn worker(
         .iter()
         .map(|u| parse_node(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let n = nodes.len() as u64;
     let ctx = Arc::new(Ctx {
         tag: spec.tag.clone(),
         nodes,
@@ -835,6 +1044,14 @@ async fn worker(
         source_ips: spec.source_ips,
         // Workers start their round robin at different addresses.
         next_source: AtomicU64::new(spec.index as u64),
+        counters: Counters::default(),
+        backoff: spec
+            .storm
+            .as_ref()
+            .map(storm::Plan::backoff)
+            .unwrap_or_default(),
+        storm: spec.storm.clone(),
+        recovery: storm::Recovery::default(),
     });
     emit(&Event::Ready { rss_kib: rss_kib() });
     loop {
@@ -845,19 +1062,19 @@ async fn worker(
         }
     }
     let started = Instant::now();
-    let counters = Arc::new(Counters::default());
+    let counters = &ctx.counters;
 
     // Every held connection is one future in one task.
-    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<Lite>();
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel::<Held>();
     {
-        let counters = counters.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut held = FuturesUnordered::new();
             let mut taking = true;
             loop {
                 tokio::select! {
                     c = hold_rx.recv(), if taking => match c {
-                        Some(c) => held.push(hold(c, counters.clone())),
+                        Some((c, seat, partner)) => held.push(hold(c, seat, partner, ctx.clone())),
                         None => taking = false,
                     },
                     Some(()) = held.next(), if !held.is_empty() => {}
@@ -868,22 +1085,25 @@ async fn worker(
     }
 
     let negotiate: HashSet<u64> = spec.negotiate.iter().copied().collect();
+    let stream: HashSet<u64> = spec.stream.iter().copied().collect();
     let (go_tx, go_rx) = watch::channel(false);
+    let (stage_tx, stage_rx) = watch::channel(storm::Stage::Hold);
     let sdps = Arc::new(Sdps::new());
     let mut negotiators = Vec::new();
+    let mut streamers = Vec::new();
     let (mut connected, mut errors, mut same_node) = (0u64, 0u64, 0u64);
     let mut error_samples = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let layout = spec.layout;
     let mut pairs = futures_util::stream::iter(spec.first_pair..spec.first_pair + spec.pairs)
         .map(|p| {
             let ctx = ctx.clone();
             async move {
-                let a = (p % n) as usize;
-                let b = ((p + 1) % n) as usize;
+                let (a, b) = layout.nodes_of(p);
                 let r = tokio::time::timeout(Duration::from_secs(60), connect_pair(&ctx, p, a, b))
                     .await
                     .unwrap_or(Err(LoadError::Timeout("connect, log in and join")));
-                (p, r)
+                (p, a, b, r)
             }
         })
         .buffer_unordered(spec.concurrency);
@@ -891,22 +1111,31 @@ async fn worker(
         tokio::select! {
             r = pairs.next() => match r {
                 None => break,
-                Some((p, Ok((a, b)))) => {
+                Some((p, na, nb, Ok((a, b)))) => {
                     connected += 2;
                     counters.open.fetch_add(2, Ordering::Relaxed);
                     if a.id().node() == b.id().node() {
                         same_node += 1;
                     }
+                    let seats = [
+                        Seat { pair: p, side: b'a', node: na },
+                        Seat { pair: p, side: b'b', node: nb },
+                    ];
                     if negotiate.contains(&p) {
                         negotiators.push(tokio::spawn(negotiator(
-                            a, b, go_rx.clone(), sdps.clone(), counters.clone(),
+                            [a, b], seats, go_rx.clone(), sdps.clone(), ctx.clone(),
+                        )));
+                    } else if stream.contains(&p) {
+                        streamers.push(tokio::spawn(storm::streamer(
+                            [a, b], seats, ctx.clone(), stage_rx.clone(), sdps.clone(),
                         )));
                     } else {
-                        let _ = hold_tx.send(a);
-                        let _ = hold_tx.send(b);
+                        let (ida, idb) = (a.id(), b.id());
+                        let _ = hold_tx.send((a, seats[0], storm::Partner::new(idb)));
+                        let _ = hold_tx.send((b, seats[1], storm::Partner::new(ida)));
                     }
                 }
-                Some((p, Err(e))) => {
+                Some((p, _, _, Err(e))) => {
                     errors += 2;
                     if error_samples.len() < 5 {
                         error_samples.push(format!("pair {p}: {e}"));
@@ -934,20 +1163,47 @@ async fn worker(
         rss_kib: rss_kib(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut storm_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut storming = false;
     loop {
         tokio::select! {
             c = commands.recv() => match c.as_deref() {
-                Some("status") => emit(&status(&counters)),
+                Some("status") => emit(&status(counters)),
+                Some("arm") => {
+                    ctx.recovery.arm();
+                    let _ = stage_tx.send(storm::Stage::Armed);
+                    storming = true;
+                    emit(&Event::Armed);
+                }
+                Some("settle") => {
+                    storming = false;
+                    let _ = stage_tx.send(storm::Stage::Settle);
+                    let mut signals = storm::Signals::default();
+                    for h in streamers.drain(..) {
+                        match h.await {
+                            Ok(streamed) => {
+                                signals.add(&streamed.signals);
+                                for end in streamed.ends.into_iter().flatten() {
+                                    let _ = hold_tx.send(end);
+                                }
+                            }
+                            Err(e) => signals.failures.push(format!("streamer panicked: {e}")),
+                        }
+                    }
+                    emit(&Event::Stormed(Box::new(ctx.recovery.seen(
+                        signals,
+                        counters.open.load(Ordering::Relaxed),
+                    ))));
+                }
                 Some("negotiate") => {
                     let _ = go_tx.send(true);
                     let mut outcomes = Vec::with_capacity(negotiators.len());
                     for h in negotiators.drain(..) {
                         match h.await {
-                            Ok((outcome, a, b)) => {
+                            Ok((outcome, ends)) => {
                                 outcomes.push(outcome);
-                                if let (Some(a), Some(b)) = (a, b) {
-                                    let _ = hold_tx.send(a);
-                                    let _ = hold_tx.send(b);
+                                for end in ends {
+                                    let _ = hold_tx.send(end);
                                 }
                             }
                             Err(e) => outcomes.push(Outcome {
@@ -962,29 +1218,44 @@ async fn worker(
                 Some("exit") | None => return Ok(()),
                 Some(_) => {}
             },
-            _ = tick.tick() => emit(&status(&counters)),
+            _ = tick.tick() => emit(&status(counters)),
+            _ = storm_tick.tick(), if storming => emit(&ctx.recovery.progress()),
         }
     }
 }
 
-/// Holds one connection until it ends, answering heartbeats.
-async fn hold(mut c: Lite, counters: Arc<Counters>) {
-    while c.recv(|_| {}).await.is_ok() {}
-    counters.open.fetch_sub(1, Ordering::Relaxed);
-    counters.dropped.fetch_add(1, Ordering::Relaxed);
+/// Holds one connection, answering heartbeats. A client whose connection
+/// ends once a storm is armed comes back ([`storm::come_back`]) and holds
+/// again; before that, the drop is counted and it ends.
+async fn hold(mut c: Lite, mut seat: Seat, mut partner: storm::Partner, ctx: Arc<Ctx>) {
+    loop {
+        while c.recv(|m| partner.note(&m, &ctx.recovery)).await.is_ok() {}
+        if !ctx.lost() {
+            return;
+        }
+        // Boxed: the way back is far larger than a held connection.
+        let back = Box::pin(storm::come_back(ctx.clone(), seat)).await;
+        (c, seat) = (back.lite, back.seat);
+        if let Some(id) = back.partner {
+            partner = storm::Partner::new(id);
+        }
+        for m in &back.rest {
+            partner.note(m, &ctx.recovery);
+        }
+    }
 }
 
 /// Connects pair `p`'s two clients (A on node `a`, B on node `b`), logs
 /// each in and joins both to the pair's room.
 async fn connect_pair(ctx: &Ctx, p: u64, a: usize, b: usize) -> Result<(Lite, Lite), LoadError> {
     let (mut ca, mut cb) = tokio::try_join!(ctx.open(a), ctx.open(b))?;
-    let room = RoomId::new(&format!("f{}-{p}", ctx.tag))
-        .map_err(|e| LoadError::Unexpected(format!("room id: {e}")))?;
-    let name = |side: &str| {
-        UserName::new(&format!("f{}-{p}{side}", ctx.tag))
-            .map_err(|e| LoadError::Unexpected(format!("user name: {e}")))
+    let room = ctx.room(p)?;
+    let seat = |side| Seat {
+        pair: p,
+        side,
+        node: 0,
     };
-    let (na, nb) = (name("a")?, name("b")?);
+    let (na, nb) = (ctx.name(seat(b'a'))?, ctx.name(seat(b'b'))?);
     let (ida, idb) = (ca.id(), cb.id());
     let (ma, mb) = tokio::try_join!(
         log_in_and_join(&mut ca, na, room.clone()),
@@ -1096,51 +1367,56 @@ impl Arrived {
     }
 }
 
-type Negotiated = (Outcome, Option<Lite>, Option<Lite>);
+/// A negotiation's outcome, and its two clients to hold if they are
+/// still connected.
+type Negotiated = (Outcome, Vec<Held>);
 
 /// Holds a chosen pair (answering heartbeats) until `go`, then negotiates.
 async fn negotiator(
-    mut a: Lite,
-    mut b: Lite,
+    [mut a, mut b]: [Lite; 2],
+    seats: [Seat; 2],
     mut go: watch::Receiver<bool>,
     sdps: Arc<Sdps>,
-    counters: Arc<Counters>,
+    ctx: Arc<Ctx>,
 ) -> Negotiated {
-    let failed = |why: String, counters: &Counters| {
-        counters.open.fetch_sub(2, Ordering::Relaxed);
-        counters.dropped.fetch_add(2, Ordering::Relaxed);
+    let failed = |why: String| {
+        ctx.counters.open.fetch_sub(2, Ordering::Relaxed);
+        ctx.counters.dropped.fetch_add(2, Ordering::Relaxed);
         (
             Outcome {
                 lost: 4,
                 failure: Some(why),
                 ..Outcome::default()
             },
-            None,
-            None,
+            Vec::new(),
         )
     };
     loop {
         tokio::select! {
             r = go.changed() => {
                 if r.is_err() {
-                    return failed("the worker ended before the negotiation".into(), &counters);
+                    return failed("the worker ended before the negotiation".into());
                 }
                 if *go.borrow() {
                     break;
                 }
             }
             r = a.recv(|_| {}) => if let Err(e) = r {
-                return failed(format!("A dropped during the hold: {e}"), &counters);
+                return failed(format!("A dropped during the hold: {e}"));
             },
             r = b.recv(|_| {}) => if let Err(e) = r {
-                return failed(format!("B dropped during the hold: {e}"), &counters);
+                return failed(format!("B dropped during the hold: {e}"));
             },
         }
     }
     match tokio::time::timeout(Duration::from_secs(30), negotiate(&mut a, &mut b, &sdps)).await {
-        Ok(Ok(outcome)) => (outcome, Some(a), Some(b)),
-        Ok(Err(e)) => failed(format!("negotiation: {e}"), &counters),
-        Err(_) => failed("negotiation: timed out".into(), &counters),
+        Ok(Ok(outcome)) => {
+            let (ida, idb) = (a.id(), b.id());
+            let a = (a, seats[0], storm::Partner::new(idb));
+            (outcome, vec![a, (b, seats[1], storm::Partner::new(ida))])
+        }
+        Ok(Err(e)) => failed(format!("negotiation: {e}")),
+        Err(_) => failed("negotiation: timed out".into()),
     }
 }
 
@@ -1248,12 +1524,47 @@ mod tests {
 
     #[test]
     fn choose_gives_distinct_pairs_in_range() {
-        let c = choose(1000, 100, 7);
+        let all = |_| true;
+        let c = choose(1000, 100, 7, &all);
         assert_eq!(c.len(), 100);
         assert!(c.windows(2).all(|w| w[0] < w[1]));
         assert!(c.iter().all(|&p| p < 1000));
-        assert_eq!(choose(10, 50, 7).len(), 10);
-        assert_eq!(choose(1000, 100, 7), c, "a seed repeats its choice");
+        assert_eq!(choose(10, 50, 7, &all).len(), 10);
+        assert_eq!(choose(1000, 100, 7, &all), c, "a seed repeats its choice");
+        let odd = choose(1000, 600, 7, &|p| p % 2 == 1);
+        assert_eq!(odd.len(), 500, "no more than are eligible");
+        assert!(odd.iter().all(|p| p % 2 == 1));
+    }
+
+    #[test]
+    fn a_storm_layout_puts_the_heavy_pairs_on_node_0_and_spreads_the_rest() {
+        let layout = Layout {
+            nodes: 5,
+            pairs: 27_500,
+            heavy: 19_000,
+        };
+        let mut clients = [0u64; 5];
+        let mut heavy = 0;
+        for p in 0..layout.pairs {
+            let (a, b) = layout.nodes_of(p);
+            assert_ne!(a, b, "pair {p} spans two nodes");
+            assert_eq!(layout.is_heavy(p), a == 0, "pair {p}");
+            assert_ne!(b, 0, "only member A is ever on node 0");
+            heavy += u64::from(layout.is_heavy(p));
+            clients[a] += 1;
+            clients[b] += 1;
+        }
+        assert_eq!(heavy, 19_000);
+        assert_eq!(clients[0], 19_000);
+        // 55,000 clients: 19,000 on node 0, the rest evenly on the others.
+        assert!(
+            clients[1..].iter().all(|&c| c.abs_diff(9_000) <= 2),
+            "{clients:?}"
+        );
+        // Without a storm, the plain fleet's layout.
+        let plain = Layout { heavy: 0, ..layout };
+        assert_eq!(plain.nodes_of(7), (2, 3));
+        assert_eq!(plain.nodes_of(9), (4, 0));
     }
 
     #[test]

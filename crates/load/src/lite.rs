@@ -108,6 +108,12 @@ impl Lite {
         self.id
     }
 
+    /// The sequence number of the last frame written (the one an `Error`
+    /// about it names).
+    pub fn last_seq(&self) -> u32 {
+        self.seq
+    }
+
     async fn upgrade(&mut self, addr: SocketAddr, path: &str) -> Result<(), LoadError> {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\

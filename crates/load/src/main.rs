@@ -170,6 +170,8 @@ enum Scenario {
     /// One run of many clients over several nodes and worker processes:
     /// pairs split over two nodes connect, log in, join, hold (answering
     /// heartbeats), then randomly chosen pairs negotiate across nodes.
+    /// With --kill-pid, a reconnect storm comes between the hold and the
+    /// negotiations.
     Fleet(FleetArgs),
     /// A fleet's worker process (started by `fleet`; reads its slice on
     /// stdin).
@@ -200,9 +202,56 @@ struct FleetArgs {
     /// Seed of that choice (0: from the clock).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write the run's phase here (connecting, holding, negotiating, done).
+    /// Write the run's phase here (connecting, holding, arming, storm,
+    /// settling, negotiating, done).
     #[arg(long)]
     phase_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    storm: StormArgs,
+}
+
+/// A reconnect storm after the hold: the first node is killed and its
+/// clients come back on the others.
+#[derive(Args, Debug)]
+struct StormArgs {
+    /// Kill this process (the first node of --nodes) with SIGKILL after
+    /// the hold, and bring its clients back on the other nodes.
+    #[arg(long, requires = "storm_clients")]
+    kill_pid: Option<u32>,
+    /// Clients on the first node (each the member A of a pair whose B is on
+    /// another node); the other pairs span two of the other nodes.
+    #[arg(long)]
+    storm_clients: Option<usize>,
+    /// Pairs on the first node that stream signals both ways through the
+    /// kill, each of which is accounted for.
+    #[arg(long, default_value_t = 100)]
+    stream_pairs: usize,
+    /// Milliseconds between two signals of a streaming member.
+    #[arg(long, default_value_t = 100)]
+    signal_interval_ms: u64,
+    /// The clients' first reconnect delay, ms (equal jitter, doubling).
+    #[arg(long, default_value_t = 100)]
+    backoff_initial_ms: u64,
+    /// Their longest reconnect delay, ms.
+    #[arg(long, default_value_t = 10_000)]
+    backoff_max_ms: u64,
+    /// Seconds to wait for every client to be back.
+    #[arg(long, default_value_t = 300)]
+    storm_timeout: u64,
+}
+
+impl StormArgs {
+    fn options(&self) -> Option<fleet::storm::Options> {
+        let (pid, clients) = (self.kill_pid?, self.storm_clients?);
+        Some(fleet::storm::Options {
+            stream_pairs: self.stream_pairs,
+            signal_interval: Duration::from_millis(self.signal_interval_ms),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            timeout: Duration::from_secs(self.storm_timeout),
+            ..fleet::storm::Options::new(pid, clients)
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -234,6 +283,7 @@ fn main() -> ExitCode {
             seed: args.seed,
             progress: !cli.common.quiet,
             phase_file: args.phase_file.clone(),
+            storm: args.storm.options(),
         };
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
