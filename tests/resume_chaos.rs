@@ -834,7 +834,7 @@ async fn signals_survive_random_cuts_and_moves_between_three_nodes() {
     let seed = seed();
     let started = Instant::now();
     let redis = Redis::start();
-    let args = [&LIFTED[..], &["--resume-grace-ms", "30000"][..]].concat();
+    let args = [LIFTED, &["--resume-grace-ms", "30000"][..]].concat();
     let mut nodes = redis.nodes(&format!("chaos-{}", std::process::id()), 3, &args);
     let proxy = Proxy::start_many(nodes.iter().map(|n| n.addr).collect()).await;
     let run = under_cuts(&proxy, CLUSTER_PAIRS, CLUSTER_CUTS, "moving", seed);

@@ -7,7 +7,8 @@
 //! and come back. Pairs stream signals both ways through all of it, and
 //! every signal must be delivered, or answered with an error to its sender,
 //! or have gone with the sender's own cut connection; none may vanish
-//! silently, but for those published to the node as it dies (see below).
+//! silently, not even those published to the node as it dies (their
+//! senders are told once the node is found dead).
 //! `benches/storm.sh` runs the same storm with 19,000 clients on the
 //! killed node.
 
@@ -96,7 +97,7 @@ fn a_dead_nodes_clients_come_back_on_the_others_and_every_signal_is_accounted_fo
         ("to them", &signals.to_killed_node_clients),
     ] {
         assert_eq!(
-            (t.duplicates, t.delivered_and_told, t.misrouted, t.damaged),
+            (t.duplicates, t.misrouted, t.damaged, t.silently_lost),
             (0, 0, 0, 0),
             "signals {way}: {t:#?}"
         );
@@ -107,35 +108,16 @@ fn a_dead_nodes_clients_come_back_on_the_others_and_every_signal_is_accounted_fo
         );
         assert!(t.delivered > 0, "signals {way} flowed: {t:#?}");
     }
+    // The senders of signals to the killed node's clients that were
+    // published as it died (Redis still counted its subscription) are told
+    // "perhaps not delivered" once the node is found dead: so are some
+    // that its clients had got, but never one from them.
     let from = &signals.from_killed_node_clients;
-    assert_eq!(from.silently_lost, 0, "{from:#?}");
-    // A known loss (BENCHMARKS.md, "Reconnect storm"): until the dead
-    // node's process is torn down, which closes its sockets one by one and
-    // its Redis connection among them, Redis still counts its subscription,
-    // so a signal published to it is "heard" and its sender is told
-    // nothing. Those are signals sent around the kill to the old ids; none
-    // may be lost later than the last of its clients saw its socket close.
-    // When the cluster answers for signals published to a dying node, this
-    // becomes `assert_eq!(to.silently_lost, 0)`.
-    let to = &signals.to_killed_node_clients;
-    let teardown_ms = s.noticed_after_kill.max_us as f64 / 1000.0;
-    if let Some((first, last)) = to.lost_sent_after_kill_ms {
-        assert!(
-            first > -50.0 && last < teardown_ms + 250.0,
-            "signals to the killed node's clients silently lost outside its death \
-             ({teardown_ms:.0} ms): {to:#?}"
-        );
-        assert!(
-            to.lost_samples
-                .iter()
-                .all(|l| l.partners_connection == Some(0)),
-            "signals to a client that came back silently lost: {to:#?}"
-        );
-    }
+    assert_eq!(from.delivered_and_told, 0, "{from:#?}");
     let n = &report.negotiations;
     assert_eq!(n.completed, NEGOTIATE as u64, "{report:#?}");
-    // Everything the report checks holds, but for the known loss above.
-    assert_eq!(s.ok, to.silently_lost == 0, "{s:#?}");
+    // Everything the report checks holds.
+    assert!(s.ok, "{s:#?}");
     assert_eq!(report.ok, s.ok, "{report:#?}");
     for node in &nodes[1..] {
         assert!(

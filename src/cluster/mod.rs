@@ -74,9 +74,9 @@ const REAP_BATCH: usize = 256;
 /// Most scripts sent in one pipeline.
 const WRITER_PIPELINE: usize = 128;
 
-/// Most senders of signals to one node remembered (those of the last two
-/// leases), to tell them if that node dies.
-const MAX_RECENT: usize = 65_536;
+/// Most senders of unacknowledged signals to one node remembered, to
+/// tell them if that node dies.
+const MAX_UNACKED: usize = 65_536;
 
 /// Most departures kept for writing once Redis answers again.
 const MAX_RETRIES: usize = 100_000;
@@ -93,6 +93,8 @@ struct Batch {
     requests: Vec<u64>,
     /// Peers fenced in it: if no node hears it, their old node is gone.
     fences: Vec<PeerId>,
+    /// Its number for its node, once the writer took it.
+    seq: u64,
 }
 
 /// The frames waiting for other nodes, one batch per node, and where the
@@ -246,8 +248,17 @@ struct Op {
 /// A script and its arguments.
 type Write = (&'static LazyLock<Lua>, Vec<String>);
 
-/// Signals published to one node lately: when, by whom, their numbers.
-type Sent = std::collections::VecDeque<(Instant, PeerId, u32)>;
+/// Batches published to one node and not acknowledged: the next batch's
+/// number, and each batch's number with the senders of its signals.
+#[derive(Default)]
+struct Unacked {
+    next: u64,
+    batches: std::collections::VecDeque<(u64, Vec<(PeerId, u32)>)>,
+    senders: usize,
+}
+
+/// How often a node acknowledges the batches it processed.
+const ACK_EVERY: Duration = Duration::from_millis(100);
 
 /// The [`Directory`] of a cluster node: rooms, names and calls in Redis,
 /// shared by every node of the cluster; the peers connected here in the
@@ -284,12 +295,14 @@ pub struct ClusterDirectory {
     listening: AtomicBool,
     /// Set while the writer sends what it took.
     writing: AtomicBool,
-    /// The senders of the signals published to each node lately (the last
-    /// two leases, at most [`MAX_RECENT`] a node): `PUBLISH` counts a
-    /// node's subscription until Redis sees its socket close, so what went
-    /// to a node in the moment it died was heard by no one; they are told
-    /// when the node is found dead.
-    recent: Mutex<foldhash::HashMap<u16, Sent>>,
+    /// Batches published to each node and not yet acknowledged by it,
+    /// with the senders of their signals (at most [`MAX_UNACKED`] senders a
+    /// node): `PUBLISH` counts a node's subscription until Redis sees its
+    /// socket close, so what went to a node in the moment it died was
+    /// heard by no one. Their senders are told when the node is found dead.
+    unacked: Mutex<foldhash::HashMap<u16, Unacked>>,
+    /// The last batch from each node processed here, to acknowledge.
+    owed: Mutex<foldhash::HashMap<u16, u64>>,
     timeout: Duration,
     lease: Duration,
     /// Resumable sessions moving to and from this node.
@@ -357,7 +370,8 @@ impl ClusterDirectory {
             leased: AtomicBool::new(true),
             listening: AtomicBool::new(false),
             writing: AtomicBool::new(false),
-            recent: Default::default(),
+            unacked: Default::default(),
+            owed: Default::default(),
             timeout: config.redis_timeout,
             lease: config.lease,
             handovers: Default::default(),
@@ -369,6 +383,7 @@ impl ClusterDirectory {
         tokio::spawn(dir.clone().write(queue));
         tokio::spawn(dir.clone().listen());
         tokio::spawn(dir.clone().keep_lease());
+        tokio::spawn(dir.clone().acknowledge());
         // Ready once this node hears its channel: a room event published
         // before would be lost.
         let deadline = Instant::now() + config.redis_timeout * 5;
@@ -436,6 +451,8 @@ impl ClusterDirectory {
                 self.writing.store(false, Ordering::Release);
                 continue;
             }
+            let mut batches = batches;
+            self.number(&mut batches);
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for (node, batch) in &batches {
@@ -458,9 +475,10 @@ impl ClusterDirectory {
                 Ok(answers) => answers.into_iter(),
                 Err(e) => {
                     warn!(error = %e, "redis did not answer in time");
-                    for (_, batch) in &batches {
+                    for (node, batch) in &batches {
                         self.undelivered(&batch.origins, RouteError::Unavailable);
                         self.unanswered(&batch.requests);
+                        self.forget_batch(*node, batch.seq);
                     }
                     // Whether any ran is unknown: the earlier writes and
                     // the undos go first next time, in their order.
@@ -476,17 +494,14 @@ impl ClusterDirectory {
                     continue;
                 }
             };
-            let now = Instant::now();
             for (node, batch) in &batches {
                 let heard = answers.next().map(redis::from_redis_value::<i64>);
                 if !matches!(heard, Some(Ok(n)) if n > 0) {
                     debug!(node, "no node listens: its peers are gone");
-                    self.undelivered(&batch.origins, RouteError::UnknownPeer);
                     self.unanswered(&batch.requests);
                     self.unfenced(&batch.fences);
+                    // This batch and every one before it not acknowledged.
                     self.sent_to_the_dead(*node);
-                } else if !batch.origins.is_empty() {
-                    self.remember(*node, now, &batch.origins);
                 }
             }
             let answer_of = |answer: Option<redis::Value>| match answer {
@@ -523,50 +538,91 @@ impl ClusterDirectory {
         }
     }
 
-    /// Remembers the senders of signals just published to `node`.
-    fn remember(&self, node: u16, now: Instant, origins: &[(PeerId, u32)]) {
-        let keep = self.lease * 2;
-        let mut recent = self.recent.lock();
-        let sent = recent.entry(node).or_default();
-        while sent
-            .front()
-            .is_some_and(|(at, ..)| now.duration_since(*at) > keep)
-        {
-            sent.pop_front();
+    /// Numbers each batch for its node (a `Mark` at its end) and keeps its
+    /// senders until the node acknowledges it.
+    fn number(&self, batches: &mut [(u16, Batch)]) {
+        let mut unacked = self.unacked.lock();
+        for (node, batch) in batches {
+            let u = unacked.entry(*node).or_default();
+            let seq = u.next;
+            u.next += 1;
+            batch.seq = seq;
+            wire::put_mark(&mut batch.bytes, self.node, seq);
+            if !batch.origins.is_empty() {
+                u.senders += batch.origins.len();
+                u.batches.push_back((seq, batch.origins.clone()));
+                while u.senders > MAX_UNACKED {
+                    let Some((_, dropped)) = u.batches.pop_front() else {
+                        break;
+                    };
+                    u.senders -= dropped.len();
+                }
+            }
         }
-        sent.extend(origins.iter().map(|&(peer, seq)| (now, peer, seq)));
-        let over = sent.len().saturating_sub(MAX_RECENT);
-        sent.drain(..over);
+    }
+
+    /// Batch `seq` to `node` was not published: its senders are told so
+    /// already.
+    fn forget_batch(&self, node: u16, seq: u64) {
+        if let Some(u) = self.unacked.lock().get_mut(&node) {
+            if let Some(at) = u.batches.iter().position(|(s, _)| *s == seq) {
+                if let Some((_, gone)) = u.batches.remove(at) {
+                    u.senders -= gone.len();
+                }
+            }
+        }
+    }
+
+    /// Node `from` processed this node's batches up to `seq`.
+    fn on_ack(&self, from: u16, seq: u64) {
+        if let Some(u) = self.unacked.lock().get_mut(&from) {
+            while u.batches.front().is_some_and(|(s, _)| *s <= seq) {
+                if let Some((_, done)) = u.batches.pop_front() {
+                    u.senders -= done.len();
+                }
+            }
+        }
+    }
+
+    /// Acknowledges, every [`ACK_EVERY`], the batches processed since.
+    async fn acknowledge(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ACK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let owed = std::mem::take(&mut *self.owed.lock());
+            for (node, seq) in owed {
+                self.links
+                    .append(node, None, |b| wire::put_ack(b, self.node, seq));
+            }
+        }
     }
 
     /// Node `node` died (or no node hears its channel): the senders of
-    /// what went there lately are told it may not have been delivered.
+    /// what went there and was not acknowledged are told it was perhaps
+    /// not delivered.
     fn sent_to_the_dead(&self, node: u16) {
-        let Some(sent) = self.recent.lock().remove(&node) else {
+        let Some(u) = self.unacked.lock().remove(&node) else {
             return;
         };
-        let keep = self.lease * 2;
-        let origins: Vec<(PeerId, u32)> = sent
-            .into_iter()
-            .filter(|(at, ..)| at.elapsed() <= keep)
-            .map(|(_, peer, seq)| (peer, seq))
-            .collect();
-        if !origins.is_empty() {
-            info!(
-                node,
-                signals = origins.len(),
-                "a node died: the senders of what went there lately are told"
+        let origins: Vec<(PeerId, u32)> = u.batches.into_iter().flat_map(|(_, o)| o).collect();
+        if origins.is_empty() {
+            return;
+        }
+        info!(
+            node,
+            signals = origins.len(),
+            "a node is gone: the senders of what it did not acknowledge are told"
+        );
+        for (peer, seq) in origins {
+            self.notify(
+                peer,
+                encode(&Message::Error(ErrorMessage {
+                    code: RouteError::UnknownPeer.code(),
+                    message: format!("perhaps not delivered: the receiver's node {node} is gone"),
+                    request_seq: seq,
+                })),
             );
-            for &(peer, seq) in &origins {
-                self.notify(
-                    peer,
-                    encode(&Message::Error(ErrorMessage {
-                        code: RouteError::UnknownPeer.code(),
-                        message: format!("perhaps not delivered: the receiver's node {node} died"),
-                        request_seq: seq,
-                    })),
-                );
-            }
         }
     }
 
@@ -932,6 +988,10 @@ impl ClusterDirectory {
             Record::Give { req, node, session } => self.on_give(req, node, session),
             Record::Fence { peer, from } => self.on_fence(peer, from),
             Record::Done { peer } => self.on_done(peer),
+            Record::Mark { from, seq } => {
+                self.owed.lock().insert(from, seq);
+            }
+            Record::Ack { from, seq } => self.on_ack(from, seq),
         }
     }
 

@@ -29,6 +29,8 @@ const TAKE: u8 = 5;
 const GIVE: u8 = 6;
 const FENCE: u8 = 7;
 const DONE: u8 = 8;
+const MARK: u8 = 9;
+const ACK: u8 = 10;
 
 /// One record of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +94,22 @@ pub enum Record {
     Done {
         /// The peer that moved here.
         peer: PeerId,
+    },
+    /// The end of batch `seq` from node `from` (its batches to this node are
+    /// numbered): to be acknowledged.
+    Mark {
+        /// The node that sent the batch.
+        from: u16,
+        /// The batch's number.
+        seq: u64,
+    },
+    /// Node `from` has processed every batch this node sent it up to
+    /// `seq`.
+    Ack {
+        /// The node that acknowledges.
+        from: u16,
+        /// The last batch processed.
+        seq: u64,
     },
 }
 
@@ -168,6 +186,20 @@ pub fn put_fence(buf: &mut Vec<u8>, peer: PeerId, from: u16) {
     buf.put_u8(FENCE);
     buf.put_u64_le(peer.0);
     buf.put_u16_le(from);
+}
+
+/// Appends the end mark of batch `seq` from node `from`.
+pub fn put_mark(buf: &mut Vec<u8>, from: u16, seq: u64) {
+    buf.put_u8(MARK);
+    buf.put_u16_le(from);
+    buf.put_u64_le(seq);
+}
+
+/// Appends node `from`'s acknowledgement of batches up to `seq`.
+pub fn put_ack(buf: &mut Vec<u8>, from: u16, seq: u64) {
+    buf.put_u8(ACK);
+    buf.put_u16_le(from);
+    buf.put_u64_le(seq);
 }
 
 /// Appends the end of forwarding for `peer`.
@@ -424,6 +456,15 @@ fn read_record(data: &mut Bytes) -> Result<Record, BadBatch> {
                 peer: PeerId(data.get_u64_le()),
             })
         }
+        MARK | ACK => {
+            need(data, 10)?;
+            let (from, seq) = (data.get_u16_le(), data.get_u64_le());
+            Ok(if tag == MARK {
+                Record::Mark { from, seq }
+            } else {
+                Record::Ack { from, seq }
+            })
+        }
         _ => Err(BadBatch),
     }
 }
@@ -602,6 +643,8 @@ mod tests {
         );
         put_fence(&mut buf, PeerId(8), 3);
         put_done(&mut buf, PeerId(8));
+        put_mark(&mut buf, 3, 17);
+        put_ack(&mut buf, 4, 16);
         assert_eq!(buf[0], BATCH);
         let got: Vec<_> = records(Bytes::from(buf).slice(1..)).collect();
         assert_eq!(
@@ -624,6 +667,8 @@ mod tests {
                     from: 3
                 }),
                 Ok(Record::Done { peer: PeerId(8) }),
+                Ok(Record::Mark { from: 3, seq: 17 }),
+                Ok(Record::Ack { from: 4, seq: 16 }),
             ]
         );
     }
