@@ -35,6 +35,7 @@ pub mod idle;
 pub mod lite;
 pub mod relay;
 pub mod seed_relay;
+pub mod text_relay;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
