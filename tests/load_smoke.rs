@@ -149,7 +149,7 @@ async fn idle_connections_log_in_join_and_hold() {
             connections: 40,
             connect_concurrency: 8,
             hold: Duration::from_millis(100),
-            seed001: false,
+            dialect: idle::Dialect::Binary,
         },
     )
     .await
@@ -245,7 +245,7 @@ async fn idle_seed_001_connections_join_and_hold() {
             connections: 20,
             connect_concurrency: 8,
             hold: Duration::from_millis(100),
-            seed001: true,
+            dialect: idle::Dialect::Seed001,
         },
     )
     .await
