@@ -43,6 +43,9 @@ if ! [ -x "$tools/bin/kubernetes-validate" ] || ! [ -x "$tools/bin/check-jsonsch
 fi
 PATH="$PWD/$tools/bin:$PATH" scripts/check-deploy.sh
 
+echo "==> matchbox_server (tests/load_smoke.rs runs the load generator's matchbox dialect against it)"
+scripts/install-matchbox.sh >/dev/null
+
 echo "==> cargo test"
 cargo test --workspace --all-targets
 cargo test --workspace --doc

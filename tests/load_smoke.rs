@@ -149,7 +149,7 @@ async fn idle_connections_log_in_join_and_hold() {
             connections: 40,
             connect_concurrency: 8,
             hold: Duration::from_millis(100),
-            seed001: false,
+            dialect: idle::Dialect::Binary,
         },
     )
     .await
@@ -224,19 +224,36 @@ async fn the_seed_001_relay_runs_against_the_compat_endpoint() {
     let server = start_server(fast_config()).await;
     let report = switchboard_load::seed_relay::run(
         &common(format!("ws://{}/compat/pair", server.addr)),
-        &switchboard_load::seed_relay::Options {
-            pairs: 3,
-            window: 2,
-            duration: Duration::from_millis(500),
-        },
+        &SHORT_TEXT_RELAY,
     )
     .await
     .unwrap();
-    assert_eq!(report.scenario, "seed001");
+    assert_relayed(&report, "seed001");
+}
+
+/// A short relay in a JSON dialect.
+const SHORT_TEXT_RELAY: switchboard_load::text_relay::Options =
+    switchboard_load::text_relay::Options {
+        pairs: 3,
+        window: 2,
+        duration: Duration::from_millis(500),
+    };
+
+/// A short relay in a JSON dialect relayed, lost nothing and timed round
+/// trips.
+fn assert_relayed(report: &relay::Report, scenario: &str) {
+    assert_eq!(report.scenario, scenario);
     assert_eq!(report.errors, 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
     assert!(report.relayed_messages > 100, "{report:?}");
     assert!(report.round_trip.count > 50, "{report:?}");
+}
+
+/// All of an idle run's `n` connections joined and held.
+fn assert_held(report: &idle::Report, n: u64) {
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.established, n, "{report:?}");
+    assert_eq!(report.open_after_hold, n, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,12 +265,122 @@ async fn idle_seed_001_connections_join_and_hold() {
             connections: 20,
             connect_concurrency: 8,
             hold: Duration::from_millis(100),
-            seed001: true,
+            dialect: idle::Dialect::Seed001,
         },
     )
     .await
     .unwrap();
-    assert_eq!(report.errors, 0, "{report:?}");
-    assert_eq!(report.established, 20, "{report:?}");
-    assert_eq!(report.open_after_hold, 20, "{report:?}");
+    assert_held(&report, 20);
+}
+
+/// matchbox_server (scripts/install-matchbox.sh installs it; `MATCHBOX_SERVER`
+/// names another) in a child process on port 0, killed on drop.
+struct Matchbox {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Matchbox {
+    fn start() -> Matchbox {
+        let binary = std::env::var("MATCHBOX_SERVER").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/compare-tools/bin/matchbox_server"
+            )
+            .into()
+        });
+        assert!(
+            std::path::Path::new(&binary).is_file(),
+            "`{binary}` not found: install matchbox_server with scripts/install-matchbox.sh \
+             (scripts/test.sh does), or name it in MATCHBOX_SERVER"
+        );
+        let child = std::process::Command::new(&binary)
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let mut server = Matchbox { child, port: 0 };
+        // It does not say which port it got: find its listening socket.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while server.port == 0 {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("matchbox_server exited at start-up: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "matchbox_server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            server.port = listening_port(server.child.id()).unwrap_or(0);
+        }
+        server
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            server_pid: Some(self.child.id()),
+            ..Common::new(format!("ws://127.0.0.1:{}", self.port))
+        }
+    }
+}
+
+impl Drop for Matchbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of the TCP socket `pid` listens on over IPv4, from its open
+/// sockets' inodes and /proc/net/tcp.
+fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st ... inode (the tenth field)
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(3) == Some(&"0A") && inodes.contains(*fields.get(9)?);
+        let port = fields.get(1)?.rsplit(':').next()?;
+        listening.then(|| u16::from_str_radix(port, 16).ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matchbox_relay_and_idle_run_against_matchbox_server() {
+    let server = Matchbox::start();
+    let report = switchboard_load::matchbox_relay::run(&server.common(), &SHORT_TEXT_RELAY)
+        .await
+        .unwrap();
+    assert_relayed(&report, "matchbox");
+    assert!(report.server_us_per_message.is_some(), "{report:?}");
+
+    let report = idle::run(
+        &server.common(),
+        &idle::Options {
+            connections: 20,
+            connect_concurrency: 8,
+            hold: Duration::from_millis(100),
+            dialect: idle::Dialect::Matchbox,
+        },
+    )
+    .await
+    .unwrap();
+    assert_held(&report, 20);
+    assert!(
+        report.server_rss_per_connection_bytes.is_some(),
+        "{report:?}"
+    );
 }

@@ -2,6 +2,8 @@
 //!
 //! Each connection says Hello, logs in with a unique name and joins a pair
 //! room with its neighbour, then holds (answering the server's heartbeat).
+//! In another server's dialect ([`Dialect`]) it joins a pair room with its
+//! neighbour in that dialect's way, and holds.
 //! With the server's pid, the report gives the server's RSS before the
 //! first connection and after the last joined, and the difference per
 //! connection.
@@ -28,9 +30,21 @@ pub struct Options {
     pub connect_concurrency: usize,
     /// How long to hold the connections after the last one joined.
     pub hold: Duration,
-    /// Speak seed 001's JSON dialect (join a pair room, no login) instead
-    /// of the binary protocol, for /compat/pair and the tutorial's server.
-    pub seed001: bool,
+    /// What the connections speak.
+    pub dialect: Dialect,
+}
+
+/// What an idle run's connections speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// The binary protocol: Hello, Login, Join.
+    #[default]
+    Binary,
+    /// Seed 001's JSON (`join` a pair room, no login): /compat/pair and the
+    /// tutorial's server.
+    Seed001,
+    /// matchbox's: connect to `<url>/<room>`, wait for `IdAssigned`.
+    Matchbox,
 }
 
 /// One held connection, in either protocol. A run holds one kind only, so
@@ -38,7 +52,7 @@ pub struct Options {
 #[allow(clippy::large_enum_variant)]
 enum Held {
     Binary(Connection),
-    Seed001(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
+    Text(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
 }
 
 /// What an idle run measured.
@@ -79,15 +93,18 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     );
     let started = Instant::now();
     let errors = AtomicU64::new(0);
-    let seed001 = options.seed001;
+    let dialect = options.dialect;
     let peers: Vec<Held> = futures_util::stream::iter(0..options.connections)
         .map(|i| {
             let (target, tag) = (target.clone(), tag.clone());
             async move {
-                if seed001 {
-                    join_seed001(&target, &tag, i).await.map(Held::Seed001)
-                } else {
-                    log_in_and_join(&target, &tag, i).await.map(Held::Binary)
+                let room = format!("idle-{tag}-{}", i / 2);
+                match dialect {
+                    Dialect::Binary => log_in_and_join(&target, &tag, i).await.map(Held::Binary),
+                    Dialect::Seed001 => join_seed001(&target, &room).await.map(Held::Text),
+                    Dialect::Matchbox => crate::matchbox_relay::join(&target, &room)
+                        .await
+                        .map(|(ws, _)| Held::Text(ws)),
                 }
             }
         })
@@ -175,13 +192,12 @@ async fn log_in_and_join(target: &Target, tag: &str, i: usize) -> Result<Connect
 /// Opens a connection and joins a seed 001 pair room with its neighbour.
 async fn join_seed001(
     target: &Target,
-    tag: &str,
-    i: usize,
+    room: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, LoadError> {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     let mut ws = target.open().await?;
-    let join = serde_json::json!({"type": "join", "roomId": format!("idle-{tag}-{}", i / 2)});
+    let join = serde_json::json!({"type": "join", "roomId": room});
     ws.send(WsMessage::text(join.to_string())).await?;
     loop {
         match ws.next().await {
@@ -200,7 +216,7 @@ async fn join_seed001(
 async fn hold(held: Held, exit: watch::Receiver<bool>, open: Arc<AtomicU64>) -> bool {
     match held {
         Held::Binary(p) => hold_binary(p, exit, open).await,
-        Held::Seed001(mut ws) => {
+        Held::Text(mut ws) => {
             let mut exit = exit;
             open.fetch_add(1, Ordering::Relaxed);
             loop {

@@ -12,6 +12,9 @@
 //! - [`churn`]: connect/join/leave/disconnect loops; operations/s.
 //! - [`directory`]: login/join/leave/logout loops on open connections; the
 //!   latency of each request a cluster node decides in its shared directory.
+//! - [`seed_relay`] and [`matchbox_relay`]: the relay in other servers' JSON
+//!   dialects (seed 001's, matchbox's), over [`text_relay`], for
+//!   comparisons with them (`benches/compare.sh`).
 //!
 //! The load generator speaks the protocol through the client crate's
 //! [`Connection`] (frame by frame: frames queued and flushed as one
@@ -33,8 +36,10 @@ pub use switchboard_client as client;
 pub use switchboard_protocol as protocol;
 pub mod idle;
 pub mod lite;
+pub mod matchbox_relay;
 pub mod relay;
 pub mod seed_relay;
+pub mod text_relay;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -176,12 +181,20 @@ impl Target {
     /// Opens a TCP connection, bound round-robin to one of the source
     /// addresses, and runs the WebSocket client handshake over it.
     pub async fn open(&self) -> Result<WebSocketStream<TcpStream>, LoadError> {
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            self.url.as_str(),
-            self.tcp().await?,
-            Some(ws_config()),
-        )
-        .await?;
+        self.open_url(&self.url).await
+    }
+
+    /// Like [`Target::open`], at `<url>/<room>`: for servers whose room is
+    /// the URL's path (matchbox).
+    pub async fn open_room(&self, room: &str) -> Result<WebSocketStream<TcpStream>, LoadError> {
+        self.open_url(&format!("{}/{room}", self.url.trim_end_matches('/')))
+            .await
+    }
+
+    async fn open_url(&self, url: &str) -> Result<WebSocketStream<TcpStream>, LoadError> {
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, self.tcp().await?, Some(ws_config()))
+                .await?;
         Ok(ws)
     }
 

@@ -5,6 +5,7 @@
 //! switchboard-load handshake --size 2 --concurrency 64 --duration 10
 //! switchboard-load idle --connections 15000 --source-ips 4 --server-pid PID
 //! switchboard-load churn --workers 32 --duration 10
+//! switchboard-load --url ws://127.0.0.1:3536 matchbox --pairs 100 --server-pid PID
 //! switchboard-load --url ws://127.0.0.1:8081/ws directory --peer-url ws://127.0.0.1:8082/ws
 //! switchboard-load --source-ips 16 fleet --nodes ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws --connections 50000
 //! ```
@@ -15,7 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_load::{
-    self as load, churn, directory, fleet, handshake, idle, relay, seed_relay, Common, LoadError,
+    self as load, churn, directory, fleet, handshake, idle, matchbox_relay, relay, seed_relay,
+    text_relay, Common, LoadError,
 };
 
 #[derive(Parser, Debug)]
@@ -65,15 +67,8 @@ enum Scenario {
     /// by default one side initiates and each frame is its own WebSocket
     /// message, as browsers send signals.
     Relay {
-        /// Pairs of connections.
-        #[arg(long, default_value_t = 100)]
-        pairs: usize,
-        /// Messages each initiating side keeps in flight.
-        #[arg(long, default_value_t = 1)]
-        window: usize,
-        /// Measured seconds.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
+        #[command(flatten)]
+        run: RelayArgs,
         /// Both sides initiate `window` messages (a pattern that flatters
         /// the server: twice the load for the same latency).
         #[arg(long)]
@@ -118,23 +113,20 @@ enum Scenario {
         hold: f64,
         /// Speak seed 001's JSON dialect (for /compat/pair and the
         /// tutorial's own server).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "matchbox")]
         seed001: bool,
+        /// Speak matchbox's protocol (--url is matchbox_server's base URL;
+        /// each pair's room is a path under it).
+        #[arg(long)]
+        matchbox: bool,
     },
     /// The relay in seed 001's JSON dialect (1:1 rooms), for any server
     /// that speaks it: point --url at switchboard's /compat/pair or at the
     /// tutorial's own server.
-    Seed001 {
-        /// Pairs of connections.
-        #[arg(long, default_value_t = 100)]
-        pairs: usize,
-        /// Messages the initiating side keeps in flight.
-        #[arg(long, default_value_t = 1)]
-        window: usize,
-        /// Measured seconds.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-    },
+    Seed001(RelayArgs),
+    /// The relay in matchbox's protocol, for matchbox_server: --url is its
+    /// base URL, and each pair gets a room of its own under it.
+    Matchbox(RelayArgs),
     /// Connect/join/leave/disconnect loops.
     Churn {
         /// Concurrent loops.
@@ -177,6 +169,30 @@ enum Scenario {
     /// stdin).
     #[command(hide = true)]
     FleetWorker,
+}
+
+/// How many pairs relay, with what window, for how long.
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// Pairs of connections.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Messages each initiating side keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
+impl RelayArgs {
+    fn options(&self) -> text_relay::Options {
+        text_relay::Options {
+            pairs: self.pairs,
+            window: self.window,
+            duration: Duration::from_secs_f64(self.duration),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -346,18 +362,17 @@ fn main() -> ExitCode {
         let secs = Duration::from_secs_f64;
         match cli.scenario {
             Scenario::Relay {
-                pairs,
-                window,
-                duration,
+                run,
                 both_sides,
                 coalesce,
                 peer_url,
             } => {
+                let run = run.options();
                 let o = relay::Options {
                     peer_url,
-                    pairs,
-                    window,
-                    duration: secs(duration),
+                    pairs: run.pairs,
+                    window: run.window,
+                    duration: run.duration,
                     pattern: relay::Pattern {
                         both_sides,
                         coalesce,
@@ -389,26 +404,28 @@ fn main() -> ExitCode {
                 connect_concurrency,
                 hold,
                 seed001,
+                matchbox,
             } => {
+                let dialect = if seed001 {
+                    idle::Dialect::Seed001
+                } else if matchbox {
+                    idle::Dialect::Matchbox
+                } else {
+                    idle::Dialect::Binary
+                };
                 let o = idle::Options {
                     connections,
                     connect_concurrency,
                     hold: secs(hold),
-                    seed001,
+                    dialect,
                 };
                 print(json, &idle::run(&common, &o).await?);
             }
-            Scenario::Seed001 {
-                pairs,
-                window,
-                duration,
-            } => {
-                let o = seed_relay::Options {
-                    pairs,
-                    window,
-                    duration: secs(duration),
-                };
-                print(json, &seed_relay::run(&common, &o).await?);
+            Scenario::Seed001(args) => {
+                print(json, &seed_relay::run(&common, &args.options()).await?);
+            }
+            Scenario::Matchbox(args) => {
+                print(json, &matchbox_relay::run(&common, &args.options()).await?);
             }
             Scenario::Churn {
                 workers,

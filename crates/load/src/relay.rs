@@ -162,6 +162,33 @@ pub(crate) struct Measured {
 }
 
 impl Measured {
+    /// The report of a run of `pairs` pairs, `window` balls each, that
+    /// sent `pattern` (its label and flags).
+    pub(crate) fn report(
+        &self,
+        scenario: &'static str,
+        (pairs, window): (usize, usize),
+        (label, pattern): (&'static str, Pattern),
+        shared: &Shared,
+    ) -> Report {
+        Report {
+            scenario,
+            pairs,
+            window,
+            pattern: label,
+            both_sides: pattern.both_sides,
+            coalesce: pattern.coalesce,
+            server_us_per_message: self.per_message(),
+            duration_s: (self.elapsed * 1000.0).round() / 1000.0,
+            relayed_messages: self.relayed,
+            relayed_per_second: (self.relayed as f64 / self.elapsed) as u64,
+            lost: self.lost,
+            errors: shared.errors.load(Ordering::Relaxed),
+            round_trip: Latency::of(&self.round_trip),
+            cpu: self.cpu,
+        }
+    }
+
     /// Server CPU seconds as microseconds per relayed message.
     pub(crate) fn per_message(&self) -> Option<PerMessage> {
         let per = |seconds: f64| (seconds * 1e7 / self.relayed.max(1) as f64).round() / 10.0;
@@ -274,22 +301,12 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     }
 
     let m = measure(common, options.duration, &shared, start_tx, exit_tx, tasks).await;
-    Ok(Report {
-        scenario: "relay",
-        pairs: options.pairs,
-        window: options.window,
-        pattern: options.pattern.label(),
-        both_sides: options.pattern.both_sides,
-        coalesce: options.pattern.coalesce,
-        server_us_per_message: m.per_message(),
-        duration_s: (m.elapsed * 1000.0).round() / 1000.0,
-        relayed_messages: m.relayed,
-        relayed_per_second: (m.relayed as f64 / m.elapsed) as u64,
-        lost: m.lost,
-        errors: shared.errors.load(Ordering::Relaxed),
-        round_trip: Latency::of(&m.round_trip),
-        cpu: m.cpu,
-    })
+    Ok(m.report(
+        "relay",
+        (options.pairs, options.window),
+        (options.pattern.label(), options.pattern),
+        &shared,
+    ))
 }
 
 /// Connects two peers and puts them in one pair room.
