@@ -253,6 +253,16 @@ impl Outbox {
             .map_or_else(Vec::new, |r| std::mem::take(&mut r.kicked))
     }
 
+    /// Opens again an outbox closed for a shutdown: its session is kept
+    /// (parked) for its client to resume on another node, and what is
+    /// sent to it meanwhile must queue, to go along.
+    pub fn reopen(&self) {
+        let mut s = self.state.lock();
+        if s.closed == Some(CloseReason::Shutdown) {
+            s.closed = None;
+        }
+    }
+
     /// Closes the outbox; later pushes fail and the owner is woken.
     pub fn close(&self, reason: CloseReason) {
         self.state.lock().closed.get_or_insert(reason);

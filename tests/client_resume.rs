@@ -469,6 +469,21 @@ fn more_nodes(redis: &Redis, test: &str, n: usize) -> Vec<Server> {
     redis.nodes(&format!("{test}-{}", std::process::id()), n, &args)
 }
 
+/// Three nodes of cluster `test`; Alice through a proxy that sends her
+/// first connection to node 0 and the next to node 1, Bob on node 2, in
+/// room `r` of mode `mode`.
+async fn call_across(
+    test: &str,
+    r: &str,
+    mode: RoomMode,
+) -> (Redis, Vec<Server>, Proxy, Client, Client) {
+    let redis = Redis::start();
+    let nodes = three_nodes(&redis, test);
+    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
+    let (alice, bob) = two_in(&nodes[2].url(), &proxy, r, mode, quick()).await;
+    (redis, nodes, proxy, alice, bob)
+}
+
 /// Bob's room notices about Alice (`old`, `new`): `(peer, joined)` each.
 fn comings_and_goings(seen: &[Event]) -> Vec<(PeerId, bool)> {
     departures(seen)
@@ -489,17 +504,8 @@ fn comings_and_goings(seen: &[Event]) -> Vec<(PeerId, bool)> {
 /// so her client's rejoin at once would be told `ROOM_FULL`.)
 #[tokio::test]
 async fn a_session_whose_node_died_cannot_resume_elsewhere_and_starts_fresh() {
-    let redis = Redis::start();
-    let mut nodes = three_nodes(&redis, "dead-resume");
-    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
-    let (mut alice, mut bob) = two_in(
-        &nodes[2].url(),
-        &proxy,
-        "dead-node",
-        RoomMode::Mesh,
-        quick(),
-    )
-    .await;
+    let (_redis, mut nodes, _proxy, mut alice, mut bob) =
+        call_across("dead-resume", "dead-node", RoomMode::Mesh).await;
     let alice_id = alice.peer_id();
 
     nodes[0].child.kill().unwrap();
@@ -539,10 +545,8 @@ async fn a_session_whose_node_died_cannot_resume_elsewhere_and_starts_fresh() {
 /// reach her both ways, routed to where she is now.
 #[tokio::test]
 async fn a_session_that_moved_outlives_the_node_it_left() {
-    let redis = Redis::start();
-    let mut nodes = three_nodes(&redis, "moved-resume");
-    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
-    let (mut alice, mut bob) = pair(&nodes[2].url(), &proxy, "left-node", quick()).await;
+    let (redis, mut nodes, proxy, mut alice, mut bob) =
+        call_across("moved-resume", "left-node", RoomMode::Pair).await;
     let alice_id = alice.peer_id();
     let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
     alice.login(UserName::new("alice").unwrap()).await.unwrap();
@@ -611,10 +615,8 @@ async fn a_session_that_moved_outlives_the_node_it_left() {
 /// Node 0 exits once nobody's session is left on it.
 #[tokio::test]
 async fn a_draining_node_hands_its_sessions_to_the_node_their_clients_come_back_to() {
-    let redis = Redis::start();
-    let mut nodes = three_nodes(&redis, "drain-resume");
-    let proxy = Proxy::start_many(vec![nodes[0].addr, nodes[1].addr]).await;
-    let (mut alice, mut bob) = pair(&nodes[2].url(), &proxy, "drained", quick()).await;
+    let (_redis, mut nodes, _proxy, mut alice, mut bob) =
+        call_across("drain-resume", "drained", RoomMode::Pair).await;
     let alice_id = alice.peer_id();
     let (to_alice, to_bob) = (Address::Peer(alice_id), Address::Peer(bob.peer_id()));
 
@@ -623,6 +625,10 @@ async fn a_draining_node_hands_its_sessions_to_the_node_their_clients_come_back_
         .status()
         .expect("run kill");
     assert!(term.success());
+    // Sent as the node drains: it reaches Alice wherever she resumes.
+    bob.send_ice(to_alice.clone(), host_candidate(1))
+        .await
+        .unwrap();
     until(&mut alice, |e| {
         matches!(e, Event::Disconnected { .. }).then_some(())
     })
@@ -639,12 +645,21 @@ async fn a_draining_node_hands_its_sessions_to_the_node_their_clients_come_back_
     assert!(nodes[1].log_text().contains("session moved here"));
 
     bob.send_offer(to_alice.clone(), OFFER).await.unwrap();
+    let mut got = Vec::new();
     let offer = until(&mut alice, |e| match e {
         Event::Offer { from, sdp, .. } => Some((from, sdp)),
-        _ => None,
+        other => {
+            got.push(other);
+            None
+        }
     })
     .await;
     assert_eq!(offer, (to_bob.clone(), OFFER.to_owned()));
+    assert_eq!(
+        candidates_from(&got, &to_bob).0,
+        [host_candidate(1)],
+        "the candidate sent during the drain, once, before the offer: {got:?}"
+    );
     alice.send_answer(to_bob.clone(), ANSWER).await.unwrap();
     let seen = drain(&mut bob, Duration::from_millis(500)).await;
     assert!(departures(&seen).is_empty(), "Bob saw Alice go: {seen:?}");
@@ -652,6 +667,10 @@ async fn a_draining_node_hands_its_sessions_to_the_node_their_clients_come_back_
         seen.iter()
             .any(|e| matches!(e, Event::Answer { from, .. } if *from == to_alice)),
         "the answer arrived: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Error { .. })),
+        "Bob was told nothing failed: {seen:?}"
     );
 
     // The drained node is gone well within its grace (5 s).

@@ -76,6 +76,8 @@ pub(super) struct Handovers {
     arriving: Mutex<foldhash::HashMap<PeerId, Arc<Outbox>>>,
     /// Sessions that left, by peer, while their frames are forwarded.
     leaving: Mutex<foldhash::HashMap<PeerId, Leaving>>,
+    /// Whether `leaving` has any: checked without its lock per record.
+    any_leaving: std::sync::atomic::AtomicBool,
     /// Where sessions given away went, by the tokens their clients may
     /// still present (at most [`GONE_KEPT`], oldest forgotten first).
     gone: Mutex<(
@@ -85,6 +87,8 @@ pub(super) struct Handovers {
 }
 
 struct Leaving {
+    /// The node it went to.
+    to: u16,
     /// The nodes to hear a fence from, once the `m` event said.
     expect: Option<Vec<u16>>,
     fenced: HashSet<u16>,
@@ -190,6 +194,20 @@ impl ClusterDirectory {
         self.handovers.leaving.lock().is_empty()
     }
 
+    /// The node `peer` went to, while this node forwards what reaches it
+    /// (one atomic load when no session is leaving).
+    pub(super) fn leaving_to(&self, peer: PeerId) -> Option<u16> {
+        if !self.handovers.any_leaving.load(Ordering::Acquire) {
+            return None;
+        }
+        let leaving = self.handovers.leaving.lock();
+        let to = leaving.get(&peer).map(|l| l.to);
+        if leaving.is_empty() {
+            self.handovers.any_leaving.store(false, Ordering::Release);
+        }
+        to
+    }
+
     /// Requests for sessions that no node heard (the node asked is gone):
     /// their sessions went with it.
     pub(super) fn unanswered(&self, requests: &[u64]) {
@@ -245,9 +263,11 @@ impl ClusterDirectory {
             };
             let peer = handoff.peer;
             let done = Arc::new(Notify::new());
+            dir.handovers.any_leaving.store(true, Ordering::Release);
             dir.handovers.leaving.lock().insert(
                 peer,
                 Leaving {
+                    to: from,
                     expect: None,
                     fenced: HashSet::new(),
                     done: done.clone(),
@@ -297,8 +317,11 @@ impl ClusterDirectory {
     ) {
         let deadline = tokio::time::Instant::now() + self.forwarding_bound();
         loop {
+            // A closed outbox (its node drains) takes nothing more: what
+            // reaches the peer then is forwarded as it arrives.
+            let open = outbox.closed().is_none();
             let finished = tokio::select! {
-                () = outbox.ready() => false,
+                () = outbox.ready(), if open => false,
                 () = done.notified() => true,
                 () = tokio::time::sleep_until(deadline) => true,
             };
@@ -318,6 +341,30 @@ impl ClusterDirectory {
             .map(|l| l.complete());
         debug!(peer = peer.0, to, ?fenced, "forwarding done");
         self.links.append(to, None, |b| wire::put_done(b, peer));
+    }
+
+    /// Forwards one frame for `peer`, which left this node, to where it
+    /// went.
+    pub(super) fn forward_record(
+        &self,
+        peer: PeerId,
+        origin: Option<(PeerId, u32)>,
+        frame: &crate::protocol::Encoded,
+    ) -> Result<(), RouteError> {
+        let to = self.leaving_to(peer).ok_or(RouteError::UnknownPeer)?;
+        let appended = match origin {
+            Some((from, seq)) => self.links.append(to, origin, |b| {
+                wire::put_relay(b, peer, from, seq, frame, true)
+            }),
+            None => self
+                .links
+                .append(to, None, |b| wire::put_notify(b, peer, frame, true)),
+        };
+        if appended {
+            Ok(())
+        } else {
+            Err(RouteError::PeerBusy)
+        }
     }
 
     fn forward_queued(&self, peer: PeerId, to: u16, outbox: &Outbox) {

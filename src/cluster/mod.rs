@@ -939,6 +939,11 @@ impl ClusterDirectory {
                     Some(outbox) if forwarded => outbox
                         .push_forwarded(frame, Some(at))
                         .map_err(RouteError::from),
+                    // Leaving from a node that drains: its old outbox is
+                    // closed, so what reaches it is forwarded as it comes.
+                    Some(outbox) if self.leaving_to(to).is_some() && outbox.closed().is_some() => {
+                        self.forward_record(to, Some((origin, seq)), &frame)
+                    }
                     Some(outbox) => self.registry.deliver(&outbox, frame, at),
                     // It moved on: after it, like the frames its old node
                     // forwarded.
@@ -973,6 +978,9 @@ impl ClusterDirectory {
             } => match self.registry.outbox(to) {
                 Some(outbox) if forwarded => {
                     let _ = outbox.push_forwarded(frame, None);
+                }
+                Some(outbox) if self.leaving_to(to).is_some() && outbox.closed().is_some() => {
+                    let _ = self.forward_record(to, None, &frame);
                 }
                 Some(_) => self.registry.notify(to, frame),
                 None if !self.is_here(to) => self.notify(to, frame),

@@ -497,6 +497,10 @@ where
                 close_code = close.map(|c| c.code),
                 "connection dropped; session kept for a resume"
             );
+            if handed_on {
+                // Closed by the drain: what reaches it now goes along.
+                outbox.reopen();
+            }
             park::park(shared, session, outbox);
             if let Some(close) = close {
                 Box::pin(close_within(ws, close, metrics)).await;
