@@ -263,16 +263,20 @@ impl ClusterDirectory {
             };
             let peer = handoff.peer;
             let done = Arc::new(Notify::new());
-            dir.handovers.any_leaving.store(true, Ordering::Release);
-            dir.handovers.leaving.lock().insert(
-                peer,
-                Leaving {
-                    to: from,
-                    expect: None,
-                    fenced: HashSet::new(),
-                    done: done.clone(),
-                },
-            );
+            {
+                // The flag changes only under the map's lock.
+                let mut leaving = dir.handovers.leaving.lock();
+                leaving.insert(
+                    peer,
+                    Leaving {
+                        to: from,
+                        expect: None,
+                        fenced: HashSet::new(),
+                        done: done.clone(),
+                    },
+                );
+                dir.handovers.any_leaving.store(true, Ordering::Release);
+            }
             dir.names_here.lock().remove(&peer);
             {
                 let resume = &handoff.resume;
