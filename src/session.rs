@@ -214,13 +214,13 @@ impl<D: Directory> Session<D> {
     /// outbox still held. It is not torn down: it lives on there. A
     /// session that is not resumable is given back.
     pub fn hand_off(
-        self: Box<Self>,
+        mut self: Box<Self>,
         queued: Vec<(Encoded, Option<(PeerId, u32)>)>,
     ) -> Result<Handoff, Box<Self>> {
-        let Some(resume) = self.resume.as_deref() else {
+        let Some(resume) = self.resume.take() else {
             return Err(self);
         };
-        let resume = Resumption::from_parts(resume.to_parts());
+        let resume = *resume;
         let session = *self;
         Ok(Handoff {
             peer: session.peer_id,

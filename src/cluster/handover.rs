@@ -356,43 +356,47 @@ impl ClusterDirectory {
         frame: &crate::protocol::Encoded,
     ) -> Result<(), RouteError> {
         let to = self.leaving_to(peer).ok_or(RouteError::UnknownPeer)?;
-        let appended = match origin {
-            Some((from, seq)) => self.links.append(to, origin, |b| {
-                wire::put_relay(b, peer, from, seq, frame, true)
-            }),
-            None => self
-                .links
-                .append(to, None, |b| wire::put_notify(b, peer, frame, true)),
-        };
-        if appended {
+        if self.forward_to(to, peer, origin, frame) {
             Ok(())
         } else {
             Err(RouteError::PeerBusy)
         }
     }
 
+    /// Appends one frame for `peer` to node `to`'s batch, marked
+    /// forwarded; false when that batch is full.
+    fn forward_to(
+        &self,
+        to: u16,
+        peer: PeerId,
+        origin: Option<(PeerId, u32)>,
+        frame: &crate::protocol::Encoded,
+    ) -> bool {
+        match origin {
+            Some((from, seq)) => self.links.append(to, origin, |b| {
+                wire::put_relay(b, peer, from, seq, frame, true)
+            }),
+            None => self
+                .links
+                .append(to, None, |b| wire::put_notify(b, peer, frame, true)),
+        }
+    }
+
     fn forward_queued(&self, peer: PeerId, to: u16, outbox: &Outbox) {
         for (frame, origin) in outbox.take_queued() {
-            let appended = match origin {
-                Some(o) => self.links.append(to, Some((o.peer, o.seq)), |b| {
-                    wire::put_relay(b, peer, o.peer, o.seq, &frame, true)
-                }),
-                None => self
-                    .links
-                    .append(to, None, |b| wire::put_notify(b, peer, &frame, true)),
-            };
-            if !appended {
-                match origin {
-                    Some(o) => self.notify(
-                        o.peer,
-                        encode(&Message::Error(ErrorMessage {
-                            code: RouteError::PeerBusy.code(),
-                            message: format!("not delivered to {peer}: its node is busy"),
-                            request_seq: o.seq,
-                        })),
-                    ),
-                    None => warn!(peer = peer.0, "a forwarded notice was dropped: batch full"),
-                }
+            if self.forward_to(to, peer, origin.map(|o| (o.peer, o.seq)), &frame) {
+                continue;
+            }
+            match origin {
+                Some(o) => self.notify(
+                    o.peer,
+                    encode(&Message::Error(ErrorMessage {
+                        code: RouteError::PeerBusy.code(),
+                        message: format!("not delivered to {peer}: its node is busy"),
+                        request_seq: o.seq,
+                    })),
+                ),
+                None => warn!(peer = peer.0, "a forwarded notice was dropped: batch full"),
             }
         }
     }

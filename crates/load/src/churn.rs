@@ -144,7 +144,8 @@ pub async fn run(common: &Common, options: &Options) -> Result<Report, LoadError
     })
 }
 
-async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
+/// A new connection to `target`, joined to pair room `room`.
+async fn joined(target: &Target, room: &RoomId) -> Result<crate::client::Connection, LoadError> {
     let mut p = target.peer().await?;
     p.push(&Message::Join(Join {
         room: room.clone(),
@@ -155,6 +156,11 @@ async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
     p.flush().await?;
     p.expect("join", |m| matches!(m, Message::Joined(_)).then_some(()))
         .await?;
+    Ok(p)
+}
+
+async fn once(target: &Target, room: &RoomId) -> Result<(), LoadError> {
+    let mut p = joined(target, room).await?;
     p.push(&Message::Leave { room: room.clone() });
     p.flush().await?;
     p.expect("leave", |m| matches!(m, Message::Left { .. }).then_some(()))
@@ -173,19 +179,7 @@ async fn resume_once(
     held: &mut Option<crate::client::SessionResume>,
 ) -> Result<(), LoadError> {
     let mut p = match held.take() {
-        None => {
-            let mut p = target.peer().await?;
-            p.push(&Message::Join(Join {
-                room: room.clone(),
-                mode: RoomMode::Pair,
-                capacity: None,
-                display_name: String::new(),
-            }));
-            p.flush().await?;
-            p.expect("join", |m| matches!(m, Message::Joined(_)).then_some(()))
-                .await?;
-            p
-        }
+        None => joined(target, room).await?,
         Some(session) => {
             let p = on.resume(&session).await?;
             if !p.resumed() {
